@@ -1,0 +1,39 @@
+"""`nanochat-pl data download` and `nanochat-pl data offline`: get pretraining text onto this machine."""
+
+from __future__ import annotations
+
+from nanochat_pl.data.download import download_fineweb
+from nanochat_pl.data.offline import offline_shards, read_manifest
+
+
+def download(
+    num_shards: int = 8,
+    data_dir: str | None = None,
+    base_url: str | None = None,
+    workers: int = 4,
+) -> None:
+    """Download FineWeb-Edu shards (~100 MB each); an interrupted download resumes where it stopped.
+
+    Args:
+        num_shards: Download training shards 0..num_shards-1 (1 to 1822, or -1 for all) and the validation
+            shard; each holds ~250M characters (nanochat's speedrun: 8 for the tokenizer, ~216 for d20).
+        data_dir: Directory to download into; default: data/fineweb-edu in the data home.
+        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else
+            karpathy/fineweb-edu-100b-shuffle on Hugging Face.
+        workers: How many shards to download at once.
+    """
+    download_fineweb(num_shards, data_dir=data_dir, base_url=base_url, workers=workers)
+
+
+def offline(data_dir: str | None = None) -> None:
+    """Build the offline corpus (the installed Python modules' docs) for the CPU demo, if not built yet.
+
+    Args:
+        data_dir: Directory of the corpus; default: data/offline in the data home. Delete it to rebuild.
+    """
+    shards = offline_shards(data_dir)
+    manifest = read_manifest(shards[0].parent)
+    print(
+        f"offline corpus in {shards[0].parent}: {manifest['documents']:,} documents, "
+        f"{manifest['chars'] / 1e6:.1f}M characters, {len(shards)} shards (the last for validation)"
+    )

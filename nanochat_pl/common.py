@@ -1,0 +1,45 @@
+"""Small things every part of the pipeline shares: where files live, safe writes, user-facing errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user (a config, a file, a flag). The CLI prints it as one line and exits 1."""
+
+
+def home_dir() -> Path:
+    """Everything lands here: data/, tokenizer/, runs/<stage>/, eval/, report/ (see DESIGN.md)."""
+    return Path(os.environ.get("NANOCHAT_PL_HOME", Path.home() / ".cache" / "nanochat-pl")).expanduser()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash mid-write leaves the previous file (if any) intact and no half-written file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

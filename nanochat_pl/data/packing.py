@@ -1,0 +1,112 @@
+"""BOS-aligned best-fit packing: documents in, rows of exactly `row_len` tokens out.
+
+nanochat's 2026 recipe (dataloader.py@92d63d4, crop rule from e1dafc5) packs pretraining rows so that
+every row starts at the beginning of a document and no token is padding:
+
+    keep a buffer of documents (1000 by default), each a token list that starts with BOS;
+    to fill a row, repeatedly take the LONGEST buffered document that fits entirely in the space left;
+    when none fits, take the SHORTEST buffered document, crop it to fill the row exactly, and
+    discard the rest of it.
+
+Every token of a row is then trained on, every document is seen from its BOS, and a model never reads
+the tail of one document as context for an unrelated one without the BOS between them. The price is
+the cropped tails: ~35% of tokens at T=2048 on FineWeb-Edu (nanochat LOG: 34.6% best-fit vs 39.4%
+for cropping the first document), which `crop_fraction` reports so a run can log it.
+
+Ties go to the document that arrived first, as in nanochat's linear scan. nanochat tops the buffer
+up in chunks of 128 documents whenever it holds fewer than 1000; we top it up one document at a time,
+so it holds exactly `buffer_docs` before every pick. The packing is otherwise the same.
+
+Instead of scanning the whole buffer for every pick, documents are kept in a list sorted by
+(length, arrival) and found by bisection; inserting and removing entries is a C memmove. Measured on
+this project's 2-core build machine with 1000 buffered documents and rows of 2049 tokens: ~4 µs per
+pick (~12 µs per row), against ~190 µs per pick for a Python scan of the buffer.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+# A buffered document is found by one integer, length << _ARRIVAL_BITS | arrival number, so the sorted
+# order is by length, then by arrival; 2**40 documents per packer is far beyond any run.
+_ARRIVAL_BITS = 40
+_ARRIVAL_MASK = (1 << _ARRIVAL_BITS) - 1
+
+
+class BestFitPacker(Iterator[np.ndarray]):
+    """Iterate over rows (int64 arrays of `row_len` tokens) packed from `documents` by best fit.
+
+    `documents` yields `(key, tokens)` pairs; the key is any label the caller wants back from
+    `buffered_keys()` (the data stream uses it to rebuild the buffer on resume). The iteration stops
+    when `documents` runs out and the buffer can no longer fill a row; the partial row is dropped.
+    """
+
+    def __init__(
+        self, documents: Iterable[tuple[Hashable, Sequence[int]]], row_len: int, buffer_docs: int = 1000
+    ):
+        if row_len < 1 or buffer_docs < 1:
+            raise ValueError(f"row_len and buffer_docs must be positive, got {row_len} and {buffer_docs}")
+        self.row_len = row_len
+        self.buffer_docs = buffer_docs
+        self._documents = iter(documents)
+        self._exhausted = False
+        self._sorted_codes: list[int] = []  # length << _ARRIVAL_BITS | arrival, ascending
+        # arrival number -> (key, tokens); a dict keeps insertion order, so this is the arrival order
+        self._buffer: dict[int, tuple[Hashable, np.ndarray]] = {}
+        self._arrivals = 0
+        self.tokens_consumed = 0  # tokens of every document taken out of the buffer, cropped or not
+        self.tokens_cropped = 0  # of those, the tails discarded by crops
+
+    @property
+    def crop_fraction(self) -> float:
+        """Fraction of the consumed document tokens that crops threw away (0.0 before the first row)."""
+        return self.tokens_cropped / self.tokens_consumed if self.tokens_consumed else 0.0
+
+    def buffered_keys(self) -> list[Hashable]:
+        """The keys of the documents waiting in the buffer, in the order they arrived."""
+        return [key for key, _ in self._buffer.values()]
+
+    def __next__(self) -> np.ndarray:
+        row = np.empty(self.row_len, dtype=np.int64)
+        pos = 0
+        while pos < self.row_len:
+            self._top_up()
+            if not self._sorted_codes:
+                raise StopIteration
+            space = self.row_len - pos
+            fits = bisect_right(self._sorted_codes, (space << _ARRIVAL_BITS) | _ARRIVAL_MASK)
+            if fits:
+                # the longest length that fits, and the first-arrived document of that length
+                length = self._sorted_codes[fits - 1] >> _ARRIVAL_BITS
+                tokens = self._take(bisect_left(self._sorted_codes, length << _ARRIVAL_BITS))
+                row[pos : pos + length] = tokens
+                pos += length
+            else:
+                # nothing fits: crop the shortest document to fill the row exactly, losing the least
+                tokens = self._take(0)
+                row[pos:] = tokens[:space]
+                self.tokens_cropped += len(tokens) - space
+                pos = self.row_len
+        return row
+
+    def _take(self, index: int) -> np.ndarray:
+        code = self._sorted_codes.pop(index)
+        _, tokens = self._buffer.pop(code & _ARRIVAL_MASK)
+        self.tokens_consumed += len(tokens)
+        return tokens
+
+    def _top_up(self) -> None:
+        while len(self._buffer) < self.buffer_docs and not self._exhausted:
+            try:
+                key, tokens = next(self._documents)
+            except StopIteration:
+                self._exhausted = True
+                return
+            tokens = np.asarray(tokens, dtype=np.int32)  # half the memory of int64; ids are < 2**31
+            arrival = self._arrivals
+            self._arrivals += 1
+            self._buffer[arrival] = (key, tokens)
+            insort(self._sorted_codes, (len(tokens) << _ARRIVAL_BITS) | arrival)

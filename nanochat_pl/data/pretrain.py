@@ -1,0 +1,476 @@
+"""The pretraining data stream: shards -> documents -> tokens -> best-fit rows -> (inputs, targets) batches.
+
+How the stream is cut up (nanochat dataloader.py@92d63d4, reorganised so that a resume is exact):
+
+- Readers. The training split's row groups, numbered g = 0, 1, ... over all its shards in order, are dealt
+  round-robin to R = world_size x max(1, num_workers) readers: reader r = rank x workers + worker slot reads
+  the row groups g = r (mod R), in order, then again from the start (the next epoch; the shards are
+  pre-shuffled, so nanochat does not reshuffle either). No DistributedSampler is involved: Lightning adds
+  none for an IterableDataset. Each reader tokenizes its documents (BOS first, 128 per tiktoken batch call,
+  several threads) and packs them with `BestFitPacker` into rows of T+1 tokens; B rows make a batch, and
+  every batch comes from one reader.
+- Position. A reader's position after a batch is small: the next document to read (row groups read so far,
+  counting across epochs, and the document's index in its row group), the keys (row group read, index) of
+  the ~1000 documents waiting in the packer's buffer, and the token counters of the crop statistic. Given a
+  position, a reader re-reads and re-tokenizes only the buffered documents and then goes on exactly as the
+  original would have.
+- What counts as consumed. Lightning prefetches one batch ahead of the training step and DataLoader workers
+  prefetch more, so a dataset cannot know which of its batches were trained on, and with workers the
+  dataset object in the main process sees nothing at all. So each training batch travels with the position
+  of its reader after it, `(inputs, targets, position)`, and `PretrainDataModule.on_before_batch_transfer`,
+  which the training loop calls for exactly the batches it trains on, records the position and passes
+  `(inputs, targets)` on to the LightningModule (which therefore must not override that hook).
+  `state_dict()` thus describes the batches trained on, never the prefetched ones.
+- Workers. The DataLoader takes batches from its workers in strict rotation, so after n batches the next
+  one comes from worker slot n mod W. A resumed DataLoader starts its rotation at worker 0, so worker j of
+  the resumed run plays slot (n + j) mod W.
+- Ranks. Lightning writes the checkpoint from rank 0 only, so `state_dict()` gathers every rank's reader
+  positions (all ranks call it together when a checkpoint is saved). The state is saved through the
+  LightningDataModule's own `state_dict`/`load_state_dict`, which Lightning restores before
+  `configure_optimizers` runs; the DataLoader-level Stateful protocol would lose the state when something
+  reads `trainer.estimated_stepping_batches` first (Lightning #20550).
+- What is exact. A resumed run sees exactly the batches the uninterrupted run would have seen, with any
+  num_workers, provided it has the same world size, num_workers, batch size, sequence length, buffer size,
+  training row groups and tokenizer; a different layout is refused with a UserError.
+- Validation reads the last shard in the training process (one reader per rank, so the set does not
+  depend on num_workers; the offline corpus's validation shard is a single row group), from its beginning
+  every time: exactly val_tokens // (B x T x world_size) batches per rank (nanochat's eval_tokens rule),
+  the same batches at every validation, cycling over the shard if it holds fewer tokens than that. With
+  fewer row groups than ranks, rank r reads row group r mod their number.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from nanochat_pl.common import UserError
+from nanochat_pl.data.packing import BestFitPacker
+from nanochat_pl.data.sources import num_row_groups, read_row_group, resolve_shards, split_shards
+from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
+
+# documents per tiktoken batch call (nanochat dataloader.py@92d63d4 tokenizer_batch_size)
+TOKENIZER_BATCH = 128
+STATE_VERSION = 1
+
+RowGroup = tuple[Path, int]  # (shard, row group index in it)
+DocKey = tuple[int, int]  # (row groups this reader had read before the document's, index in its row group)
+
+
+@dataclass
+class ReaderPosition:
+    """Where one reader is, after the last batch it produced (see the module docstring)."""
+
+    reader: int
+    next_doc: DocKey
+    buffered: np.ndarray  # int64 [n, 2]: keys of the documents in the packer's buffer, in arrival order
+    epoch: int  # next_doc's row-group count // the reader's row groups per epoch
+    tokens_consumed: int = 0
+    tokens_cropped: int = 0
+
+    @classmethod
+    def start(cls, reader: int) -> ReaderPosition:
+        return cls(reader, (0, 0), np.zeros((0, 2), dtype=np.int64), epoch=0)
+
+    def to_state(self) -> dict[str, Any]:
+        # plain ints and a tensor: Lightning may load checkpoints with torch.load(weights_only=True)
+        return {
+            "reader": self.reader,
+            "next_doc": list(self.next_doc),
+            "buffered": torch.from_numpy(self.buffered.copy()),
+            "epoch": self.epoch,
+            "tokens_consumed": self.tokens_consumed,
+            "tokens_cropped": self.tokens_cropped,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ReaderPosition:
+        buffered = torch.as_tensor(state["buffered"], dtype=torch.int64).numpy().reshape(-1, 2)
+        return cls(
+            int(state["reader"]),
+            (int(state["next_doc"][0]), int(state["next_doc"][1])),
+            buffered,
+            int(state["epoch"]),
+            int(state["tokens_consumed"]),
+            int(state["tokens_cropped"]),
+        )
+
+
+def reader_row_groups(row_groups: Sequence[RowGroup], reader: int, num_readers: int) -> list[RowGroup]:
+    """The row groups `reader` reads each epoch: every num_readers-th one, starting at its own index."""
+    return list(row_groups[reader::num_readers])
+
+
+class PretrainStream(IterableDataset):
+    """Endless training batches `(inputs, targets, position)` for one rank, each worker one reader.
+
+    Args:
+        row_groups: The training split's row groups, in order.
+        tokenizer: Encodes the documents; its BOS starts every document.
+        batch_size: Rows per batch (B).
+        sequence_len: Tokens per row given to the model (T); a row is packed with T+1 tokens.
+        rank: This process's global rank.
+        world_size: Number of ranks.
+        buffer_docs: Documents the packer chooses from (nanochat: 1000).
+        tokenizer_threads: Threads of each tiktoken batch call.
+        start: Positions to resume from, by reader id; readers not in it start from the beginning.
+        first_slot: The worker slot that worker 0 plays (the number of batches consumed mod the workers).
+    """
+
+    def __init__(
+        self,
+        row_groups: Sequence[RowGroup],
+        tokenizer: Tokenizer,
+        batch_size: int,
+        sequence_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        buffer_docs: int = 1000,
+        tokenizer_threads: int = 4,
+        start: dict[int, ReaderPosition] | None = None,
+        first_slot: int = 0,
+    ):
+        self.row_groups = list(row_groups)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.sequence_len = sequence_len
+        self.rank = rank
+        self.world_size = world_size
+        self.buffer_docs = buffer_docs
+        self.tokenizer_threads = tokenizer_threads
+        self.start = start or {}
+        self.first_slot = first_slot
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, ReaderPosition]]:
+        worker, num_workers = _worker_slot()
+        slot = (self.first_slot + worker) % num_workers
+        reader = self.rank * num_workers + slot
+        num_readers = self.world_size * num_workers
+        position = self.start.get(reader, ReaderPosition.start(reader))
+        return self._batches(reader_row_groups(self.row_groups, reader, num_readers), position)
+
+    def _batches(
+        self, row_groups: list[RowGroup], position: ReaderPosition
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, ReaderPosition]]:
+        documents = _ReaderDocuments(row_groups, self.tokenizer, self.tokenizer_threads, position.next_doc)
+        buffered = documents.reread([tuple(key) for key in position.buffered.tolist()])
+        packer = BestFitPacker(itertools.chain(buffered, documents), self.sequence_len + 1, self.buffer_docs)
+        packer.tokens_consumed, packer.tokens_cropped = position.tokens_consumed, position.tokens_cropped
+        while True:
+            rows, targets = _rows_to_batch([next(packer) for _ in range(self.batch_size)])
+            keys = np.array(packer.buffered_keys(), dtype=np.int64).reshape(-1, 2)
+            after = ReaderPosition(
+                position.reader,
+                documents.next_doc,
+                keys,
+                documents.next_doc[0] // len(row_groups),
+                packer.tokens_consumed,
+                packer.tokens_cropped,
+            )
+            yield rows, targets, after
+
+
+class ValidationStream(PretrainStream):
+    """The same `num_batches` batches `(inputs, targets)` for one rank every time, read from the start.
+
+    Read in the training process (DataLoader num_workers=0), one reader per rank.
+    """
+
+    def __init__(self, row_groups: Sequence[RowGroup], tokenizer: Tokenizer, num_batches: int, **kwargs: Any):
+        super().__init__(row_groups, tokenizer, **kwargs)
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        row_groups = reader_row_groups(self.row_groups, self.rank, self.world_size) or [
+            self.row_groups[self.rank % len(self.row_groups)]
+        ]
+        batches = self._batches(row_groups, ReaderPosition.start(self.rank))
+        for inputs, targets, _ in itertools.islice(batches, self.num_batches):
+            yield inputs, targets
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Pretraining batches streamed from parquet shards, tokenized on the fly and packed by best fit.
+
+    Training is endless (epochs are counted in the state) and resumes exactly from a checkpoint;
+    validation is a fixed set of batches from the last shard. See the module docstring for the design.
+
+    Args:
+        source: "fineweb", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
+        tokenizer_dir: Directory of the tokenizer; default: the data home's tokenizer/.
+        sequence_len: Tokens per row given to the model (T).
+        device_batch_size: Rows per batch on each device (B).
+        num_workers: DataLoader worker processes per rank for training, each reading its own row groups;
+            0 reads in the training process. Validation always reads in the training process.
+        buffer_docs: Documents the best-fit packer chooses from (nanochat: 1000).
+        val_tokens: Tokens per validation over all ranks (nanochat base_train.py@92d63d4: 80 x 524,288).
+        data_dir: Where "fineweb" or "offline" data lives; default: under the data home.
+        tokenizer_threads: Threads of each tokenizer batch call (per worker).
+    """
+
+    def __init__(
+        self,
+        source: str = "fineweb",
+        tokenizer_dir: str | None = None,
+        sequence_len: int = 2048,
+        device_batch_size: int = 32,
+        num_workers: int = 0,
+        buffer_docs: int = 1000,
+        val_tokens: int = 80 * 524_288,
+        data_dir: str | None = None,
+        tokenizer_threads: int = 4,
+    ):
+        super().__init__()
+        for name, value in (
+            ("sequence_len", sequence_len),
+            ("device_batch_size", device_batch_size),
+            ("buffer_docs", buffer_docs),
+            ("val_tokens", val_tokens),
+            ("tokenizer_threads", tokenizer_threads),
+        ):
+            if value < 1:
+                raise UserError(f"data.{name} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be at least 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.source = source
+        self.tokenizer_dir = tokenizer_dir
+        self.sequence_len = sequence_len
+        self.device_batch_size = device_batch_size
+        self.num_workers = num_workers
+        self.buffer_docs = buffer_docs
+        self.val_tokens = val_tokens
+        self.data_dir = data_dir
+        self.tokenizer_threads = tokenizer_threads
+        self.rank, self.world_size = 0, 1
+        self._train_row_groups: list[RowGroup] | None = None
+        self._val_row_groups: list[RowGroup] = []
+        self._positions: dict[int, ReaderPosition] = {}  # this rank's readers, after the last trained batch
+        self._consumed = 0  # training batches this rank has trained on
+        self._loaded_state: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        return get_tokenizer(self.tokenizer_dir)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def crop_fraction(self) -> float:
+        """Fraction of document tokens this rank's packers cropped away so far (nanochat: ~35% at T=2048)."""
+        consumed = sum(p.tokens_consumed for p in self._positions.values())
+        return sum(p.tokens_cropped for p in self._positions.values()) / consumed if consumed else 0.0
+
+    @property
+    def epoch(self) -> int:
+        """The training epoch the furthest of this rank's readers has reached (0 for the first pass)."""
+        return max((p.epoch for p in self._positions.values()), default=0)
+
+    @property
+    def num_slots(self) -> int:
+        return max(1, self.num_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train_row_groups is not None:
+            return
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        shards = resolve_shards(self.source, self.data_dir)
+        self._train_row_groups = _row_groups(split_shards(shards, "train"))
+        self._val_row_groups = _row_groups(split_shards(shards, "val"))
+        num_readers = self.world_size * self.num_slots
+        if len(self._train_row_groups) < num_readers:
+            raise UserError(
+                f"the train split of {self.source!r} has {len(self._train_row_groups)} row groups, fewer "
+                f"than the {num_readers} readers (world size {self.world_size} x {self.num_slots} workers) "
+                "that each need their own: use fewer data.num_workers or more data"
+            )
+        first = self.rank * self.num_slots
+        self._positions = {r: ReaderPosition.start(r) for r in range(first, first + self.num_slots)}
+        if self._loaded_state is not None:
+            self._apply_state(self._loaded_state)
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        stream = PretrainStream(
+            self._train_row_groups,
+            self.tokenizer,
+            self.device_batch_size,
+            self.sequence_len,
+            self.rank,
+            self.world_size,
+            self.buffer_docs,
+            self.tokenizer_threads,
+            start=dict(self._positions),
+            first_slot=self._consumed % self.num_slots,
+        )
+        # batch_size=None: the stream yields whole batches; pinned memory speeds the copy to a GPU
+        return DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        tokens_per_batch = self.device_batch_size * self.sequence_len * self.world_size
+        num_batches = self.val_tokens // tokens_per_batch
+        if num_batches == 0:
+            raise UserError(
+                f"data.val_tokens={self.val_tokens} is less than one batch on every rank "
+                f"({self.device_batch_size} x {self.sequence_len} x {self.world_size} ranks "
+                f"= {tokens_per_batch} tokens)"
+            )
+        stream = ValidationStream(
+            self._val_row_groups,
+            self.tokenizer,
+            num_batches,
+            batch_size=self.device_batch_size,
+            sequence_len=self.sequence_len,
+            rank=self.rank,
+            world_size=self.world_size,
+            buffer_docs=self.buffer_docs,
+            tokenizer_threads=self.tokenizer_threads,
+        )
+        return DataLoader(stream, batch_size=None, num_workers=0, pin_memory=torch.cuda.is_available())
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record the position a training batch carries and hand `(inputs, targets)` to the model."""
+        if len(batch) == 3 and isinstance(batch[2], ReaderPosition):
+            inputs, targets, position = batch
+            self._positions[position.reader] = position
+            self._consumed += 1
+            return inputs, targets
+        return tuple(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's reader positions after the last trained batch (a collective call under DDP)."""
+        if self._train_row_groups is None:
+            return {}
+        positions = [p.to_state() for p in self._positions.values()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
+            # the checkpoint is written by rank 0 alone, so it must hold the other ranks' positions too
+            gathered: list[list[dict[str, Any]] | None] = [None] * self.world_size
+            torch.distributed.all_gather_object(gathered, positions)
+            positions = [p for rank_positions in gathered for p in rank_positions]
+        return {
+            "version": STATE_VERSION,
+            "layout": self._layout(),
+            "consumed": self._consumed,
+            "readers": sorted(positions, key=lambda p: p["reader"]),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from `state_dict()`'s output; applied once the rank and world size are known (setup)."""
+        self._loaded_state = state_dict
+        if self._train_row_groups is not None:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise UserError(
+                f"the checkpoint's data state has version {state.get('version')}, want {STATE_VERSION}"
+            )
+        saved, now = state["layout"], self._layout()
+        changed = [f"{key} {saved.get(key)} -> {now[key]}" for key in now if saved.get(key) != now[key]]
+        if changed:
+            raise UserError(
+                "cannot resume the data stream exactly: the checkpoint was written with a different "
+                f"{', '.join(changed)}; resume with the same settings"
+            )
+        positions = {p.reader: p for p in map(ReaderPosition.from_state, state["readers"])}
+        self._positions = {r: positions[r] for r in self._positions}
+        self._consumed = int(state["consumed"])
+        self._loaded_state = None
+
+    def _layout(self) -> dict[str, int]:
+        """What must not change for the saved positions to mean the same data."""
+        assert self._train_row_groups is not None
+        return {
+            "world_size": self.world_size,
+            "num_workers": self.num_slots,
+            "device_batch_size": self.device_batch_size,
+            "sequence_len": self.sequence_len,
+            "buffer_docs": self.buffer_docs,
+            "train_row_groups": len(self._train_row_groups),
+        }
+
+    def _require_setup(self) -> None:
+        if self._train_row_groups is None:
+            self.setup()
+
+
+class _ReaderDocuments:
+    """One reader's documents `(key, tokens)`, from `next_doc` on, endlessly; `next_doc` follows along."""
+
+    def __init__(self, row_groups: list[RowGroup], tokenizer: Tokenizer, threads: int, next_doc: DocKey):
+        self.row_groups = row_groups
+        self.tokenizer = tokenizer
+        self.threads = threads
+        self.next_doc = next_doc
+        self._stream = self._generate()
+
+    def __iter__(self) -> Iterator[tuple[DocKey, list[int]]]:
+        return self
+
+    def __next__(self) -> tuple[DocKey, list[int]]:
+        return next(self._stream)
+
+    def reread(self, keys: list[DocKey]) -> Iterator[tuple[DocKey, list[int]]]:
+        """The documents `keys` again, in that order (a resumed packer's buffer)."""
+        tokens: dict[DocKey, list[int]] = {}
+        for read in sorted({read for read, _ in keys}):
+            indices = [index for r, index in keys if r == read]
+            texts = self._texts(read)
+            for index, ids in zip(indices, self._encode([texts[i] for i in indices]), strict=True):
+                tokens[(read, index)] = ids
+        return ((key, tokens[key]) for key in keys)
+
+    def _generate(self) -> Iterator[tuple[DocKey, list[int]]]:
+        read, start = self.next_doc
+        empty_reads = 0
+        while True:
+            texts = self._texts(read)
+            empty_reads = empty_reads + 1 if not texts else 0
+            if empty_reads > len(self.row_groups):
+                raise UserError(f"no documents in any of the row groups {self.row_groups}")
+            for first in range(start, len(texts), TOKENIZER_BATCH):
+                for offset, ids in enumerate(self._encode(texts[first : first + TOKENIZER_BATCH])):
+                    self.next_doc = (read, first + offset + 1)
+                    yield (read, first + offset), ids
+            read, start = read + 1, 0
+
+    def _texts(self, read: int) -> list[str]:
+        path, index = self.row_groups[read % len(self.row_groups)]
+        return read_row_group(path, index)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer.encode(texts, prepend=self.tokenizer.bos_token_id, num_threads=self.threads)
+
+
+def _row_groups(shards: list[Path]) -> list[RowGroup]:
+    return [(shard, index) for shard in shards for index in range(num_row_groups(shard))]
+
+
+def _worker_slot() -> tuple[int, int]:
+    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _rows_to_batch(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of T+1 tokens -> (inputs, targets) of shape (B, T): targets are the inputs shifted by one."""
+    batch = torch.from_numpy(np.stack(rows))
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

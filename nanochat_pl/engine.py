@@ -1,0 +1,173 @@
+"""Batched, KV-cached generation with the calculator tool, as nanochat does it (nanochat engine.py@92d63d4).
+
+The prompt is prefilled once with batch 1, its KV cache is replicated to `num_samples` rows, then every step
+feeds one column of tokens (one per row) through the model with the cache. Each row runs a small state
+machine: tokens written between `<|python_start|>` and `<|python_end|>` are an expression for
+`sandbox.calculator`, and its result is forced into that row as `<|output_start|>result<|output_end|>`, one
+token per step, with mask 0 so that training (RL) can tell forced tokens from sampled ones. A row ends at
+`<|assistant_end|>` or `<|bos|>`; generation ends when every row has, at `max_tokens`, or when the sequence
+reaches the model's context length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nanochat_pl.common import UserError
+from nanochat_pl.sandbox import calculator
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of `logits` (B, V): argmax at temperature 0, else a seeded draw from
+    softmax(logits / temperature) restricted to the top_k tokens and then to the smallest set of tokens whose
+    probability reaches top_p (nucleus sampling, Holtzman et al. 2019). Returns (B,) int64."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the more likely tokens before it already hold top_p of the mass
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class _Row:
+    """One sample's place in the tool-use state machine."""
+
+    forced: deque[int] = field(default_factory=deque)  # tokens to feed instead of sampling (tool output)
+    expression: list[int] | None = None  # tokens since <|python_start|>, None outside a python block
+    finished_with: int | None = None  # the terminal token once the row is done
+
+
+class Engine:
+    """Generates from a `GPT` (any stage's checkpoint) and its tokenizer. The model's options (sliding
+    windows, value embeddings, GQA, ...) live in the model and its KV cache; the engine does not see them."""
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, autocast_dtype: torch.dtype | None = torch.bfloat16
+    ):
+        """`autocast_dtype`: the dtype matmuls run in (None: the parameters' dtype); bf16 by default, as
+        nanochat on CUDA."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.autocast_dtype = autocast_dtype
+        special = tokenizer.encode_special
+        self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
+        self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
+        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+
+    def _forward(self, ids: torch.Tensor, kv_cache) -> torch.Tensor:
+        """Logits of the last position, (B, V) fp32. Autocast is entered around each forward only, so it never
+        leaks into the caller's code between the steps of the generator."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.model(ids, kv_cache=kv_cache)[:, -1, :].float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        tokens: list[int],
+        num_samples: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 42,
+    ) -> Iterator[tuple[list[int], list[int]]]:
+        """Stream `(token_ids, masks)`, one column (one token per sample) per step; mask 0 marks a token the
+        engine forced (tool output) rather than sampled. After a sample's terminal token its later entries
+        repeat that token with mask 0 and carry nothing."""
+        if not tokens or not all(isinstance(t, int) and 0 <= t < self._vocab_size() for t in tokens):
+            raise UserError("the prompt must be a non-empty list of token ids within the vocabulary")
+        if num_samples < 1 or max_tokens < 0:
+            raise UserError(f"need num_samples >= 1 and max_tokens >= 0, got {num_samples} and {max_tokens}")
+        if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+            raise UserError(
+                f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}"
+            )
+        context = self.model.config.sequence_len
+        if len(tokens) >= context:
+            raise UserError(f"the prompt has {len(tokens)} tokens; the model's context is {context} tokens")
+        steps = min(max_tokens, context - len(tokens))  # the whole sequence stays within the context
+        if steps == 0:
+            return
+
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        # the cache holds the prompt and every generated token but the last, which is never fed back
+        prefill_cache = self.model.new_kv_cache(1, len(tokens) + steps, dtype=self.autocast_dtype)
+        prompt = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        logits = self._forward(prompt, prefill_cache).expand(num_samples, -1)
+        kv_cache = prefill_cache.replicate(num_samples)
+        del prefill_cache
+
+        rows = [_Row() for _ in range(num_samples)]
+        for step in range(steps):
+            sampled = sample_next_token(logits, generator, temperature, top_k, top_p)
+            column, masks = sampled.tolist(), [1] * num_samples
+            for i, row in enumerate(rows):
+                if row.finished_with is not None:
+                    column[i], masks[i] = row.finished_with, 0
+                elif row.forced:
+                    column[i], masks[i] = row.forced.popleft(), 0
+                self._advance(row, column[i])
+            yield column, masks
+            if step == steps - 1 or all(row.finished_with is not None for row in rows):
+                return
+            feed = sampled if masks == [1] * num_samples else torch.tensor(column, device=self.device)
+            logits = self._forward(feed.view(num_samples, 1), kv_cache)
+
+    def _advance(self, row: _Row, token: int) -> None:
+        """Move a row's state machine past `token`; a finished `<|python_end|>` runs the calculator."""
+        if token in self.terminal_tokens:
+            row.finished_with = token
+        elif token == self.python_start:
+            row.expression = []
+        elif token == self.python_end and row.expression is not None:
+            result = calculator(self.tokenizer.decode(row.expression))
+            row.forced.extend([self.output_start, *self.tokenizer.encode(result), self.output_end])
+            row.expression = None
+        elif row.expression is not None:
+            row.expression.append(token)
+
+    def generate_batch(
+        self, tokens: list[int], num_samples: int = 1, **kwargs
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Generate to the end and return, per sample, prompt + generated tokens (terminal token stripped) and
+        masks (0 on the prompt and on forced tokens). `kwargs` are `generate`'s."""
+        sequences = [list(tokens) for _ in range(num_samples)]
+        masks = [[0] * len(tokens) for _ in range(num_samples)]
+        done = [False] * num_samples
+        for column, column_masks in self.generate(tokens, num_samples, **kwargs):
+            for i, (token, mask) in enumerate(zip(column, column_masks, strict=True)):
+                done[i] = done[i] or token in self.terminal_tokens
+                if not done[i]:
+                    sequences[i].append(token)
+                    masks[i].append(mask)
+        return sequences, masks
+
+    def _vocab_size(self) -> int:
+        return self.model.config.vocab_size

@@ -1,0 +1,1 @@
+"""LightningModules, one per stage: base (pretraining), chat (mid + SFT), rl (GRPO)."""

@@ -1,0 +1,165 @@
+"""FineWeb-Edu download against a local HTTP server serving shards in the real format, failures on demand."""
+
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nanochat_pl.commands.data import download
+from nanochat_pl.common import UserError
+from nanochat_pl.data.download import download_fineweb
+from nanochat_pl.data.sources import iter_texts, resolve_shards, split_shards
+
+SHARDS = (0, 1, 2, 1822)
+
+
+class ShardServer:
+    """Serves `files` (name -> bytes) on 127.0.0.1; `plan[name]` lists how the next requests misbehave:
+    "500", "404", "corrupt" (bytes that are not parquet) or "truncated" (connection closes mid-body)."""
+
+    def __init__(self, files):
+        self.files, self.plan, self.requests = files, {}, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append(name)
+                steps = server.plan.get(name, [])
+                step = steps.pop(0) if steps else None
+                body = server.files.get(name)
+                if step in ("500", "404") or body is None:
+                    self.send_error(int(step or 404))
+                    return
+                if step == "corrupt":
+                    body = b"<html>rate limited</html>" * 40
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if step == "truncated" else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets/fineweb"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def shard_bytes(tmp_path, index):
+    """A small shard in the FineWeb-Edu format: one `text` column, row groups of 1024, zstd."""
+    path = tmp_path / f"src_{index}.parquet"
+    texts = [f"shard {index} document {j}. " * (j % 5 + 1) for j in range(1500)]
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=1024, compression="zstd")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    return {f"shard_{i:05d}.parquet": shard_bytes(tmp, i) for i in SHARDS}
+
+
+@pytest.fixture
+def server(files):
+    server = ShardServer(files)
+    yield server
+    server.close()
+
+
+def fetch(server, out_dir, num_shards, **kwargs):
+    return download_fineweb(num_shards, data_dir=out_dir, base_url=server.url, backoff_s=0.001, **kwargs)
+
+
+def listing(out_dir):
+    return sorted(p.name for p in out_dir.iterdir())
+
+
+def test_downloads_n_shards_plus_val_then_skips_existing(server, files, tmp_path):
+    out = tmp_path / "out"
+    paths = fetch(server, out, 2)
+    assert [p.name for p in paths] == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
+    assert listing(out) == [p.name for p in paths]  # nothing else: no .tmp file
+    assert all(p.read_bytes() == files[p.name] for p in paths)
+    assert sorted(server.requests) == [p.name for p in paths]
+
+    server.requests.clear()
+    fetch(server, out, 3, workers=1)
+    assert server.requests == ["shard_00002.parquet"]  # only what was missing
+    assert (out / "shard_00002.parquet").read_bytes() == files["shard_00002.parquet"]
+
+
+@pytest.mark.parametrize("failure", ["500", "corrupt", "truncated"])
+def test_transient_failures_are_retried(server, files, tmp_path, failure):
+    out = tmp_path / "out"
+    server.plan["shard_00000.parquet"] = [failure, failure]
+    fetch(server, out, 1)
+    assert server.requests.count("shard_00000.parquet") == 3
+    assert (out / "shard_00000.parquet").read_bytes() == files["shard_00000.parquet"]
+    assert listing(out) == ["shard_00000.parquet", "shard_01822.parquet"]
+
+
+def test_all_attempts_failing_is_one_clear_error(server, tmp_path):
+    out = tmp_path / "out"
+    server.plan["shard_00001.parquet"] = ["500"] * 5
+    server.plan["shard_01822.parquet"] = ["corrupt"] * 3
+    with pytest.raises(UserError) as error:
+        fetch(server, out, 2, attempts=3)
+    message = str(error.value)
+    assert "2 of 3 shards failed" in message and "\n" not in message
+    assert "could not download" in message and "after 3 attempts; last error:" in message
+    # the shard that could be fetched is kept (a rerun resumes); nothing partial or corrupt is left
+    assert listing(out) == ["shard_00000.parquet"]
+    assert server.requests.count("shard_00001.parquet") == server.requests.count("shard_01822.parquet") == 3
+
+    server.plan["shard_00001.parquet"] = ["500"] * 5
+    url = re.escape(f"{server.url}/shard_00001.parquet")
+    with pytest.raises(
+        UserError, match=f"could not download {url} after 5 attempts; last error: HTTP Error 500"
+    ):
+        fetch(server, out, 2)
+    server.plan["shard_00001.parquet"] = ["corrupt"] * 5
+    with pytest.raises(UserError, match="not a readable parquet file"):
+        fetch(server, out, 2)
+    assert listing(out) == ["shard_00000.parquet", "shard_01822.parquet"]
+
+
+def test_missing_file_is_not_retried(server, tmp_path):
+    server.plan["shard_00000.parquet"] = ["404"]
+    with pytest.raises(UserError, match=r"shard_00000.parquet: HTTP 404"):
+        fetch(server, tmp_path, 1)
+    assert server.requests.count("shard_00000.parquet") == 1
+
+
+def test_corrupt_shard_on_disk_is_fetched_again(server, files, tmp_path):
+    (tmp_path / "shard_00000.parquet").write_bytes(b"half a file")
+    fetch(server, tmp_path, 1)
+    assert (tmp_path / "shard_00000.parquet").read_bytes() == files["shard_00000.parquet"]
+
+
+@pytest.mark.parametrize("num_shards", [0, -2, 1823])
+def test_number_of_shards_out_of_range(tmp_path, num_shards):
+    with pytest.raises(UserError, match=r"1\.\.1822 or -1"):
+        download_fineweb(num_shards, data_dir=tmp_path, base_url="http://127.0.0.1:9")
+
+
+def test_command_uses_the_data_home_and_env_url(server, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path))
+    monkeypatch.setenv("NANOCHAT_PL_DATA_URL", server.url + "/")
+    download(num_shards=1)
+    assert "2 FineWeb-Edu shards" in capsys.readouterr().err
+    shards = resolve_shards("fineweb")
+    assert shards == [
+        tmp_path / "data" / "fineweb-edu" / name for name in ("shard_00000.parquet", "shard_01822.parquet")
+    ]
+    assert split_shards(shards, "train") == shards[:1]
+    val = list(iter_texts("fineweb", "val"))
+    assert len(val) == 1500 and val[0] == "shard 1822 document 0. "
