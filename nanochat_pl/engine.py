@@ -62,15 +62,16 @@ class Engine:
     """Generates from a `GPT` (any stage's checkpoint) and its tokenizer. The model's options (sliding
     windows, value embeddings, GQA, ...) live in the model and its KV cache; the engine does not see them."""
 
-    def __init__(
-        self, model: torch.nn.Module, tokenizer, autocast_dtype: torch.dtype | None = torch.bfloat16
-    ):
-        """`autocast_dtype`: the dtype matmuls run in (None: the parameters' dtype); bf16 by default, as
-        nanochat on CUDA."""
+    def __init__(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None):
+        """`compute_dtype`: what the matmuls and the KV cache run in. None picks per device: bf16 autocast on
+        CUDA (as nanochat); fp32 on CPU, where bf16 autocast decoded small models no faster (measured at
+        depth 4 and 8 with AMX: 69 vs 64 and 23 vs 21 tok/s) and moved greedy outputs."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.autocast_dtype = autocast_dtype
+        if compute_dtype is None:
+            compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.compute_dtype = compute_dtype
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -80,9 +81,9 @@ class Engine:
         """Logits of the last position, (B, V) fp32. Autocast is entered around each forward only, so it never
         leaks into the caller's code between the steps of the generator."""
         autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
+            contextlib.nullcontext()
+            if self.compute_dtype == torch.float32
+            else torch.autocast(self.device.type, dtype=self.compute_dtype)
         )
         with autocast:
             return self.model(ids, kv_cache=kv_cache)[:, -1, :].float()
@@ -101,7 +102,8 @@ class Engine:
         """Stream `(token_ids, masks)`, one column (one token per sample) per step; mask 0 marks a token the
         engine forced (tool output) rather than sampled. After a sample's terminal token its later entries
         repeat that token with mask 0 and carry nothing."""
-        if not tokens or not all(isinstance(t, int) and 0 <= t < self._vocab_size() for t in tokens):
+        vocab_size = self.model.config.vocab_size
+        if not tokens or not all(isinstance(t, int) and 0 <= t < vocab_size for t in tokens):
             raise UserError("the prompt must be a non-empty list of token ids within the vocabulary")
         if num_samples < 1 or max_tokens < 0:
             raise UserError(f"need num_samples >= 1 and max_tokens >= 0, got {num_samples} and {max_tokens}")
@@ -118,7 +120,7 @@ class Engine:
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # the cache holds the prompt and every generated token but the last, which is never fed back
-        prefill_cache = self.model.new_kv_cache(1, len(tokens) + steps, dtype=self.autocast_dtype)
+        prefill_cache = self.model.new_kv_cache(1, len(tokens) + steps, dtype=self.compute_dtype)
         prompt = torch.tensor([tokens], dtype=torch.long, device=self.device)
         logits = self._forward(prompt, prefill_cache).expand(num_samples, -1)
         kv_cache = prefill_cache.replicate(num_samples)
@@ -168,6 +170,3 @@ class Engine:
                     sequences[i].append(token)
                     masks[i].append(mask)
         return sequences, masks
-
-    def _vocab_size(self) -> int:
-        return self.model.config.vocab_size

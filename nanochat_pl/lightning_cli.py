@@ -31,13 +31,16 @@ class NanochatCLI(LightningCLI):
             config.trainer.default_root_dir = str(home_dir() / "runs" / stage)
 
 
-def run_lightning_cli(args: list[str]) -> NanochatCLI:
+def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> NanochatCLI:
+    """Parse `args` (fit/validate/test and their options) and run; `trainer_defaults` adds fixed Trainer
+    arguments, e.g. callbacks that a benchmark needs whatever the config says."""
     return NanochatCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        trainer_defaults=trainer_defaults,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites config.yaml instead of refusing to start
     )

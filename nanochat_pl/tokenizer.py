@@ -26,8 +26,8 @@ from typing import Any
 import tiktoken
 import torch
 
+from nanochat_pl._rustbpe import Tokenizer as RustBPETrainer
 from nanochat_pl.common import UserError, atomic_write_text, home_dir
-from rustbpe import Tokenizer as RustBPETrainer  # DEV-ONLY
 
 # nanochat's 9 special tokens, in id order right after the merges (nanochat tokenizer.py@dfc8833)
 SPECIAL_TOKENS = (
@@ -263,9 +263,14 @@ class Tokenizer:
         )
 
 
+def tokenizer_location(directory: str | Path | None = None) -> Path:
+    """Where a tokenizer lives: `directory`, or by default the one `nanochat-pl tokenizer train` writes."""
+    return (home_dir() / "tokenizer" if directory is None else Path(directory)).expanduser().resolve()
+
+
 def get_tokenizer(directory: str | Path | None = None) -> Tokenizer:
     """The tokenizer in `directory`; by default the one `nanochat-pl tokenizer train` wrote to the home."""
-    return Tokenizer.load(home_dir() / "tokenizer" if directory is None else directory)
+    return Tokenizer.load(tokenizer_location(directory))
 
 
 # ---- checking the chat format ----

@@ -154,6 +154,18 @@ def test_kv_cached_decoding_matches_full_forward(overrides):
     torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_sliding_windows_only_change_positions_beyond_the_window():
+    windowed = make_model(tiny_config(window_pattern="SSSL", short_window=8))
+    full = make_model(tiny_config(window_pattern="L"))
+    assert [b.attn.window for b in windowed.transformer.h] == [8, 8, 8, None]
+    full.load_state_dict(windowed.state_dict())  # same weights, only the windows differ
+    idx = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        a, b = windowed(idx), full(idx)
+    torch.testing.assert_close(a[:, :9], b[:, :9])  # positions 0..8 see all their keys in either model
+    assert (a[:, 9:] - b[:, 9:]).abs().amax(dim=-1).min() > 1e-4
+
+
 def test_replicated_cache_gives_the_logits_of_prefilling_every_row():
     config = tiny_config()
     model = make_model(config)

@@ -173,11 +173,14 @@ def test_batch_encode_prepend_append(tok: Tokenizer):
     assert tok.encode("abc", prepend=bos) == [bos, *tok.encode("abc")]
 
 
-def test_special_token_text_in_user_input_stays_text(tok: Tokenizer):
+def test_special_token_text_in_user_input_stays_text(
+    tok: Tokenizer, ours_from_reference: Tokenizer, reference: rustbpe.Tokenizer
+):
     text = "please print <|assistant_end|><|bos|> and <|python_start|>"
     ids = tok.encode(text)
     assert max(ids) < VOCAB_SIZE - len(SPECIAL_TOKENS)
     assert tok.decode(ids) == text
+    assert ours_from_reference.encode(text) == reference.encode(text)  # the reference knows no special tokens
 
 
 # ---- the chat format ----

@@ -22,8 +22,9 @@ How the stream is cut up (nanochat dataloader.py@92d63d4, reorganised so that a 
   `(inputs, targets)` on to the LightningModule (which therefore must not override that hook).
   `state_dict()` thus describes the batches trained on, never the prefetched ones.
 - Workers. The DataLoader takes batches from its workers in strict rotation, so after n batches the next
-  one comes from worker slot n mod W. A resumed DataLoader starts its rotation at worker 0, so worker j of
-  the resumed run plays slot (n + j) mod W.
+  one comes from worker slot n mod W. Every new iteration (after a resume, or when Lightning iterates the
+  loader again for another epoch under `limit_train_batches`) starts from the recorded positions, with
+  worker j playing slot (n + j) mod W, so it continues the stream instead of repeating it.
 - Ranks. Lightning writes the checkpoint from rank 0 only, so `state_dict()` gathers every rank's reader
   positions (all ranks call it together when a checkpoint is saved). The state is saved through the
   LightningDataModule's own `state_dict`/`load_state_dict`, which Lightning restores before
@@ -44,7 +45,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,20 @@ class ReaderPosition:
         )
 
 
+@dataclass
+class StreamProgress:
+    """What one rank has trained on: each of its readers' position after its last trained batch, and
+    how many batches. Every new iteration of the training stream starts from here, so a DataLoader that
+    Lightning iterates again (a new epoch under `limit_train_batches`) continues rather than repeats."""
+
+    positions: dict[int, ReaderPosition] = field(default_factory=dict)
+    consumed: int = 0
+
+    def record(self, position: ReaderPosition) -> None:
+        self.positions[position.reader] = position
+        self.consumed += 1
+
+
 def reader_row_groups(row_groups: Sequence[RowGroup], reader: int, num_readers: int) -> list[RowGroup]:
     """The row groups `reader` reads each epoch: every num_readers-th one, starting at its own index."""
     return list(row_groups[reader::num_readers])
@@ -122,8 +137,7 @@ class PretrainStream(IterableDataset):
         world_size: Number of ranks.
         buffer_docs: Documents the packer chooses from (nanochat: 1000).
         tokenizer_threads: Threads of each tiktoken batch call.
-        start: Positions to resume from, by reader id; readers not in it start from the beginning.
-        first_slot: The worker slot that worker 0 plays (the number of batches consumed mod the workers).
+        progress: Where to start each iteration (read when it starts); by default, from the beginning.
     """
 
     def __init__(
@@ -136,8 +150,7 @@ class PretrainStream(IterableDataset):
         world_size: int = 1,
         buffer_docs: int = 1000,
         tokenizer_threads: int = 4,
-        start: dict[int, ReaderPosition] | None = None,
-        first_slot: int = 0,
+        progress: StreamProgress | None = None,
     ):
         self.row_groups = list(row_groups)
         self.tokenizer = tokenizer
@@ -147,15 +160,15 @@ class PretrainStream(IterableDataset):
         self.world_size = world_size
         self.buffer_docs = buffer_docs
         self.tokenizer_threads = tokenizer_threads
-        self.start = start or {}
-        self.first_slot = first_slot
+        self.progress = progress if progress is not None else StreamProgress()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, ReaderPosition]]:
         worker, num_workers = _worker_slot()
-        slot = (self.first_slot + worker) % num_workers
+        # after n batches the next comes from worker slot n mod W, and a new iteration starts at worker 0
+        slot = (self.progress.consumed + worker) % num_workers
         reader = self.rank * num_workers + slot
         num_readers = self.world_size * num_workers
-        position = self.start.get(reader, ReaderPosition.start(reader))
+        position = self.progress.positions.get(reader) or ReaderPosition.start(reader)
         return self._batches(reader_row_groups(self.row_groups, reader, num_readers), position)
 
     def _batches(
@@ -166,7 +179,7 @@ class PretrainStream(IterableDataset):
         packer = BestFitPacker(itertools.chain(buffered, documents), self.sequence_len + 1, self.buffer_docs)
         packer.tokens_consumed, packer.tokens_cropped = position.tokens_consumed, position.tokens_cropped
         while True:
-            rows, targets = _rows_to_batch([next(packer) for _ in range(self.batch_size)])
+            inputs, targets = _rows_to_batch([next(packer) for _ in range(self.batch_size)])
             keys = np.array(packer.buffered_keys(), dtype=np.int64).reshape(-1, 2)
             after = ReaderPosition(
                 position.reader,
@@ -176,7 +189,7 @@ class PretrainStream(IterableDataset):
                 packer.tokens_consumed,
                 packer.tokens_cropped,
             )
-            yield rows, targets, after
+            yield inputs, targets, after
 
 
 class ValidationStream(PretrainStream):
@@ -206,6 +219,8 @@ class PretrainDataModule(L.LightningDataModule):
 
     Training is endless (epochs are counted in the state) and resumes exactly from a checkpoint;
     validation is a fixed set of batches from the last shard. See the module docstring for the design.
+    Under a Trainer, `setup()` takes the rank and world size from it; without one they are 0 and 1 (set
+    `rank` and `world_size` before `setup()` to play another rank).
 
     Args:
         source: "fineweb", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
@@ -257,8 +272,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._train_row_groups: list[RowGroup] | None = None
         self._val_row_groups: list[RowGroup] = []
-        self._positions: dict[int, ReaderPosition] = {}  # this rank's readers, after the last trained batch
-        self._consumed = 0  # training batches this rank has trained on
+        self.progress = StreamProgress()  # this rank's readers, after the batches trained on
         self._loaded_state: dict[str, Any] | None = None
 
     @functools.cached_property
@@ -272,13 +286,14 @@ class PretrainDataModule(L.LightningDataModule):
     @property
     def crop_fraction(self) -> float:
         """Fraction of document tokens this rank's packers cropped away so far (nanochat: ~35% at T=2048)."""
-        consumed = sum(p.tokens_consumed for p in self._positions.values())
-        return sum(p.tokens_cropped for p in self._positions.values()) / consumed if consumed else 0.0
+        positions = self.progress.positions.values()
+        consumed = sum(p.tokens_consumed for p in positions)
+        return sum(p.tokens_cropped for p in positions) / consumed if consumed else 0.0
 
     @property
     def epoch(self) -> int:
         """The training epoch the furthest of this rank's readers has reached (0 for the first pass)."""
-        return max((p.epoch for p in self._positions.values()), default=0)
+        return max((p.epoch for p in self.progress.positions.values()), default=0)
 
     @property
     def num_slots(self) -> int:
@@ -300,12 +315,12 @@ class PretrainDataModule(L.LightningDataModule):
                 "that each need their own: use fewer data.num_workers or more data"
             )
         first = self.rank * self.num_slots
-        self._positions = {r: ReaderPosition.start(r) for r in range(first, first + self.num_slots)}
-        if self._loaded_state is not None:
-            self._apply_state(self._loaded_state)
+        self.progress.positions = {r: ReaderPosition.start(r) for r in range(first, first + self.num_slots)}
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
+        if self._loaded_state is not None:
+            self._apply_state(self._loaded_state)
         stream = PretrainStream(
             self._train_row_groups,
             self.tokenizer,
@@ -315,8 +330,7 @@ class PretrainDataModule(L.LightningDataModule):
             self.world_size,
             self.buffer_docs,
             self.tokenizer_threads,
-            start=dict(self._positions),
-            first_slot=self._consumed % self.num_slots,
+            progress=self.progress,
         )
         # batch_size=None: the stream yields whole batches; pinned memory speeds the copy to a GPU
         return DataLoader(
@@ -350,16 +364,21 @@ class PretrainDataModule(L.LightningDataModule):
         """Record the position a training batch carries and hand `(inputs, targets)` to the model."""
         if len(batch) == 3 and isinstance(batch[2], ReaderPosition):
             inputs, targets, position = batch
-            self._positions[position.reader] = position
-            self._consumed += 1
+            self.progress.record(position)
             return inputs, targets
         return tuple(batch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's reader positions after the last trained batch (a collective call under DDP)."""
+        """Every rank's reader positions after the last trained batch (a collective call under DDP).
+
+        The LightningModule's `training_step` sees the batches after `on_before_batch_transfer`, so the
+        positions are those of the batches it trained on, not of those Lightning or the workers prefetched.
+        """
+        if self._loaded_state is not None:  # restored but not trained on yet: still where we are
+            return self._loaded_state
         if self._train_row_groups is None:
             return {}
-        positions = [p.to_state() for p in self._positions.values()]
+        positions = [p.to_state() for p in self.progress.positions.values()]
         if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
             # the checkpoint is written by rank 0 alone, so it must hold the other ranks' positions too
             gathered: list[list[dict[str, Any]] | None] = [None] * self.world_size
@@ -368,15 +387,14 @@ class PretrainDataModule(L.LightningDataModule):
         return {
             "version": STATE_VERSION,
             "layout": self._layout(),
-            "consumed": self._consumed,
+            "consumed": self.progress.consumed,
             "readers": sorted(positions, key=lambda p: p["reader"]),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from `state_dict()`'s output; applied once the rank and world size are known (setup)."""
+        """Resume from `state_dict()`'s output when training starts (validating alone never needs it, so a
+        checkpoint validates on any number of devices)."""
         self._loaded_state = state_dict
-        if self._train_row_groups is not None:
-            self._apply_state(state_dict)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -391,8 +409,12 @@ class PretrainDataModule(L.LightningDataModule):
                 f"{', '.join(changed)}; resume with the same settings"
             )
         positions = {p.reader: p for p in map(ReaderPosition.from_state, state["readers"])}
-        self._positions = {r: positions[r] for r in self._positions}
-        self._consumed = int(state["consumed"])
+        missing = sorted(set(self.progress.positions) - set(positions))
+        if missing:
+            raise UserError(f"the checkpoint's data state has no position for readers {missing}")
+        # in place: a stream already made from self.progress starts its next iteration from here
+        self.progress.positions = {r: positions[r] for r in self.progress.positions}
+        self.progress.consumed = int(state["consumed"])
         self._loaded_state = None
 
     def _layout(self) -> dict[str, int]:
@@ -400,7 +422,7 @@ class PretrainDataModule(L.LightningDataModule):
         assert self._train_row_groups is not None
         return {
             "world_size": self.world_size,
-            "num_workers": self.num_slots,
+            "readers_per_rank": self.num_slots,  # max(1, num_workers)
             "device_batch_size": self.device_batch_size,
             "sequence_len": self.sequence_len,
             "buffer_docs": self.buffer_docs,
@@ -445,7 +467,10 @@ class _ReaderDocuments:
             texts = self._texts(read)
             empty_reads = empty_reads + 1 if not texts else 0
             if empty_reads > len(self.row_groups):
-                raise UserError(f"no documents in any of the row groups {self.row_groups}")
+                first_shard = self.row_groups[0][0]
+                raise UserError(
+                    f"no documents in any of the {len(self.row_groups)} row groups from {first_shard}"
+                )
             for first in range(start, len(texts), TOKENIZER_BATCH):
                 for offset, ids in enumerate(self._encode(texts[first : first + TOKENIZER_BATCH])):
                     self.next_doc = (read, first + offset + 1)

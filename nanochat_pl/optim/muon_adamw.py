@@ -87,6 +87,7 @@ class MuonAdamW(torch.optim.Optimizer):
             raise UserError(f"MuonAdamW param group needs kind='adamw' or 'muon', got {kind!r}")
         group = {**(ADAMW_DEFAULTS if kind == "adamw" else MUON_DEFAULTS), **param_group}
         params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
+        group["params"] = params  # a generator would be empty by the time torch reads it
         if kind == "muon":
             if any(p.ndim != 2 for p in params):
                 shapes = [tuple(p.shape) for p in params if p.ndim != 2]

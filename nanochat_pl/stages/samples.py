@@ -24,7 +24,7 @@ SAMPLE_TOKENS = 16
 @rank_zero_only
 def log_samples(module: L.LightningModule) -> None:
     """Print the greedy continuation of every prompt and add them to TensorBoard as text."""
-    engine = Engine(module.model, module.tokenizer, autocast_dtype=None)
+    engine = Engine(module.model, module.tokenizer)
     was_training = module.model.training
     module.model.eval()
     lines = []

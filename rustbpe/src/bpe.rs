@@ -177,6 +177,8 @@ pub fn train<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = (B, u64)>, vocab_s
     let mut heap = OctonaryHeap::from(jobs);
 
     let mut merges = Vec::with_capacity(num_merges);
+    // the pairs each merge creates; drained after every merge, kept allocated
+    let mut fresh: HashMap<PairKey, (u64, Vec<u32>)> = HashMap::new();
     while merges.len() < num_merges {
         let Some(mut job) = heap.pop() else { break };
         let live = pair_counts.get(&job.pair).copied().unwrap_or(0);
@@ -192,7 +194,6 @@ pub fn train<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = (B, u64)>, vocab_s
         let new_id = 256 + merges.len() as u32;
         merges.push(pair);
 
-        let mut fresh: HashMap<PairKey, (u64, Vec<u32>)> = HashMap::new();
         for &w in &job.words {
             let count = words.counts[w as usize];
             let removed = |old: PairKey| {
@@ -213,7 +214,7 @@ pub fn train<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = (B, u64)>, vocab_s
         }
         // Every occurrence of the pair is gone now (a leftmost-first pass leaves no adjacent a, b).
         pair_counts.remove(&job.pair);
-        for (pair, (count, holders)) in fresh {
+        for (pair, (count, holders)) in fresh.drain() {
             pair_counts.insert(pair, count);
             heap.push(Job { count, pair, words: holders });
         }
@@ -249,7 +250,9 @@ mod tests {
                     *counts.entry((w[0], w[1])).or_default() += n;
                 }
             }
-            let Some((&best, _)) = counts.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))) else { break };
+            let Some((&best, _)) = counts.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))) else {
+                break;
+            };
             let z = 256 + merges.len() as u32;
             for (ids, _) in &mut words {
                 let mut out = Vec::with_capacity(ids.len());
@@ -342,9 +345,13 @@ mod tests {
             let mut expected = pairs_of(words.get(0));
             let mut delta: BTreeMap<Pair, i64> = BTreeMap::new();
             let mut reported = delta.clone();
-            words.merge(0, pair, 9, |p| *reported.entry(pair_of(p)).or_default() -= 1, |p| {
-                *delta.entry(pair_of(p)).or_default() += 1
-            });
+            words.merge(
+                0,
+                pair,
+                9,
+                |p| *reported.entry(pair_of(p)).or_default() -= 1,
+                |p| *delta.entry(pair_of(p)).or_default() += 1,
+            );
             for (p, d) in delta {
                 *reported.entry(p).or_default() += d;
             }

@@ -49,11 +49,13 @@ mod python {
             pattern: Option<&str>,
             buffer_size: usize,
         ) -> PyResult<u64> {
-            if !(256..=u32::MAX as i64).contains(&vocab_size) {
+            if vocab_size < 256 {
                 return Err(PyValueError::new_err(format!(
                     "vocab_size must be at least 256 (the byte tokens), got {vocab_size}"
                 )));
             }
+            let vocab_size = u32::try_from(vocab_size)
+                .map_err(|_| PyValueError::new_err(format!("vocab_size {vocab_size} is over 2**32 - 1")))?;
             if buffer_size == 0 {
                 return Err(PyValueError::new_err("buffer_size must be at least 1"));
             }
@@ -72,7 +74,7 @@ mod python {
                     let text = item.cast::<PyString>().map_err(|_| {
                         let type_name = item.get_type().name().map(|n| n.to_string()).unwrap_or_default();
                         PyValueError::new_err(format!(
-                            "train_from_iterator needs an iterator of str, item {items_seen} is a {type_name}"
+                            "train_from_iterator needs an iterator of str, item {items_seen} has type {type_name}"
                         ))
                     })?;
                     chars_seen += text.len()? as u64;
@@ -89,7 +91,7 @@ mod python {
             }
             drop(batch);
 
-            self.merges = py.detach(|| bpe::train(counts, vocab_size as u32));
+            self.merges = py.detach(|| bpe::train(counts, vocab_size));
             self.pattern = pattern.to_string();
             self.chars_seen = chars_seen;
             Ok(chars_seen)

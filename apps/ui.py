@@ -1,0 +1,123 @@
+"""The Gradio chat page: a ChatInterface whose replies stream from the replica pool.
+
+Each calculator call is its own collapsible message: the expression inside (in a code block, so `2*3*4` is
+not read as markdown), the result beside the title (`metadata["log"]`), so the conversation reads as text
+with the tool's work folded away. When the history comes back on the next turn, those messages are turned
+back into the python / python_output parts the model wrote and was fed, so the model sees its own earlier
+turns token for token.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_NEW_TOKENS, MAX_TOP_K
+from nanochat_pl.commands.chat import Piece, Reply
+from nanochat_pl.common import UserError
+
+if TYPE_CHECKING:
+    from apps.chat import ReplicaPool
+
+TOOL_TITLE = "🧮 calculator"
+RESULT_PREFIX = "= "
+FENCE_OPEN, FENCE_CLOSE = "```\n", "\n```"
+
+
+def _text(content: Any) -> str:
+    """A history message's text: Gradio hands it over as a string or as a list of {"type": "text"} parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def conversation_from_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gradio's history -> the tokenizer's messages: consecutive assistant messages are one turn, the
+    calculator messages in it its python / python_output parts."""
+    messages: list[dict[str, Any]] = []
+    for message in history:
+        if message["role"] != "assistant":
+            messages.append({"role": message["role"], "content": _text(message["content"])})
+            continue
+        if not messages or messages[-1]["role"] != "assistant":
+            messages.append({"role": "assistant", "content": []})
+        metadata = message.get("metadata") or {}
+        if metadata.get("title") == TOOL_TITLE:
+            expression = _text(message["content"]).removeprefix(FENCE_OPEN).removesuffix(FENCE_CLOSE)
+            messages[-1]["content"].append({"type": "python", "text": expression})
+            if "log" in metadata:
+                result = metadata["log"].removeprefix(RESULT_PREFIX)
+                messages[-1]["content"].append({"type": "python_output", "text": result})
+        else:
+            messages[-1]["content"].append({"type": "text", "text": _text(message["content"])})
+    return messages
+
+
+def _text_part(text: str) -> dict[str, str]:
+    """Message content as a text part: Gradio passes it through as is, where a plain string would go through
+    `inspect.cleandoc`, losing its leading spaces and indentation."""
+    return {"type": "text", "text": text}
+
+
+def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
+    """Add one piece of the reply to the messages on the page."""
+    last = shown[-1] if shown else None
+    in_tool = last is not None and last.metadata.get("title") == TOOL_TITLE
+    if piece.kind == "python" and piece.text == "":  # a new call opens
+        content = _text_part(FENCE_OPEN + FENCE_CLOSE)
+        shown.append(gr.ChatMessage(content=content, metadata={"title": TOOL_TITLE, "status": "pending"}))
+    elif piece.kind == "python":
+        expression = last.content["text"].removesuffix(FENCE_CLOSE) + piece.text
+        last.content = _text_part(expression + FENCE_CLOSE)
+    elif piece.kind == "output":
+        # a new dict, not an edit in place: the page compares each update with the last one it sent
+        log = last.metadata.get("log", RESULT_PREFIX) + piece.text
+        last.metadata = {**last.metadata, "log": log, "status": "done"}
+    elif last is None or in_tool:
+        shown.append(gr.ChatMessage(content=_text_part(piece.text)))
+    else:
+        last.content = _text_part(last.content["text"] + piece.text)
+
+
+def chat_page(pool: ReplicaPool) -> gr.Blocks:
+    """The page: chat box, stop button, and temperature / top-k / max-tokens controls."""
+
+    async def respond(
+        message: str, history: list[dict[str, Any]], temperature: float, top_k: int, max_tokens: int
+    ) -> AsyncIterator[list[gr.ChatMessage]]:
+        messages = [*conversation_from_history(history), {"role": "user", "content": message}]
+        try:
+            reply = Reply(
+                pool.tokenizer,
+                pool.context_len,
+                messages,
+                temperature,
+                int(top_k) or None,
+                int(max_tokens),
+                seed=random.randrange(2**31),
+            )
+        except UserError as error:
+            raise gr.Error(str(error)) from error
+        shown: list[gr.ChatMessage] = []
+        async for piece in pool.stream(reply):
+            _show(shown, piece)
+            yield list(shown)
+        if not shown:  # the model ended its turn at once
+            yield [gr.ChatMessage(content=_text_part(""))]
+
+    controls = [
+        gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature"),
+        gr.Slider(0, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Top-k (0: off)"),
+        gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULT_MAX_TOKENS, step=1, label="Max new tokens"),
+    ]
+    return gr.ChatInterface(
+        respond,
+        additional_inputs=controls,
+        additional_inputs_accordion=gr.Accordion("Sampling", open=False),
+        title="nanochat-pl",
+        concurrency_limit=None,  # the replica pool queues the requests, not Gradio
+        fill_height=True,
+    )

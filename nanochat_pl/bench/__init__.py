@@ -1,0 +1,1 @@
+"""Benchmarks: `nanochat-pl bench tokenizer|train|infer`, each printing one JSON line last."""

@@ -1,0 +1,99 @@
+"""What the chat, API and browser tests share: a tiny real checkpoint, a scripted stand-in engine whose reply
+the test chooses, and a real uvicorn server on a free local port."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import uvicorn
+
+from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.tokenizer import Tokenizer
+
+# text with multi-byte characters, so the tokenizer keeps some of them as several byte tokens
+TRAINING_TEXT = ["hello world, the answer is 42. café, naïve, 日本語, € and 🙂 "] * 50
+
+
+def make_checkpoint(directory: Path) -> Path:
+    """A tiny random GPT (depth 2) and its tokenizer, saved the way the stages save them."""
+    tokenizer = Tokenizer.train_from_iterator(TRAINING_TEXT, vocab_size=320)
+    tokenizer_dir = tokenizer.save(directory / "tokenizer")
+    torch.manual_seed(0)
+    config = GPTConfig.from_depth(2, vocab_size=tokenizer.vocab_size, sequence_len=128, head_dim=32)
+    model = GPT(config)
+    model.init_weights()
+    with torch.no_grad():  # nanochat's init zeroes the output projections; make the model say varied things
+        model.lm_head.weight.normal_(std=0.5)
+    state = {"model." + name: tensor for name, tensor in model.state_dict().items()}
+    meta = {"stage": "sft", "gpt_config": dataclasses.asdict(config), "tokenizer_dir": str(tokenizer_dir)}
+    path = directory / "tiny.ckpt"
+    torch.save({"state_dict": state, "nanochat_pl": meta}, path)
+    return path
+
+
+class ScriptedEngine:
+    """Stands in for `Engine`: replies with `script` (text and calculator calls, the tool's output included as
+    the real engine forces it), one token every `delay` seconds; records every prompt it is given and how many
+    tokens each reply got out before it ended or was abandoned."""
+
+    def __init__(self, tokenizer: Tokenizer, script: list[tuple[str, str]], delay: float = 0.0):
+        self.tokenizer = tokenizer
+        self.model = SimpleNamespace(config=SimpleNamespace(sequence_len=1024))
+        self.terminal_tokens = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id)
+        self.delay = delay
+        self.prompts: list[list[int]] = []
+        self.produced: list[int] = []
+        special = tokenizer.encode_special
+        self.reply: list[int] = []
+        for kind, text in script:
+            if kind == "text":
+                self.reply += tokenizer.encode(text)
+            else:
+                start, end = (
+                    ("<|python_start|>", "<|python_end|>")
+                    if kind == "python"
+                    else ("<|output_start|>", "<|output_end|>")
+                )
+                self.reply += [special(start), *tokenizer.encode(text), special(end)]
+        self.reply.append(special("<|assistant_end|>"))
+
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int = 256, **sampling):
+        self.prompts.append(list(tokens))
+        self.produced.append(0)
+        for token in self.reply[:max_tokens]:
+            time.sleep(self.delay)
+            self.produced[-1] += 1
+            yield [token] * num_samples, [1] * num_samples
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serve `app` with uvicorn in a background thread; yield its base URL; shut it down afterwards."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
