@@ -120,4 +120,5 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
         title="nanochat-pl",
         concurrency_limit=None,  # the replica pool queues the requests, not Gradio
         fill_height=True,
+        analytics_enabled=False,  # no telemetry and no version check calling out from a self-hosted server
     )

@@ -1,8 +1,9 @@
 """Checkpoints are the hand-off between stages: any stage's `.ckpt` rebuilds its GPT and names its tokenizer.
 
-Lightning writes the checkpoint (atomically: it saves to memory, then writes through an fsspec transaction);
-every stage adds `checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer_dir"}` so the engine, evals,
-`chat` and `serve` can load the model without the LightningModule that trained it.
+Lightning writes the checkpoint; `AtomicCheckpointIO` (installed by the CLI) makes that write a temporary file
+beside the target renamed onto it, so a crash mid-save leaves the previous checkpoint intact. Every stage adds
+`checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer_dir"}` so the engine, evals, `chat` and `serve`
+can load the model without the LightningModule that trained it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nanochat_pl.common import UserError
+from nanochat_pl.common import UserError, atomic_path
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 CHECKPOINT_KEY = "nanochat_pl"
 MODEL_PREFIX = "model."  # the stages hold the GPT as `self.model`
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, staging a local checkpoint in the target's own directory.
+
+    Lightning 2.6 writes through an fsspec transaction, which stages local files in $TMPDIR and then moves them;
+    across filesystems (a tmpfs /tmp, a node-local /tmp under a network home) that move copies over the previous
+    checkpoint, which a crash leaves half-written, and a small $TMPDIR fails the save (Lightning #21253). URLs
+    (s3://, ...) keep Lightning's path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

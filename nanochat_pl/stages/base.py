@@ -179,7 +179,9 @@ class BaseTraining(L.LightningModule):
         apply_muon_schedules(optimizer, self.global_step, self.schedule)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [LearningRateMonitor(logging_interval="step"), TokenThroughputMonitor()]
+        # LearningRateMonitor refuses to start without a logger (`trainer.logger: false`)
+        lr_monitor = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
+        return [*lr_monitor, TokenThroughputMonitor()]
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
@@ -221,4 +223,3 @@ def _meta_model(config: GPTConfig) -> GPT:
     """The GPT's structure without memory behind it: for counting, or to materialise with to_empty()."""
     with torch.device("meta"):
         return GPT(config)
-
