@@ -72,13 +72,9 @@ class ChatCompletionRequest(BaseModel):
         lengths = [len(message.text()) for message in self.messages]
         for i, length in enumerate(lengths):
             if length > MAX_MESSAGE_CHARS:
-                raise ValueError(
-                    f"message {i} has {length:,} characters; at most {MAX_MESSAGE_CHARS:,} allowed"
-                )
+                raise ValueError(f"message {i} has {length:,} characters; at most {MAX_MESSAGE_CHARS:,} allowed")
         if sum(lengths) > MAX_TOTAL_CHARS:
-            raise ValueError(
-                f"the messages have {sum(lengths):,} characters; at most {MAX_TOTAL_CHARS:,} allowed"
-            )
+            raise ValueError(f"the messages have {sum(lengths):,} characters; at most {MAX_TOTAL_CHARS:,} allowed")
         return self
 
 

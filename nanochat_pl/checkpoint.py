@@ -8,6 +8,7 @@ can load the model without the LightningModule that trained it.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if CHECKPOINT_KEY not in checkpoint:
         raise UserError(f"{path} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
     return checkpoint
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Fail early, in one line, on a missing or truncated checkpoint file, without reading it.
+
+    torch.save writes a zip archive whose directory is at the end, so a truncated file has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot read checkpoint {path}: not a complete torch checkpoint (truncated or foreign?)")
 
 
 def check_vocab_matches(checkpoint: dict[str, Any], tokenizer: Tokenizer) -> None:

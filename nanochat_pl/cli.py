@@ -19,7 +19,12 @@ LIGHTNING_COMMANDS = {
     "test": "run a stage's test loop",
 }
 
-# group -> command -> (import path "module:function", one-line help). A command lives here once it is built.
+# command -> (import path "module:function", one-line help), and the same per group of commands.
+# A command lives here once it is built.
+SINGLE_COMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("nanochat_pl.commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
+    "serve": ("nanochat_pl.commands.chat:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
+}
 COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {
         "download": ("nanochat_pl.commands.data:download", "download FineWeb-Edu shards (resumable, atomic)"),
@@ -31,19 +36,24 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "bench": {
         "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),
+        "train": ("nanochat_pl.bench.train:bench_train", "training tokens/s, step time, MFU, peak memory"),
+        "infer": ("nanochat_pl.bench.infer:bench_infer", "time to first token, time per token, tokens/s"),
     },
 }
 
 # The design card spells flags with dashes and a few short options; jsonargparse names them after the Python
 # parameters. Both spellings are accepted.
-SHORT_FLAGS: dict[tuple[str, str], dict[str, str]] = {
-    ("data", "download"): {"-n": "--num_shards"},
+SHORT_FLAGS: dict[str, dict[str, str]] = {
+    "data download": {"-n": "--num_shards"},
+    "chat": {"-p": "--prompt"},
 }
 
 
 def _usage() -> str:
     lines = ["usage: nanochat-pl COMMAND [options]", "", "commands:"]
     for name, text in LIGHTNING_COMMANDS.items():
+        lines.append(f"  {name:<22}{text}")
+    for name, (_, text) in SINGLE_COMMANDS.items():
         lines.append(f"  {name:<22}{text}")
     for group, commands in COMMANDS.items():
         for name, (_, text) in commands.items():
@@ -70,14 +80,19 @@ def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
     return out
 
 
-def _run_function_command(group: str, args: list[str]) -> None:
+def _run_function_command(command: str, args: list[str]) -> None:
+    """Run a plain-function command; every parameter is an option (`--checkpoint PATH`), none positional."""
     from jsonargparse import CLI
 
-    commands = COMMANDS[group]
+    if command in SINGLE_COMMANDS:
+        args = _normalise_flags(args, SHORT_FLAGS.get(command, {}))
+        CLI(_load(SINGLE_COMMANDS[command][0]), args=args, prog=f"nanochat-pl {command}", as_positional=False)
+        return
+    commands = COMMANDS[command]
     if args and args[0] in commands:
-        args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get((group, args[0]), {}))]
+        args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
     functions = {name: _load(path) for name, (path, _) in commands.items()}
-    CLI(functions, args=args, prog=f"nanochat-pl {group}")
+    CLI(functions, args=args, prog=f"nanochat-pl {command}", as_positional=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,13 +106,22 @@ def main(argv: list[str] | None = None) -> None:
             from nanochat_pl.lightning_cli import run_lightning_cli
 
             run_lightning_cli([command, *rest])
-        elif command in COMMANDS:
+        elif command in COMMANDS or command in SINGLE_COMMANDS:
             _run_function_command(command, rest)
         else:
             raise UserError(f"unknown command {command!r}; run `nanochat-pl --help` for the list")
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _one_line(error: UserError) -> str:
+    """The error as one line. Libraries' texts inside it (Arrow's) may span lines, and a UserError raised in a
+    DataLoader worker comes back with the worker's traceback in front of the original message."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

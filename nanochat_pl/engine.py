@@ -108,9 +108,7 @@ class Engine:
         if num_samples < 1 or max_tokens < 0:
             raise UserError(f"need num_samples >= 1 and max_tokens >= 0, got {num_samples} and {max_tokens}")
         if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-            raise UserError(
-                f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}"
-            )
+            raise UserError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
         context = self.model.config.sequence_len
         if len(tokens) >= context:
             raise UserError(f"the prompt has {len(tokens)} tokens; the model's context is {context} tokens")

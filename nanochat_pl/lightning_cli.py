@@ -13,20 +13,35 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from argparse import ArgumentError
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nanochat_pl.checkpoint import AtomicCheckpointIO
-from nanochat_pl.common import home_dir
+from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file
+from nanochat_pl.common import UserError, home_dir
 
 
 class NanochatCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.sequence_len", "data.init_args.sequence_len")
         parser.link_arguments("model.init_args.tokenizer_dir", "data.init_args.tokenizer_dir")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            hint = f"see `nanochat-pl {_subcommand(args)} --help`"
+            raise UserError(f"{_config_error(str(error))} ({hint})") from None
+        # before LightningCLI torch.loads the checkpoint for its hyperparameters, which fails with a traceback;
+        # Lightning's own names ("last", "best", "hpc", "registry:...") and URLs are left to Lightning
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and ":" not in ckpt_path:
+            check_checkpoint_file(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -50,8 +65,32 @@ def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> 
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args,
+        # the command line itself is left for LightningCLI to read: given it twice, it warns on every run
+        args=None if args == sys.argv[1:] else args,
         trainer_defaults=trainer_defaults,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites config.yaml instead of refusing to start
+        parser_kwargs={"exit_on_error": False},  # a config error becomes one line (parse_arguments), not usage
     )
+
+
+# jsonargparse explains a bad value of a `class_path` option as a tree: which union member, which class, which
+# key. The lines that carry information are the first and the innermost ones.
+_CONFIG_ERROR_NOISE = (
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "- Expected a <class 'NoneType'>",
+)
+
+
+def _config_error(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines()]
+    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_CONFIG_ERROR_NOISE)]
+    return " ".join(kept)
+
+
+def _subcommand(args: Any) -> str:
+    arguments = sys.argv[1:] if args is None else args
+    return arguments[0] if arguments else "fit"

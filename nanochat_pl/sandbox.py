@@ -261,9 +261,7 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256) -> ExecRe
         memory_mb: address-space limit of the process in MiB.
     """
     if not isinstance(code, str) or len(code) > MAX_PROGRAM_CHARS:
-        return ExecResult(
-            "error", None, "", f"program must be a str of at most {MAX_PROGRAM_CHARS} chars", 0.0
-        )
+        return ExecResult("error", None, "", f"program must be a str of at most {MAX_PROGRAM_CHARS} chars", 0.0)
     with (
         tempfile.TemporaryDirectory(prefix="nanochat-sandbox-", ignore_cleanup_errors=True) as work_dir,
         tempfile.TemporaryFile() as stdout,

@@ -85,9 +85,7 @@ class Tokenizer:
     # ---- training, saving, loading ----
 
     @classmethod
-    def train_from_iterator(
-        cls, texts: Iterable[str], vocab_size: int, pattern: str | None = None
-    ) -> Tokenizer:
+    def train_from_iterator(cls, texts: Iterable[str], vocab_size: int, pattern: str | None = None) -> Tokenizer:
         """Train on a stream of documents; `vocab_size` counts bytes, merges and special tokens together."""
         if vocab_size < MIN_VOCAB_SIZE:
             raise UserError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + 9 special tokens)")
@@ -101,13 +99,9 @@ class Tokenizer:
         """Write the tokenizer's three files into `directory` (created if needed); return the directory."""
         directory = Path(directory)
         tokens = sorted(self.mergeable_ranks, key=self.mergeable_ranks.__getitem__)
-        ranks_text = "".join(
-            f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokens)
-        )
+        ranks_text = "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokens))
         atomic_write_text(directory / RANKS_FILE, ranks_text)
-        atomic_write_text(
-            directory / TOKEN_BYTES_FILE, "".join(f"{n}\n" for n in self.token_bytes().tolist())
-        )
+        atomic_write_text(directory / TOKEN_BYTES_FILE, "".join(f"{n}\n" for n in self.token_bytes().tolist()))
         config = {
             "pattern": self.pattern,
             "vocab_size": self.vocab_size,
@@ -123,9 +117,7 @@ class Tokenizer:
         directory = Path(directory)
         for name in (CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE):
             if not (directory / name).is_file():
-                raise UserError(
-                    f"no tokenizer at {directory} (no {name}): run `nanochat-pl tokenizer train` first"
-                )
+                raise UserError(f"no tokenizer at {directory} (no {name}): run `nanochat-pl tokenizer train` first")
         config = _read_config(directory / CONFIG_FILE)
         ranks = _read_ranks(directory / RANKS_FILE)
         tokenizer = cls(config["pattern"], ranks)
@@ -214,9 +206,7 @@ class Tokenizer:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         return ids, mask
 
-    def render_for_completion(
-        self, conversation: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> list[int]:
+    def render_for_completion(self, conversation: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
         """The prompt asking for the assistant's next turn: the conversation without its last assistant
         turn (if it ends with one), followed by <|assistant_start|>. Not truncated."""
         messages = _chat_messages(conversation)
@@ -352,9 +342,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
         except binascii.Error as e:
             raise UserError(f"{where}: invalid base64 {fields[0]!r:.80} ({e})") from e
         if fields[1] != str(rank):
-            raise UserError(
-                f"{where}: expected rank {rank} (ranks are 0, 1, 2, ... in order), got {fields[1]!r}"
-            )
+            raise UserError(f"{where}: expected rank {rank} (ranks are 0, 1, 2, ... in order), got {fields[1]!r}")
         if not token or token in ranks:
             raise UserError(f"{where}: token {token!r} is empty or repeated")
         if rank < 256 and len(token) != 1:
@@ -363,16 +351,13 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
             raise UserError(f"{where}: token {token!r} is not a merge of two earlier tokens")
         ranks[token] = rank
     if len(ranks) < 256:
-        raise UserError(
-            f"{path} has {len(ranks)} tokens; it needs at least the 256 single bytes (truncated?)"
-        )
+        raise UserError(f"{path} has {len(ranks)} tokens; it needs at least the 256 single bytes (truncated?)")
     return ranks
 
 
 def _is_merge_of_earlier(token: bytes, rank: int, ranks: dict[bytes, int]) -> bool:
     return any(
-        ranks.get(token[:cut], rank) < rank and ranks.get(token[cut:], rank) < rank
-        for cut in range(1, len(token))
+        ranks.get(token[:cut], rank) < rank and ranks.get(token[cut:], rank) < rank for cut in range(1, len(token))
     )
 
 
@@ -385,6 +370,4 @@ def _check_token_bytes(path: Path, expected: list[int]) -> None:
         raise UserError(f"{path} has {len(found)} entries, expected one per token id: {len(expected)}")
     if found != expected:
         first = next(i for i, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
-        raise UserError(
-            f"{path}: token {first} has {expected[first]} bytes in the merge table, not {found[first]}"
-        )
+        raise UserError(f"{path}: token {first} has {expected[first]} bytes in the merge table, not {found[first]}")

@@ -84,7 +84,9 @@ def free_port() -> int:
 def running_server(app) -> Iterator[str]:
     """Serve `app` with uvicorn in a background thread; yield its base URL; shut it down afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # open connections (a browser's event stream) get 1 s to finish when the test is done with the server
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -50,9 +50,7 @@ def stream_text(url: str, **request) -> tuple[str, list]:
 
 def test_streaming_and_not_agree_at_temperature_zero(real_server):
     url, tokenizer = real_server
-    request = dict(
-        model="any", messages=[{"role": "user", "content": "hello world"}], temperature=0, max_tokens=24
-    )
+    request = dict(model="any", messages=[{"role": "user", "content": "hello world"}], temperature=0, max_tokens=24)
     response = client(url).chat.completions.create(**request)
     text, chunks = stream_text(url, stream_options={"include_usage": True}, **request)
 
@@ -74,9 +72,7 @@ def test_eight_concurrent_streams_all_complete(real_server):
     results: dict[int, str] = {}
 
     def ask(i: int) -> None:
-        request = dict(
-            model="any", messages=[{"role": "user", "content": f"number {i}"}], max_tokens=16, seed=i
-        )
+        request = dict(model="any", messages=[{"role": "user", "content": f"number {i}"}], max_tokens=16, seed=i)
         _, chunks = stream_text(url, **request)
         results[i] = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
 
@@ -112,10 +108,7 @@ BAD_REQUESTS = {
     ),
     "long message": ({"messages": [user("x" * 8_001)]}, "message 0 has 8,001 characters; at most 8,000"),
     "long conversation": (
-        {
-            "messages": [user("x" * 7_000), {"role": "assistant", "content": "y" * 7_000}] * 2
-            + [user("z" * 7_000)]
-        },
+        {"messages": [user("x" * 7_000), {"role": "assistant", "content": "y" * 7_000}] * 2 + [user("z" * 7_000)]},
         "35,000 characters; at most 32,000",
     ),
     "temperature < 0": (
@@ -197,9 +190,7 @@ def test_the_server_answers_while_generating_and_a_stream_cut_short_frees_its_re
     url, engine = scripted_server
     engine_delay, engine.delay = engine.delay, 0.2  # about 5 s for the whole reply
     try:
-        with httpx.stream(
-            "POST", url + "/v1/chat/completions", json={"messages": [user("hi")], "stream": True}
-        ) as r:
+        with httpx.stream("POST", url + "/v1/chat/completions", json={"messages": [user("hi")], "stream": True}) as r:
             next(r.iter_lines())  # the first chunk
             # the server answers while its only replica is busy generating, then we hang up
             assert httpx.get(url + "/health", timeout=2).json()["free"] == 0

@@ -24,9 +24,7 @@ def reply_to(engine, content="hi", max_tokens=100) -> Reply:
 
 
 def test_reply_streams_whole_characters_and_the_tool_call(tokenizer):
-    assert (
-        len(tokenizer.encode("中")) == 3 and len(tokenizer.encode("🙂")) == 2
-    )  # characters split across tokens
+    assert len(tokenizer.encode("中")) == 3 and len(tokenizer.encode("🙂")) == 2  # characters split across tokens
     engine = ScriptedEngine(tokenizer, SCRIPT)
     reply = reply_to(engine)
     pieces = list(reply.run(engine))

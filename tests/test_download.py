@@ -122,9 +122,7 @@ def test_all_attempts_failing_is_one_clear_error(server, tmp_path):
 
     server.plan["shard_00001.parquet"] = ["500"] * 5
     url = re.escape(f"{server.url}/shard_00001.parquet")
-    with pytest.raises(
-        UserError, match=f"could not download {url} after 5 attempts; last error: HTTP Error 500"
-    ):
+    with pytest.raises(UserError, match=f"could not download {url} after 5 attempts; last error: HTTP Error 500"):
         fetch(server, out, 2)
     server.plan["shard_00001.parquet"] = ["corrupt"] * 5
     with pytest.raises(UserError, match="not a readable parquet file"):

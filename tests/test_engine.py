@@ -66,9 +66,7 @@ def naive_generate(model, tokenizer, prompt, num_samples, steps, temperature, to
         logits = model(sequences)[:, -1, :]
         column = sample_next_token(logits, generator, temperature, top_k).tolist()
         column = [token if end is None else end for token, end in zip(column, ended, strict=True)]
-        ended = [
-            end or (token if token in terminal else None) for token, end in zip(column, ended, strict=True)
-        ]
+        ended = [end or (token if token in terminal else None) for token, end in zip(column, ended, strict=True)]
         columns.append(column)
         if all(ended):
             break
@@ -162,9 +160,7 @@ def special(tokenizer, name):
 
 
 def prompt_for(tokenizer, text="hello"):
-    return tokenizer.render_for_completion(
-        [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
-    )
+    return tokenizer.render_for_completion([{"role": "user", "content": text}, {"role": "assistant", "content": ""}])
 
 
 def test_tool_call_is_executed_and_its_output_forced(tokenizer):
@@ -194,9 +190,7 @@ def test_failing_tool_call_forces_the_error_text(tokenizer):
     expression = tokenizer.encode("exit()")  # distinct tokens: the script keys on the last token only
     script = chain(prompt[-1], s("<|python_start|>"), *expression, s("<|python_end|>"))
     script.update(chain(s("<|output_end|>"), s("<|assistant_end|>")))
-    engine = Engine(
-        ScriptedModel(tokenizer.vocab_size, script, tokenizer.bos_token_id), tokenizer, torch.float32
-    )
+    engine = Engine(ScriptedModel(tokenizer.vocab_size, script, tokenizer.bos_token_id), tokenizer, torch.float32)
     (sequence,), _ = engine.generate_batch(prompt, max_tokens=100, temperature=0.0)
     output = tokenizer.decode(sequence[len(prompt) + len(expression) + 2 :])
     assert output == f"<|output_start|>{calculator('exit()')}<|output_end|>"

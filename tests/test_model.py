@@ -48,9 +48,7 @@ def test_d20_october_recipe_parameter_count():
 
 def test_d20_flops_per_token():
     model = meta_model(GPTConfig.from_depth(20))
-    linear_weights = (
-        20 * 12 * 1280**2 + 10 * (10 * 12) + 24 + 32768 * 1280
-    )  # blocks, VE gates, smear gate, lm_head
+    linear_weights = 20 * 12 * 1280**2 + 10 * (10 * 12) + 24 + 32768 * 1280  # blocks, VE gates, smear gate, lm_head
     attention_flops = 12 * 10 * 128 * (15 * 512 + 5 * 2048)  # 15 short layers, 5 full, at T = 2048
     assert model.flops_per_token() == 6 * linear_weights + attention_flops
     assert model.flops_per_token() == pytest.approx(2.89e9, rel=2e-3)

@@ -79,9 +79,7 @@ def test_adamw_path_matches_torch_adamw():
         return [dict(params=ps[:2], **hypers[0]), dict(params=ps[2:], **hypers[1])]
 
     expected = run_with_random_grads(lambda ps: torch.optim.AdamW(groups(ps), foreach=False), shapes, steps=8)
-    ours = run_with_random_grads(
-        lambda ps: MuonAdamW([dict(kind="adamw", **g) for g in groups(ps)]), shapes, steps=8
-    )
+    ours = run_with_random_grads(lambda ps: MuonAdamW([dict(kind="adamw", **g) for g in groups(ps)]), shapes, steps=8)
     for a, b in zip(expected, ours, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
@@ -265,9 +263,7 @@ def test_schedules_hit_nanochat_values_at_key_steps():
     assert october.lr_multiplier(900) == pytest.approx(0.5)
     assert october.lr_multiplier(1000) == 0.0
     assert october.muon_momentum(150) == pytest.approx(0.90)
-    assert october.muon_momentum(300) == pytest.approx(0.95) and october.muon_momentum(999) == pytest.approx(
-        0.95
-    )
+    assert october.muon_momentum(300) == pytest.approx(0.95) and october.muon_momentum(999) == pytest.approx(0.95)
     assert october.weight_decay_multiplier(500) == 1.0
 
 
@@ -313,9 +309,7 @@ def test_param_groups_follow_both_recipes():
         "matrices": [p(4, 4), p(16, 4)],
     }
     s = (1280 / 768) ** -0.5
-    groups = {
-        g["name"]: g for g in build_param_groups(families, model_dim=1280, lr_scale=2.0, weight_decay=0.1)
-    }
+    groups = {g["name"]: g for g in build_param_groups(families, model_dim=1280, lr_scale=2.0, weight_decay=0.1)}
     expected = {  # nanochat gpt.py@92d63d4 setup_optimizer with base_train's LR defaults
         "lm_head": (0.008 * s * 2, (0.8, 0.96), 0.01),
         "wte": (0.3 * s * 2, (0.8, 0.995), 0.001),
@@ -350,12 +344,8 @@ def test_param_groups_follow_both_recipes():
     )
     by_name = {g["name"]: g for g in october}
     assert set(by_name) == {"lm_head", "wte", "matrices"}  # the empty family is skipped
-    assert by_name["lm_head"]["lr"] == pytest.approx(0.004 * s) and by_name["wte"]["lr"] == pytest.approx(
-        0.2 * s
-    )
-    assert all(
-        by_name[n]["betas"] == (0.8, 0.95) and by_name[n]["weight_decay"] == 0 for n in ("lm_head", "wte")
-    )
+    assert by_name["lm_head"]["lr"] == pytest.approx(0.004 * s) and by_name["wte"]["lr"] == pytest.approx(0.2 * s)
+    assert all(by_name[n]["betas"] == (0.8, 0.95) and by_name[n]["weight_decay"] == 0 for n in ("lm_head", "wte"))
     assert by_name["matrices"]["orthogonalizer"] == "newton_schulz" and not by_name["matrices"]["normuon"]
     with pytest.raises(UserError):
         build_param_groups({"value_embeds": families["value_embeds"]}, model_dim=1280, recipe="oct")
@@ -372,9 +362,7 @@ def test_bad_groups_are_user_errors():
         MuonAdamW([dict(kind="muon", params=[nn.Parameter(torch.zeros(2, 2))], ns_steps=6)])
 
 
-def head_scaling_params(
-    depth: int, vocab_size: int = 32768, aspect_ratio: int = 64, head_dim: int = 128
-) -> int:
+def head_scaling_params(depth: int, vocab_size: int = 32768, aspect_ratio: int = 64, head_dim: int = 128) -> int:
     """nanochat HEAD's block matrices + lm_head, from its architecture (reference/nanochat.md §2).
 
     width d = ceil(depth·64 / 128)·128 with n_head = n_kv_head = d/128. Per layer: q, k, v, o are d×d and the
@@ -412,9 +400,7 @@ def test_depth_rules_reproduce_nanochat_numbers():
 
     assert plan_from_depth(32, head_scaling_params(32), reference).total_batch_tokens == 2_097_152
 
-    forced = plan_from_depth(
-        20, head_scaling_params(20), reference, total_batch_tokens=2**19, num_iterations=10
-    )
+    forced = plan_from_depth(20, head_scaling_params(20), reference, total_batch_tokens=2**19, num_iterations=10)
     assert (forced.total_batch_tokens, forced.num_iterations, forced.lr_scale) == (2**19, 10, 1.0)
     assert "optimizer steps" in forced.describe() and "524,288" in forced.describe()
 
@@ -474,9 +460,7 @@ def test_lightning_automatic_optimization_with_accumulation():
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_multiplier)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    data = torch.utils.data.TensorDataset(
-        torch.randint(0, 11, (16, 6), generator=torch.Generator().manual_seed(0))
-    )
+    data = torch.utils.data.TensorDataset(torch.randint(0, 11, (16, 6), generator=torch.Generator().manual_seed(0)))
     module = Module()
     trainer = pl.Trainer(
         max_steps=4,
@@ -491,8 +475,7 @@ def test_lightning_automatic_optimization_with_accumulation():
     assert trainer.global_step == 4
     optimizer = trainer.optimizers[0]
     assert all(
-        g["lr"] == pytest.approx(g["initial_lr"] * module.schedule.lr_multiplier(4))
-        for g in optimizer.param_groups
+        g["lr"] == pytest.approx(g["initial_lr"] * module.schedule.lr_multiplier(4)) for g in optimizer.param_groups
     )
     moved = [not torch.equal(v, module.start[k]) for k, v in module.model.state_dict().items()]
     assert all(moved)

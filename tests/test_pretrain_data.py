@@ -54,9 +54,7 @@ def corpus(tmp_path_factory):
             f"<{shard}.{i}> " + " ".join(rng.choices(WORDS, k=int(rng.lognormvariate(2.7, 0.9)) + 1))
             for i in range(DOCS_PER_SHARD)
         ]
-        pq.write_table(
-            pa.table({"text": docs}), root / f"shard_{shard:05d}.parquet", row_group_size=ROW_GROUP
-        )
+        pq.write_table(pa.table({"text": docs}), root / f"shard_{shard:05d}.parquet", row_group_size=ROW_GROUP)
         texts += docs
     Tokenizer.train_from_iterator(texts, vocab_size=320).save(root / "tokenizer")
     return root, root / "tokenizer"
@@ -64,9 +62,7 @@ def corpus(tmp_path_factory):
 
 def make_module(corpus, rank=0, world_size=1, **kwargs):
     shards, tokenizer = corpus
-    settings = dict(
-        sequence_len=T, device_batch_size=B, buffer_docs=BUFFER, val_tokens=3 * B * T * world_size
-    )
+    settings = dict(sequence_len=T, device_batch_size=B, buffer_docs=BUFFER, val_tokens=3 * B * T * world_size)
     dm = PretrainDataModule(source=str(shards), tokenizer_dir=str(tokenizer), **{**settings, **kwargs})
     dm.rank, dm.world_size = rank, world_size  # what setup() takes from the trainer under DDP
     dm.setup("fit")
@@ -114,9 +110,7 @@ def test_batches_are_best_fit_rows_of_the_readers_documents(corpus):
     epoch_docs = []
     for shard, index in mine:
         table = pq.ParquetFile(shards_dir / f"shard_{shard:05d}.parquet").read_row_group(index)
-        epoch_docs += [
-            [tok.bos_token_id] + tok.encoding.encode_ordinary(t) for t in table.column("text").to_pylist()
-        ]
+        epoch_docs += [[tok.bos_token_id] + tok.encoding.encode_ordinary(t) for t in table.column("text").to_pylist()]
     documents = ((n, doc) for n, doc in enumerate(itertools.chain(epoch_docs, epoch_docs, epoch_docs)))
     reference = BestFitPacker(documents, T + 1, BUFFER)
 
@@ -237,9 +231,7 @@ def test_resume_continues_with_exactly_the_uninterrupted_batches(corpus, num_wor
 def _ddp_rank(rank, corpus, port, state_path):
     """One of two gloo ranks: checkpoint the stream after 5 batches, then resume both ranks from the state
     rank 0 alone would write, and compare with the uninterrupted stream."""
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
-    )
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         uninterrupted = train_batches(make_module(corpus, rank, 2, num_workers=2), 9)
         first = make_module(corpus, rank, 2, num_workers=2)

@@ -186,9 +186,7 @@ def test_special_token_text_in_user_input_stays_text(
 # ---- the chat format ----
 
 
-def expected_render(
-    tok: Tokenizer, segments: list[tuple[str | list[int], int]]
-) -> tuple[list[int], list[int]]:
+def expected_render(tok: Tokenizer, segments: list[tuple[str | list[int], int]]) -> tuple[list[int], list[int]]:
     """Concatenate (text or special-token ids, mask value) segments into ids and mask, by hand."""
     ids, mask = [], []
     for piece, trained in segments:

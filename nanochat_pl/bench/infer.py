@@ -80,9 +80,7 @@ def bench_infer(
         The result, also printed as the last line in JSON.
     """
     if not batch_sizes or min(batch_sizes) < 1 or min(prompt_len, repeats) < 1 or decode_len < 2:
-        raise UserError(
-            "need batch sizes, prompt_len and repeats >= 1 and decode_len >= 2 (two tokens, one gap)"
-        )
+        raise UserError("need batch sizes, prompt_len and repeats >= 1 and decode_len >= 2 (two tokens, one gap)")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     if checkpoint is None:
@@ -96,12 +94,8 @@ def bench_infer(
     config = model.config
     prompt_len = min(prompt_len, config.sequence_len - decode_len)
     if prompt_len < 1:
-        raise UserError(
-            f"decode_len {decode_len} leaves no room for a prompt in the context of {config.sequence_len}"
-        )
-    prompt = torch.randint(
-        config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed)
-    ).tolist()
+        raise UserError(f"decode_len {decode_len} leaves no room for a prompt in the context of {config.sequence_len}")
+    prompt = torch.randint(config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed)).tolist()
     name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
     peak = next((bandwidth for key, bandwidth in PEAK_BANDWIDTH if key in name), None)
 
@@ -151,28 +145,21 @@ def _time_generation(engine: Engine, prompt: list[int], batch_size: int, decode_
     start = time.perf_counter()
     stamps = [
         time.perf_counter()
-        for _ in engine.generate(
-            prompt, batch_size, max_tokens=decode_len, temperature=1.0, top_k=50, seed=seed
-        )
+        for _ in engine.generate(prompt, batch_size, max_tokens=decode_len, temperature=1.0, top_k=50, seed=seed)
     ]
     return stamps[0] - start, statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 
-def _decode_step_bytes(
-    model: GPT, batch_size: int, prompt_len: int, decode_len: int, dtype: torch.dtype
-) -> float:
+def _decode_step_bytes(model: GPT, batch_size: int, prompt_len: int, decode_len: int, dtype: torch.dtype) -> float:
     """Bytes one decode step reads, on average over the decode: every matmul weight as stored (embedding
     tables are looked up, a row per token, and left out) and the cached keys and values each layer attends
     to, in the cache's dtype (the engine keeps the cache in its compute dtype)."""
-    weights = sum(
-        m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear)
-    )
+    weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
     config = model.config
     kv_per_position = 2 * batch_size * config.n_kv_head * config.head_dim * dtype.itemsize
     positions = range(prompt_len, prompt_len + decode_len)
     # a layer with window w attends to the last w + 1 positions, a full layer (None) to all of them
     attended = [
-        sum(min(position, window or position) + 1 for window in config.layer_windows())
-        for position in positions
+        sum(min(position, window or position) + 1 for window in config.layer_windows()) for position in positions
     ]
     return weights + kv_per_position * sum(attended) / len(attended)

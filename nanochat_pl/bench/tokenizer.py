@@ -70,9 +70,7 @@ def bench_tokenizer(
     )
     for name in missing:
         print(f"{name}: not installed ({TRAINERS[name]}), skipped")
-    print(
-        f"{'vocab':>7} {'trainer':<8} {'seconds':>8} {'chars/s':>12} {'peak MB':>8} {'bytes/tok':>9}  vs ours"
-    )
+    print(f"{'vocab':>7} {'trainer':<8} {'seconds':>8} {'chars/s':>12} {'peak MB':>8} {'bytes/tok':>9}  vs ours")
     results = []
     for vocab_size in vocab_sizes:
         ours = None
@@ -149,9 +147,7 @@ def _read_only(source: str, max_chars: int) -> dict:
     }
 
 
-def _train_and_measure(
-    trainer: str, source: str, vocab_size: int, max_chars: int, heldout_chars: int
-) -> dict:
+def _train_and_measure(trainer: str, source: str, vocab_size: int, max_chars: int, heldout_chars: int) -> dict:
     texts = _CountingTexts(iter_texts(source, split="train", max_chars=max_chars))
     train = {"ours": _train_ours, "rustbpe": _train_rustbpe, "hf": _train_hf}[trainer]
     start = time.perf_counter()
@@ -217,6 +213,4 @@ def _train_hf(texts: Iterable[str], vocab_size: int) -> Encoder:
         special_tokens=[],
     )
     tokenizer.train_from_iterator(texts, trainer)
-    return lambda batch: [
-        encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False)
-    ]
+    return lambda batch: [encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False)]

@@ -45,7 +45,7 @@ class StepTimer(L.Callback):
 
 
 def bench_train(
-    config: list[str] = ["configs/cpu/base_tiny.yaml"],  # noqa: B006 (jsonargparse needs a literal default)
+    yaml: str = "configs/cpu/base_tiny.yaml",
     depth: int | None = None,
     steps: int = 20,
     warmup: int = 5,
@@ -54,16 +54,14 @@ def bench_train(
     """Measure training throughput of a config.
 
     Args:
-        config: YAML configs, as given to `nanochat-pl fit --config` (later ones win).
+        yaml: The config, as given to `nanochat-pl fit --config` (more: `--overrides+=--config=FILE`).
         depth: Override the model depth.
         steps: Optimizer steps to run, including the warm-up.
         warmup: Leading steps left out of the figures.
         overrides: More `fit` arguments, e.g. ["--data.init_args.device_batch_size=8"].
     """
     timer = StepTimer()
-    args = ["fit"]
-    for path in config:
-        args += ["--config", path]
+    args = ["fit", "--config", yaml]
     if depth is not None:
         args.append(f"--model.init_args.depth={depth}")
     args += [

@@ -215,16 +215,12 @@ def chat(
         seed: Seed of the sampler; each reply of a conversation uses the next one.
     """
     if temperature < 0 or top_k < 0 or max_tokens < 1:
-        raise UserError(
-            f"need temperature >= 0, top_k >= 0, max_tokens >= 1; got {temperature}, {top_k}, {max_tokens}"
-        )
+        raise UserError(f"need temperature >= 0, top_k >= 0, max_tokens >= 1; got {temperature}, {top_k}, {max_tokens}")
     engine, _ = load_engine(checkpoint, resolve_device(device))
     context_len = engine.model.config.sequence_len
 
     def answer(messages: list[dict[str, Any]], reply_seed: int) -> Reply:
-        reply = Reply(
-            engine.tokenizer, context_len, messages, temperature, top_k or None, max_tokens, reply_seed
-        )
+        reply = Reply(engine.tokenizer, context_len, messages, temperature, top_k or None, max_tokens, reply_seed)
         inline = InlineToolCalls()
         print("Assistant: ", end="", flush=True)
         for piece in reply.run(engine):

@@ -51,9 +51,7 @@ def train(
         f"{counter.chars / seconds:,.0f} chars/s"
     )
     if tokenizer.vocab_size < vocab_size:
-        print(
-            f"note: the text only allowed {tokenizer.vocab_size:,} tokens, not {vocab_size:,}: give it more"
-        )
+        print(f"note: the text only allowed {tokenizer.vocab_size:,} tokens, not {vocab_size:,}: give it more")
     print(f"wrote a {tokenizer.vocab_size:,}-token tokenizer to {output_dir}")
     return output_dir
 
@@ -112,9 +110,7 @@ class _CharCounter:
         self.started = time.perf_counter()
 
     def __iter__(self) -> Iterator[str]:
-        with tqdm(
-            total=self.total_chars, unit="char", unit_scale=True, desc="tokenizer training text"
-        ) as bar:
+        with tqdm(total=self.total_chars, unit="char", unit_scale=True, desc="tokenizer training text") as bar:
             for text in self.texts:
                 if self.docs == 0:
                     self.started = time.perf_counter()

@@ -44,9 +44,7 @@ class BestFitPacker(Iterator[np.ndarray]):
     when `documents` runs out and the buffer can no longer fill a row; the partial row is dropped.
     """
 
-    def __init__(
-        self, documents: Iterable[tuple[Hashable, Sequence[int]]], row_len: int, buffer_docs: int = 1000
-    ):
+    def __init__(self, documents: Iterable[tuple[Hashable, Sequence[int]]], row_len: int, buffer_docs: int = 1000):
         if row_len < 1 or buffer_docs < 1:
             raise ValueError(f"row_len and buffer_docs must be positive, got {row_len} and {buffer_docs}")
         self.row_len = row_len

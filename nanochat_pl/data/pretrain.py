@@ -333,9 +333,7 @@ class PretrainDataModule(L.LightningDataModule):
             progress=self.progress,
         )
         # batch_size=None: the stream yields whole batches; pinned memory speeds the copy to a GPU
-        return DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
-        )
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
@@ -398,9 +396,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
-            raise UserError(
-                f"the checkpoint's data state has version {state.get('version')}, want {STATE_VERSION}"
-            )
+            raise UserError(f"the checkpoint's data state has version {state.get('version')}, want {STATE_VERSION}")
         saved, now = state["layout"], self._layout()
         changed = [f"{key} {saved.get(key)} -> {now[key]}" for key in now if saved.get(key) != now[key]]
         if changed:
@@ -468,9 +464,7 @@ class _ReaderDocuments:
             empty_reads = empty_reads + 1 if not texts else 0
             if empty_reads > len(self.row_groups):
                 first_shard = self.row_groups[0][0]
-                raise UserError(
-                    f"no documents in any of the {len(self.row_groups)} row groups from {first_shard}"
-                )
+                raise UserError(f"no documents in any of the {len(self.row_groups)} row groups from {first_shard}")
             for first in range(start, len(texts), TOKENIZER_BATCH):
                 for offset, ids in enumerate(self._encode(texts[first : first + TOKENIZER_BATCH])):
                     self.next_doc = (read, first + offset + 1)

@@ -116,7 +116,7 @@ def read_row_group(path: str | os.PathLike, index: int) -> list[str]:
             try:
                 column = parquet.read_row_group(index, columns=["text"]).column("text")
             except (OSError, pa.ArrowException) as e:
-                raise UserError(f"{path}: corrupt parquet row group {index} ({e})") from e
+                raise UserError(f"{path}: corrupt parquet row group {index} ({_one_line(e)})") from e
         return [text for text in column.to_pylist() if text is not None]
     docs = _documents(*_file_key(path))
     _check_group_index(path, index, math.ceil(len(docs) / ROW_GROUP_SIZE))
@@ -162,7 +162,7 @@ def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
-        raise UserError(f"{path}: not a readable parquet file ({e})") from e
+        raise UserError(f"{path}: not a readable parquet file ({_one_line(e)})") from e
     schema = parquet.schema_arrow
     index = schema.get_field_index("text")
     field_type = schema.field(index).type if index >= 0 else None
@@ -207,3 +207,8 @@ def _documents(path: str, size: int, mtime_ns: int) -> list[str]:
             raise UserError(f'{path}:{line_number}: expected an object with a string "text" field')
         docs.append(record["text"])
     return docs
+
+
+def _one_line(error: Exception) -> str:
+    """Arrow's error texts span lines; a UserError is one."""
+    return " ".join(str(error).split())

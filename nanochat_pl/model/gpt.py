@@ -132,9 +132,7 @@ class GPTConfig:
         ceil(depth·aspect_ratio/head_dim)·head_dim, one head per head_dim channels, n_kv_head = n_head.
         d20 -> 1280 wide, 10 heads. `overrides` set any other field (e.g. **OCT_2025, n_kv_head)."""
         if depth < 1 or aspect_ratio < 1 or head_dim < 1:
-            raise UserError(
-                f"depth, aspect_ratio, head_dim must be positive: {depth}, {aspect_ratio}, {head_dim}"
-            )
+            raise UserError(f"depth, aspect_ratio, head_dim must be positive: {depth}, {aspect_ratio}, {head_dim}")
         model_dim = math.ceil(depth * aspect_ratio / head_dim) * head_dim
         n_head = model_dim // head_dim
         fields = dict(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth)
@@ -197,9 +195,7 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
     b = torch.arange(num_blocks, device=q.device)[:, None, None]
     mask = (c >= a) & (c <= a + W) & (b * W - W + c >= 0)  # (blocks, W, 2W), same for every batch row
     mask = mask.unsqueeze(1).repeat(B, 1, 1, 1)
-    y = F.scaled_dot_product_attention(
-        q_blocks, key_blocks(k), key_blocks(v), attn_mask=mask, enable_gqa=H_kv != H
-    )
+    y = F.scaled_dot_product_attention(q_blocks, key_blocks(k), key_blocks(v), attn_mask=mask, enable_gqa=H_kv != H)
     return y.view(B, num_blocks, H, W, D).transpose(1, 2).reshape(B, H, num_blocks * W, D)[:, :, :T]
 
 

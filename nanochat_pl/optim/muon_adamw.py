@@ -93,13 +93,9 @@ class MuonAdamW(torch.optim.Optimizer):
                 shapes = [tuple(p.shape) for p in params if p.ndim != 2]
                 raise UserError(f"Muon group {group.get('name', '')!r} holds non-matrix parameters {shapes}")
             if group["orthogonalizer"] not in ORTHOGONALIZERS:
-                raise UserError(
-                    f"orthogonalizer must be one of {ORTHOGONALIZERS}, got {group['orthogonalizer']!r}"
-                )
+                raise UserError(f"orthogonalizer must be one of {ORTHOGONALIZERS}, got {group['orthogonalizer']!r}")
             if group["ortho_dtype"] not in ORTHO_DTYPES:
-                raise UserError(
-                    f"ortho_dtype must be one of {tuple(ORTHO_DTYPES)}, got {group['ortho_dtype']!r}"
-                )
+                raise UserError(f"ortho_dtype must be one of {tuple(ORTHO_DTYPES)}, got {group['ortho_dtype']!r}")
             try:
                 iteration_coefficients(group["orthogonalizer"], group["ns_steps"])
             except ValueError as error:

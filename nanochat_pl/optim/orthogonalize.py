@@ -38,9 +38,7 @@ def iteration_coefficients(method: str, steps: int) -> list[tuple[float, float, 
         return [NEWTON_SCHULZ_COEFFICIENTS] * steps
     if method == "polar_express":
         if steps > len(POLAR_EXPRESS_COEFFICIENTS):
-            raise ValueError(
-                f"polar_express has coefficients for at most {len(POLAR_EXPRESS_COEFFICIENTS)} steps"
-            )
+            raise ValueError(f"polar_express has coefficients for at most {len(POLAR_EXPRESS_COEFFICIENTS)} steps")
         return list(POLAR_EXPRESS_COEFFICIENTS[:steps])
     raise ValueError(f"unknown orthogonalizer {method!r}, expected one of {ORTHOGONALIZERS}")
 

@@ -31,9 +31,7 @@ _ADAMW_OCT = {
 }
 # Muon (matrices). HEAD: the full MuonAdamW step with weight decay 0.28 at the d12 reference (scaling.py
 # rescales it per depth). October: plain Newton–Schulz Muon, no decay.
-_MUON_2026 = dict(
-    lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9, orthogonalizer="polar_express", weight_decay=0.28
-)
+_MUON_2026 = dict(lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9, orthogonalizer="polar_express", weight_decay=0.28)
 _MUON_OCT = dict(
     lr=0.02,
     momentum=0.95,
@@ -85,9 +83,7 @@ def build_param_groups(
             groups.append(dict(kind="muon", name=family, params=params, **muon))
             continue
         if family not in adamw:
-            raise UserError(
-                f"the {recipe!r} optimizer recipe has no settings for parameter family {family!r}"
-            )
+            raise UserError(f"the {recipe!r} optimizer recipe has no settings for parameter family {family!r}")
         lr, betas, wd, width_scaled = adamw[family]
         # nanochat HEAD leaves the smear/backout scalars at 0.2 whatever the batch (base_train.py@92d63d4
         # scales unembedding, embedding, scalar and matrix LRs, and smear's is a constant in setup_optimizer)

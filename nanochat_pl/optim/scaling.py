@@ -124,9 +124,7 @@ def plan_from_depth(
     )
 
 
-def grad_accumulation_steps(
-    total_batch_tokens: int, device_batch_size: int, seq_len: int, world_size: int
-) -> int:
+def grad_accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
     """Micro-batches per optimizer step so that every step sees exactly `total_batch_tokens` tokens."""
     tokens_per_micro_batch = device_batch_size * seq_len * world_size
     if tokens_per_micro_batch <= 0:

@@ -1,0 +1,276 @@
+"""`nanochat-pl fit|validate` as a user runs them: a real run from a YAML written here, and the bad-input paths.
+
+The real run and `validate` go through a subprocess (the installed console script's module); the error paths run
+`nanochat_pl.cli.main` in this process, which is the same code without the second of start-up per call.
+"""
+
+import inspect
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nanochat_pl.checkpoint import load_model
+from nanochat_pl.cli import main
+from nanochat_pl.stages.base import BaseTraining
+from tests.stage_helpers import B, T, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+MUON_MATRIX_LR = 0.02  # nanochat base_train.py@92d63d4 --matrix-lr
+WARMUP_STEPS = 40  # nanochat HEAD's LR warmup (optim/schedules.py)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write_config(path: Path, source: Path, tokenizer: Path, data_overrides=None, **model_overrides) -> Path:
+    """A depth-1 pretraining run of STEPS steps, validating every 2, checkpointing at the end."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"every_n_train_steps": STEPS, "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "nanochat_pl.stages.base.BaseTraining",
+            "init_args": {
+                "depth": 1,
+                "aspect_ratio": 64,
+                "head_dim": 32,
+                "sequence_len": T,
+                "tokenizer_dir": str(tokenizer),
+                "num_iterations": STEPS,
+                "total_batch_tokens": B * T,
+                "eval_every": 2,
+                "sample_every": 0,
+                **model_overrides,
+            },
+        },
+        "data": {
+            "class_path": "nanochat_pl.data.pretrain.PretrainDataModule",
+            "init_args": {
+                "source": str(source),
+                "device_batch_size": B,
+                "buffer_docs": 16,
+                "val_tokens": 4 * B * T,
+                **(data_overrides or {}),
+            },
+        },
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def nanochat(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "nanochat_pl.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`nanochat-pl ARGS` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run(["nanochat-pl", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "data download", "tokenizer train"):
+        assert f"  {command} " in result.stdout
+
+
+def test_a_real_fit_writes_a_checkpoint_and_tensorboard_logs_and_validate_reproduces_its_bpb(corpus, tmp_path, home):
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "tiny.yaml", shards, tokenizer)
+    fit = nanochat("fit", "--config", str(config))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+
+    run_dir = home / "runs" / "base" / "lightning_logs" / "version_0"  # the default root: runs/<stage>/
+    last = run_dir / "checkpoints" / "last.ckpt"
+    model, _, meta = load_model(last)
+    assert meta["stage"] == "base" and model.config.n_layer == 1
+    assert torch.load(last, weights_only=True)["global_step"] == STEPS
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert len(scalars["train/loss"]) == STEPS
+    assert all(math.isfinite(value) for _, value in scalars["train/loss"])
+    assert len(scalars["val/bpb"]) == STEPS // 2  # eval_every 2
+    # the matrices' LR follows nanochat's rule: 0.02 x sqrt(total batch / 2^19) x linear warmup over 40 steps
+    lr_scale = math.sqrt(B * T / 2**19)
+    expected = [MUON_MATRIX_LR * lr_scale * (step + 1) / WARMUP_STEPS for step in range(STEPS)]
+    assert [value for _, value in scalars["lr-MuonAdamW/matrices"]] == pytest.approx(expected, rel=1e-6)
+
+    validate = nanochat("validate", "--config", str(config), "--ckpt_path", str(last))
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    printed = [line for line in validate.stdout.splitlines() if "val/bpb" in line]
+    assert len(printed) == 1
+    # the last validation of the run saw the same weights and the same batches
+    assert float(printed[0].replace("│", " ").split()[-1]) == pytest.approx(scalars["val/bpb"][-1][1], rel=1e-6)
+
+
+def test_fit_stages_checkpoints_beside_their_target(corpus, tmp_path, home, monkeypatch):
+    """`fit` writes checkpoints with AtomicCheckpointIO (see test_base_stage): with a $TMPDIR that does not exist,
+    Lightning's own writer (which stages there) fails the first save; ours does not use it."""
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "tiny.yaml", shards, tokenizer)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    main(["fit", "--config", str(config)])
+    checkpoints = home / "runs" / "base" / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"epoch=0-step={STEPS}.ckpt", "last.ckpt"]
+
+
+def test_print_config_shows_the_derived_fields(capsys):
+    """Every BaseTraining argument is shown: the YAML's values, and the fields derived from depth when the run
+    starts (they need the world size), which the YAML leaves out, as null."""
+    path = REPO / "configs/cpu/base_tiny.yaml"
+    code, out, _ = run_main(capsys, "fit", "--config", str(path), "--print_config")
+    assert code == 0
+    config, written = yaml.safe_load(out), yaml.safe_load(path.read_text())
+    assert config["model"]["class_path"] == "nanochat_pl.stages.base.BaseTraining"
+    shown, given = config["model"]["init_args"], written["model"]["init_args"]
+    parameters = inspect.signature(BaseTraining.__init__).parameters
+    assert set(shown) == set(parameters) - {"self"}
+    assert {key: shown[key] for key in given} == given
+    derived = [name for name, p in parameters.items() if p.default is None and name not in given]
+    assert {"weight_decay", "warmdown_ratio"} <= set(derived)
+    assert all(shown[name] is None for name in derived)
+    assert config["data"]["init_args"]["source"] == written["data"]["init_args"]["source"]
+    assert "sequence_len" not in config["data"]["init_args"], "linked from model.sequence_len, typed once"
+
+
+def test_a_typo_in_a_config_key_names_the_key(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "typo.yaml", shards, tokenizer)
+    config.write_text(config.read_text().replace("depth: 1", "dpeth: 1"))
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    assert code == 1
+    assert error_lines(err) == [
+        "error: Parser key \"model\": Problem with given class_path 'nanochat_pl.stages.base.BaseTraining': "
+        "Option 'dpeth' is not accepted (see `nanochat-pl fit --help`)"
+    ], err
+    assert "usage:" not in err and "Traceback" not in err
+    # the same typo as a command-line override
+    code, _, err = run_main(capsys, "fit", "--config", str(config), "--model.init_args.dpeth", "2")
+    assert code == 1 and len(error_lines(err)) == 1 and "'dpeth' is not accepted" in err
+
+
+def test_no_shards_is_a_one_line_error(corpus, tmp_path, capsys):
+    _, tokenizer = corpus
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = write_config(tmp_path / "nodata.yaml", empty, tokenizer)
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    assert code == 1
+    assert error_lines(err) == [
+        f"error: no .parquet, .txt, .jsonl files at '{empty}' (nor is it 'fineweb' or 'offline')"
+    ]
+
+
+def test_a_corrupt_shard_is_a_one_line_error_naming_the_file(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for shard in sorted(shards.iterdir()):
+        (copy / shard.name).write_bytes(shard.read_bytes())
+    corrupt = copy / "shard_00001.parquet"  # a training shard: its footer is garbage
+    data = corrupt.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2] + b"\x00" * 64 + data[-64:])
+    config = write_config(tmp_path / "corrupt.yaml", copy, tokenizer)
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    assert code == 1
+    lines = error_lines(err)
+    assert len(lines) == 1 and str(corrupt) in lines[0]
+    assert err.rstrip().endswith(lines[0]), "the error is one line and the last one"
+
+
+def test_a_truncated_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "tiny.yaml", shards, tokenizer)
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    for command in ("validate", "fit"):
+        code, _, err = run_main(capsys, command, "--config", str(config), "--ckpt_path", str(truncated))
+        assert code == 1
+        assert error_lines(err) == [
+            f"error: cannot read checkpoint {truncated}: not a complete torch checkpoint (truncated or foreign?)"
+        ]
+        code, _, err = run_main(capsys, command, "--config", str(config), "--ckpt_path", str(tmp_path / "none.ckpt"))
+        assert code == 1 and error_lines(err) == [f"error: no checkpoint at {tmp_path / 'none.ckpt'}"]
+
+
+def test_a_shard_without_a_text_column_is_a_one_line_error(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for shard in sorted(shards.iterdir()):
+        (copy / shard.name).write_bytes(shard.read_bytes())
+    pq.write_table(pa.table({"content": ["a document"] * 4}), copy / "shard_00000.parquet")
+    config = write_config(tmp_path / "notext.yaml", copy, tokenizer)
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    assert code == 1
+    lines = error_lines(err)
+    assert len(lines) == 1 and "shard_00000.parquet" in lines[0]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_corrupt_row_group_met_while_training_is_a_one_line_error(corpus, tmp_path, capsys, num_workers):
+    """The footer is fine, so the run starts; row group 1's pages are garbage, so reading it fails mid-stream,
+    in the training process or in a DataLoader worker."""
+    shards, tokenizer = corpus
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for shard in sorted(shards.iterdir()):
+        (copy / shard.name).write_bytes(shard.read_bytes())
+    corrupt = copy / "shard_00000.parquet"
+    column = pq.ParquetFile(corrupt).metadata.row_group(1).column(0)
+    data = bytearray(corrupt.read_bytes())
+    start = column.data_page_offset + 5
+    data[start : column.data_page_offset + column.total_compressed_size - 2] = b"\xab" * (
+        column.total_compressed_size - 7
+    )
+    corrupt.write_bytes(bytes(data))
+    config = write_config(tmp_path / "rowgroup.yaml", copy, tokenizer, data_overrides={"num_workers": num_workers})
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    assert code == 1
+    lines = error_lines(err)
+    assert len(lines) == 1 and f"{corrupt}: corrupt parquet row group 1" in lines[0], lines
+    assert err.rstrip().endswith(lines[0]), "the error is one line and the last one"
