@@ -68,6 +68,7 @@ def bench_train(
         f"--trainer.max_steps={steps}",
         "--trainer.limit_val_batches=0",
         "--trainer.logger=false",
+        "--trainer.callbacks=[]",  # the config's checkpoints are not part of the measurement
         "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false",
         "--model.init_args.sample_every=0",

@@ -235,6 +235,7 @@ pub fn token_bytes(merges: &[Pair]) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
     use std::collections::BTreeMap;
 
     /// Textbook BPE: recount every pair from scratch at each step and merge the best one, using the
@@ -271,16 +272,6 @@ mod tests {
             merges.push(best);
         }
         merges
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 33) as usize % n
-        }
     }
 
     #[test]

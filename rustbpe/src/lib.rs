@@ -10,6 +10,8 @@
 pub mod bpe;
 pub mod count;
 pub mod pretokenize;
+#[cfg(test)]
+mod test_rng;
 
 #[cfg(feature = "pyo3")]
 mod python {

@@ -247,6 +247,7 @@ fn gpt4_chunk_end(text: &[u8], start: usize, max_digits: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     fn regex_chunks<'t>(regex: &Regex, text: &'t str) -> Vec<&'t str> {
         regex.find_iter(text).map(|m| m.unwrap().as_str()).collect()
@@ -301,17 +302,6 @@ mod tests {
             "   ",
         ];
         assert_eq!(fast_chunks(&splitter, text), expected);
-    }
-
-    /// A small deterministic generator (xorshift64*), so the test needs no crates.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 33) as usize % n
-        }
     }
 
     #[test]
