@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from functools import cache
 
 import torch
 from torch import Tensor
 
 from nanochat_pl.common import UserError
 from nanochat_pl.optim.orthogonalize import ORTHOGONALIZERS, iteration_coefficients, orthogonalize
+from nanochat_pl.precision import fast_compute_dtype
 
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 # nanochat HEAD's Muon (optim.py@92d63d4); the October recipe switches the extras off (param_groups.py).
@@ -46,23 +46,13 @@ MUON_DEFAULTS = dict(
 ORTHO_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-@cache
-def _cpu_has_fast_bf16() -> bool:
-    # oneDNN runs bf16 matmuls natively on AVX512-BF16/AMX CPUs: Polar Express on a 4x512x2048 stack took
-    # 512 ms in bf16 vs 1228 ms in fp32 on 2 cores of an AMD EPYC with AVX512-BF16 (1.2% relative
-    # difference in the result; GPUs run it in bf16 too). Without such kernels bf16 is emulated and slow.
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def resolve_ortho_dtype(name: str, device: torch.device) -> torch.dtype:
-    """bf16 where its matmuls are fast (CUDA with bf16, CPUs with native bf16), else fp32 (MPS, old GPUs)."""
+    """bf16 where its matmuls are fast (CUDA with bf16, CPUs with native bf16), else fp32 (MPS, old GPUs).
+    Polar Express on a 4x512x2048 stack took 512 ms in bf16 vs 1228 ms in fp32 on 2 cores of an AMD EPYC with
+    AVX512-BF16 (1.2% relative difference in the result; GPUs run it in bf16 too)."""
     if ORTHO_DTYPES[name] is not None:
         return ORTHO_DTYPES[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and _cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
+    return fast_compute_dtype(device)
 
 
 class MuonAdamW(torch.optim.Optimizer):
