@@ -89,8 +89,9 @@ def _run_function_command(command: str, args: list[str]) -> None:
         CLI(_load(SINGLE_COMMANDS[command][0]), args=args, prog=f"nanochat-pl {command}", as_positional=False)
         return
     commands = COMMANDS[command]
-    if args and args[0] in commands:
+    if args and args[0] in commands:  # import only the command asked for (bench tokenizer needs no torch)
         args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
+        commands = {args[0]: commands[args[0]]}
     functions = {name: _load(path) for name, (path, _) in commands.items()}
     CLI(functions, args=args, prog=f"nanochat-pl {command}", as_positional=False)
 
