@@ -65,10 +65,12 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)  # the newer name of max_tokens
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # the engine seeds a torch.Generator (int64)
 
     @model_validator(mode="after")
     def check_lengths(self) -> ChatCompletionRequest:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's: the reply is the assistant's next turn")
         lengths = [len(message.text()) for message in self.messages]
         for i, length in enumerate(lengths):
             if length > MAX_MESSAGE_CHARS:

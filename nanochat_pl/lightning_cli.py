@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -49,6 +50,8 @@ class NanochatCLI(LightningCLI):
             module_name, _, class_name = config.model.class_path.rpartition(".")
             stage = getattr(getattr(importlib.import_module(module_name), class_name), "stage_name", "run")
             config.trainer.default_root_dir = str(home_dir() / "runs" / stage)
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = str(_latest_last_checkpoint(Path(config.trainer.default_root_dir)))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -94,3 +97,13 @@ def _config_error(message: str) -> str:
 def _subcommand(args: Any) -> str:
     arguments = sys.argv[1:] if args is None else args
     return arguments[0] if arguments else "fit"
+
+
+def _latest_last_checkpoint(root_dir: Path) -> Path:
+    """`--ckpt_path last`: the newest run's last.ckpt. Lightning alone looks only in the new run's own folder
+    (a fresh version_N), finds nothing and silently starts from scratch."""
+    candidates = sorted(root_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"--ckpt_path last: no last.ckpt under {root_dir}/lightning_logs/*/checkpoints to resume from")
+    check_checkpoint_file(candidates[-1])
+    return candidates[-1]

@@ -178,49 +178,59 @@ for limit, value in (
     (resource.RLIMIT_CPU, cpu_seconds),
     (resource.RLIMIT_FSIZE, file_bytes),
     (resource.RLIMIT_NOFILE, max_files),
-    (resource.RLIMIT_NPROC, 0),  # no fork, no threads (not enforced for root: the hook covers that)
+    (resource.RLIMIT_NPROC, 0),  # no fork, no threads (not enforced for root: the hook's best effort then)
     (resource.RLIMIT_CORE, 0),
 ):
     resource.setrlimit(limit, (value, value))
 
-stdlib_dirs = tuple(
-    os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+def make_guard(realpath, fsdecode, isdir, isinstance, set, any, PermissionError):
+    # Everything the hook uses is bound here, when it is made: the program can rebind builtins and os.path
+    # functions, and reach this module as sys.modules["__main__"], but not the hook's closure.
+    stdlib_dirs = tuple(
+        realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    )
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    denied_prefixes = (
+        "socket.", "subprocess.", "os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.kill",
+        "os.killpg", "signal.pthread_kill", "ctypes.", "pty.", "os.unshare", "os.setns", "_thread.start",
+    )
+    # modules that start processes or call C without raising audit events of their own
+    denied_modules = frozenset({"_posixsubprocess", "_ctypes", "ctypes", "_posixshmem", "_multiprocessing"})
+    path_events = frozenset({
+        "os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate", "os.utime",
+        "os.link", "os.symlink", "os.mkfifo", "os.mknod", "shutil.rmtree", "shutil.copytree", "shutil.move",
+    })
+    separator = os.sep
+
+    def inside_work_dir(path):
+        real = realpath(fsdecode(path))
+        return real == work_dir or real.startswith(work_dir + separator)
+
+    def is_path(value):
+        return isinstance(value, (str, bytes, os.PathLike))
+
+    def guard(event, args):
+        if event.startswith(denied_prefixes):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "open" and is_path(args[0]) and not inside_work_dir(args[0]):
+            mode, flags = args[1] or "", args[2] or 0
+            if flags & write_flags or set(mode) & set("wax+") or isdir(args[0]):
+                raise PermissionError("sandbox: writing outside the working directory is not allowed")
+        elif event in path_events and any(is_path(a) and not inside_work_dir(a) for a in args):
+            raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
+        elif event == "import":
+            if args[0] in denied_modules:
+                raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
+            if is_path(args[1]) and not realpath(fsdecode(args[1])).startswith(stdlib_dirs):
+                raise PermissionError("sandbox: imports from outside the standard library are not allowed")
+
+    return guard
+
+
+sys.addaudithook(
+    make_guard(os.path.realpath, os.fsdecode, os.path.isdir, isinstance, set, any, PermissionError)
 )
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-DENIED_PREFIXES = (
-    "socket.", "subprocess.", "os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.kill",
-    "os.killpg", "signal.pthread_kill", "ctypes.", "pty.", "os.unshare", "os.setns", "_thread.start",
-)
-PATH_EVENTS = {
-    "os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate", "os.utime",
-    "os.link", "os.symlink", "os.mkfifo", "os.mknod", "shutil.rmtree", "shutil.copytree", "shutil.move",
-}
-
-
-def inside_work_dir(path):
-    real = os.path.realpath(os.fsdecode(path))
-    return real == work_dir or real.startswith(work_dir + os.sep)
-
-
-def is_path(value):
-    return isinstance(value, (str, bytes, os.PathLike))
-
-
-def guard(event, args):
-    if event.startswith(DENIED_PREFIXES):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "open" and is_path(args[0]) and not inside_work_dir(args[0]):
-        mode, flags = args[1] or "", args[2] or 0
-        if flags & WRITE_FLAGS or set(mode) & set("wax+") or os.path.isdir(args[0]):
-            raise PermissionError("sandbox: writing outside the working directory is not allowed")
-    elif event in PATH_EVENTS and any(is_path(a) and not inside_work_dir(a) for a in args):
-        raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
-    elif event == "import" and is_path(args[1]):
-        if not os.path.realpath(os.fsdecode(args[1])).startswith(stdlib_dirs):
-            raise PermissionError("sandbox: imports from outside the standard library are not allowed")
-
-
-sys.addaudithook(guard)
+del make_guard
 sys.argv = ["program.py"]
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 """

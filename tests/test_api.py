@@ -126,7 +126,12 @@ BAD_REQUESTS = {
     ),
     "no content": ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
     "no messages field": ({"prompt": "hi"}, "messages: Field required"),
-    "roles out of order": ({"messages": [{"role": "assistant", "content": "hi"}]}, "roles must alternate"),
+    "roles out of order": ({"messages": [user("hi"), user("again")]}, "roles must alternate"),
+    "ending with the assistant": (
+        {"messages": [user("hi"), {"role": "assistant", "content": "hello"}]},
+        "the last message must be the user's",
+    ),
+    "seed out of range": ({"messages": [user("hi")], "seed": 2**70}, "seed: Input should be less than"),
     "longer than the context": (
         {"messages": [user("hello world " * 200)]},
         "the model's context is 128 tokens",

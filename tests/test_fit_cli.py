@@ -138,12 +138,15 @@ def test_a_real_fit_writes_a_checkpoint_and_tensorboard_logs_and_validate_reprod
     expected = [MUON_MATRIX_LR * lr_scale * (step + 1) / WARMUP_STEPS for step in range(STEPS)]
     assert [value for _, value in scalars["lr-MuonAdamW/matrices"]] == pytest.approx(expected, rel=1e-6)
 
-    validate = nanochat("validate", "--config", str(config), "--ckpt_path", str(last))
-    assert validate.returncode == 0, validate.stderr[-3000:]
-    printed = [line for line in validate.stdout.splitlines() if "val/bpb" in line]
-    assert len(printed) == 1
-    # the last validation of the run saw the same weights and the same batches
-    assert float(printed[0].replace("│", " ").split()[-1]) == pytest.approx(scalars["val/bpb"][-1][1], rel=1e-6)
+    # `last` means the newest run's last.ckpt (the README's resume command), the same as naming it
+    for ckpt_path in (str(last), "last"):
+        validate = nanochat("validate", "--config", str(config), "--ckpt_path", ckpt_path)
+        assert validate.returncode == 0, validate.stderr[-3000:]
+        printed = [line for line in validate.stdout.splitlines() if "val/bpb" in line]
+        assert len(printed) == 1
+        # the last validation of the run saw the same weights and the same batches
+        bpb = float(printed[0].replace("│", " ").split()[-1])
+        assert bpb == pytest.approx(scalars["val/bpb"][-1][1], rel=1e-6)
 
 
 def test_fit_stages_checkpoints_beside_their_target(corpus, tmp_path, home, monkeypatch):

@@ -150,6 +150,28 @@ def test_writes_stay_in_the_working_directory(tmp_path):
     assert (inside.status, inside.stdout) == ("passed", "hi\n")
 
 
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "import builtins; builtins.isinstance = lambda *a: False",
+        "import os; os.path.realpath = lambda p, **k: os.getcwd()",
+        "import sys; m = sys.modules['__main__']; m.__dict__.clear()",
+    ],
+)
+def test_the_guard_survives_tampering(tmp_path, tamper):
+    """The program can rebind builtins, os.path and the prelude's module; the hook bound its tools first."""
+    outside = tmp_path / "escaped.txt"
+    result = run_program(f"{tamper}\nopen({str(outside)!r}, 'w').write('x')")
+    assert result.status == "failed" and "not allowed" in result.stderr
+    assert not outside.exists()
+
+
+def test_process_spawning_modules_cannot_be_imported():
+    """_posixsubprocess.fork_exec starts a process without an audit event of its own, so it is refused by name."""
+    result = run_program("import _posixsubprocess")
+    assert result.status == "failed" and "importing _posixsubprocess is not allowed" in result.stderr
+
+
 def test_network_is_refused():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

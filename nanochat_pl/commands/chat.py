@@ -44,7 +44,7 @@ def resolve_device(device: str) -> torch.device:
 
 def load_engine(checkpoint: str, device: torch.device) -> tuple[Engine, dict[str, Any]]:
     """An Engine for `checkpoint` on `device` and the checkpoint's metadata. The engine picks the precision:
-    bf16 autocast on CUDA (as nanochat), fp32 on CPU (where it measured bf16 no faster)."""
+    bf16 autocast where bf16 matmuls are native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32."""
     model, tokenizer, meta = load_model(checkpoint, device=device)
     return Engine(model, tokenizer), meta
 
