@@ -10,8 +10,11 @@ Two doors, one per use:
   layers are: kernel (rlimits on memory/CPU/file size/processes, a new network namespace through `unshare`
   where the machine allows it, a killed process group on timeout) and Python (an audit hook, which user code
   cannot remove, refusing writes outside the temp dir, sockets, new processes, signals, ctypes and imports
-  from outside the standard library). The Python layer is best effort against pure-Python code; native code
-  is kept out by refusing ctypes and foreign extension modules, not by the kernel.
+  from outside the standard library; everything it uses is bound when it is made, so rebinding builtins or
+  os.path does not blind it). The Python layer is best effort: audit hooks are no security boundary (CPython's
+  docs say so), and as root RLIMIT_NPROC is not enforced and the file system is the root user's, so run
+  untrusted code as an unprivileged user where that matters. Native code is kept out by refusing ctypes,
+  _posixsubprocess and foreign extension modules, not by the kernel.
 """
 
 from __future__ import annotations
@@ -200,14 +203,14 @@ def make_guard(realpath, fsdecode, isdir, isinstance, set, any, PermissionError)
         "os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate", "os.utime",
         "os.link", "os.symlink", "os.mkfifo", "os.mknod", "shutil.rmtree", "shutil.copytree", "shutil.move",
     })
-    separator = os.sep
+    root, inside_root, path_types = work_dir, work_dir + os.sep, (str, bytes, os.PathLike)
 
     def inside_work_dir(path):
         real = realpath(fsdecode(path))
-        return real == work_dir or real.startswith(work_dir + separator)
+        return real == root or real.startswith(inside_root)
 
     def is_path(value):
-        return isinstance(value, (str, bytes, os.PathLike))
+        return isinstance(value, path_types)
 
     def guard(event, args):
         if event.startswith(denied_prefixes):
