@@ -107,7 +107,7 @@ def test_resume_is_exact_with_gradient_accumulation(corpus, tmp_path, num_worker
     (straight, straight_params, _), (resumed, resumed_params, _) = straight_and_resumed(corpus, tmp_path, num_workers)
     assert len(straight.train) == 16
     assert resumed.train == straight.train[8:], "(step, micro-batch, loss) after the resume point"
-    assert resumed.val_bpb == straight.val_bpb[-1:]  # the validation at step 6
+    assert resumed.val_bpb == straight.val_bpb[-2:]  # the validations at step 6 and at the final step 8
     for name, value in straight_params.items():
         assert torch.equal(resumed_params[name], value), name
 
@@ -161,6 +161,18 @@ def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(corp
     rank_losses = zip(ranks[0]["losses"], ranks[1]["losses"], single["losses"], strict=True)
     for (*_, loss0), (*_, loss1), (*_, loss) in rank_losses:
         assert (loss0 + loss1) / 2 == pytest.approx(loss, abs=1e-5)
+
+
+def test_the_final_step_is_validated_and_checkpointed(corpus, tmp_path):
+    """7 steps, validation every 3, checkpoints every 5: the run still ends with a validation at step 7 and a
+    last.ckpt of step 7, not of step 5 (Lightning alone stops at max_steps before either happens)."""
+    shards, tokenizer = corpus
+    losses = StepLosses()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=5, save_last=True)
+    trainer = tiny_trainer(tmp_path, callbacks=[losses, checkpoints], enable_checkpointing=True)
+    trainer.fit(tiny_module(tokenizer, num_iterations=7, eval_every=3), datamodule=tiny_data(shards, tokenizer))
+    assert [step for step, _ in losses.val_bpb] == [3, 6, 7]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 7
 
 
 def test_a_checkpoint_rebuilds_the_trained_model(corpus, tmp_path):

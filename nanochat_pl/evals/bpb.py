@@ -32,4 +32,6 @@ class BitsPerByte(Metric):
         self.bytes += num_bytes.sum()
 
     def compute(self) -> torch.Tensor:
-        return self.nats / (math.log(2) * self.bytes.clamp(min=1))
+        if self.bytes == 0:  # nothing measured: say so rather than report a perfect 0.0
+            return torch.tensor(math.nan, dtype=torch.float64, device=self.nats.device)
+        return self.nats / (math.log(2) * self.bytes)

@@ -29,11 +29,13 @@ from nanochat_pl.optim import (
     grad_accumulation_steps,
     plan_from_depth,
 )
-from nanochat_pl.stages.callbacks import TokenThroughputMonitor
+from nanochat_pl.stages.callbacks import FinalCheckpoint, TokenThroughputMonitor
 from nanochat_pl.stages.samples import log_samples
 from nanochat_pl.tokenizer import get_tokenizer, tokenizer_location
 
 Recipe = Literal["2026", "oct"]
+# GPTConfig fields the stage derives itself; `architecture` may set any of the others
+SHAPE_FIELDS = {"n_layer", "n_head", "n_embd", "sequence_len", "vocab_size"}
 
 
 class BaseTraining(L.LightningModule):
@@ -45,14 +47,18 @@ class BaseTraining(L.LightningModule):
         sequence_len: Context length T (also given to the data module).
         tokenizer_dir: Tokenizer directory; default: the data home's tokenizer/ (also given to the data module).
         recipe: "2026" (nanochat HEAD: sliding windows, value embeddings, residual scalars, smear, backout,
-            Polar Express + NorMuon + cautious weight decay, warmdown 65%) or "oct" (the October 2025 release).
+            Polar Express + NorMuon + cautious weight decay, warmdown 65%) or "oct" (the October 2025
+            architecture, optimizer groups and schedule; the horizon, batch and LR scaling still come from the
+            2026 depth rules, and the data is packed by best fit: set target_param_data_ratio, total_batch_tokens
+            and lr_scale to reproduce October's 20x-params horizon at 524,288 tokens per step).
         aspect_ratio: Width per layer (model_dim = depth · aspect_ratio rounded up to head_dim).
         head_dim: Channels per attention head.
         architecture: Any other GPTConfig field to override, e.g. {window_pattern: L, n_kv_head: 2}.
         target_param_data_ratio: Training tokens per scaling parameter (matrices + lm_head).
         total_batch_tokens: Tokens per optimizer step over all devices; default derived from the horizon.
         num_iterations: Optimizer steps; default horizon / total batch. `trainer.max_steps`, if set, wins.
-        lr_scale: Multiplier on every learning rate; default sqrt(total batch / 2^19).
+        lr_scale: Multiplier on the learning rates (all but the smear/backout scalars', as nanochat); default
+            sqrt(total batch / 2^19).
         weight_decay: Muon weight decay; default from the T_epoch rule (0.28 at d12).
         warmdown_ratio: Fraction of the run over which the learning rate decays; default the recipe's.
         eval_every: Optimizer steps between validations (bits per byte); sets trainer.val_check_interval.
@@ -89,6 +95,12 @@ class BaseTraining(L.LightningModule):
         unknown = set(overrides) - set(GPTConfig.__dataclass_fields__)
         if unknown:
             raise UserError(f"model.architecture has unknown GPTConfig fields: {', '.join(sorted(unknown))}")
+        shaped_elsewhere = set(overrides) & SHAPE_FIELDS
+        if shaped_elsewhere:
+            raise UserError(
+                f"model.architecture cannot set {', '.join(sorted(shaped_elsewhere))}: they follow from depth, "
+                "aspect_ratio, head_dim, sequence_len and the tokenizer"
+            )
         self.gpt_config = GPTConfig.from_depth(
             depth,
             vocab_size=tokenizer.vocab_size,
@@ -172,7 +184,8 @@ class BaseTraining(L.LightningModule):
             self.gpt_config.n_embd,
             recipe=self.hparams.recipe,
             lr_scale=self.plan.lr_scale,
-            weight_decay=self.plan.weight_decay,
+            # October's Muon had no weight decay: the T_epoch rule applies to the 2026 recipe only
+            weight_decay=self.plan.weight_decay if self.hparams.recipe == "2026" else self.hparams.weight_decay,
         )
         optimizer = MuonAdamW(groups)
         scheduler = LambdaLR(optimizer, self.schedule.lr_multiplier)
@@ -184,19 +197,25 @@ class BaseTraining(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # LearningRateMonitor refuses to start without a logger (`trainer.logger: false`)
         lr_monitor = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
-        return [*lr_monitor, TokenThroughputMonitor()]
+        return [*lr_monitor, TokenThroughputMonitor(), FinalCheckpoint()]
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         loss = self.forward_fn(inputs, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True)
-        if hasattr(self.trainer.datamodule, "crop_fraction"):
-            self.log("train/crop_fraction", self.trainer.datamodule.crop_fraction)
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "crop_fraction"):
+            self.log("train/crop_fraction", datamodule.crop_fraction)
+            self.log("train/epoch", float(datamodule.epoch))  # > 0: the run is repeating its data
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Stopping here, rather than at Lightning's max_steps check, lets the final validation run: a run's
+        # last steps (the end of the warmdown) are always measured, as nanochat evaluates at its last step.
+        if self.plan is not None and self.global_step >= self.plan.num_iterations:
+            self.trainer.should_stop = True
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
@@ -221,6 +240,11 @@ class BaseTraining(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_vocab_matches(checkpoint, self.tokenizer)
+        saved = checkpoint[CHECKPOINT_KEY]["gpt_config"]
+        differ = sorted(k for k, v in asdict(self.gpt_config).items() if saved.get(k) != v)
+        if differ:
+            changes = ", ".join(f"{k} {saved.get(k)!r} -> {getattr(self.gpt_config, k)!r}" for k in differ)
+            raise UserError(f"the checkpoint is of another model than this config builds ({changes})")
 
 
 def _meta_model(config: GPTConfig) -> GPT:

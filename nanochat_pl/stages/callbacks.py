@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
@@ -16,3 +19,17 @@ class TokenThroughputMonitor(ThroughputMonitor):
             length_fn=lambda batch: batch[0].numel(),
             window_size=window_size,
         )
+
+
+class FinalCheckpoint(L.Callback):
+    """Write `last.ckpt` with the final weights when training ends.
+
+    ModelCheckpoint saves every N steps, so a run whose length is not a multiple of N would otherwise end with
+    its last steps (most of the warmdown) in no checkpoint. Runs on every rank: the data module's state is
+    gathered from all of them.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath is not None:
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
