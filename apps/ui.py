@@ -72,11 +72,11 @@ def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
     elif piece.kind == "python":
         expression = last.content["text"].removesuffix(FENCE_CLOSE) + piece.text
         last.content = _text_part(expression + FENCE_CLOSE)
-    elif piece.kind == "output":
+    elif piece.kind == "output" and in_tool:
         # a new dict, not an edit in place: the page compares each update with the last one it sent
         log = last.metadata.get("log", RESULT_PREFIX) + piece.text
         last.metadata = {**last.metadata, "log": log, "status": "done"}
-    elif last is None or in_tool:
+    elif last is None or in_tool:  # text, or a result the model wrote without a call: shown as text
         shown.append(gr.ChatMessage(content=_text_part(piece.text)))
     else:
         last.content = _text_part(last.content["text"] + piece.text)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rustbpe
+from nanochat_pl import _rustbpe
 from nanochat_pl.common import UserError
 from nanochat_pl.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, get_tokenizer
 
@@ -96,6 +97,8 @@ def reference(corpus: list[str]) -> rustbpe.Tokenizer:
 
 def test_default_pattern_is_nanochats():
     assert SPLIT_PATTERN == NANOCHAT_PATTERN
+    # the Rust trainer's default (and its hand-written fast splitter) is the same pattern
+    assert SPLIT_PATTERN == _rustbpe.DEFAULT_PATTERN
 
 
 def test_vocabulary_layout(tok: Tokenizer):

@@ -42,10 +42,12 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def load_engine(checkpoint: str, device: torch.device) -> tuple[Engine, dict[str, Any]]:
+def load_engine(
+    checkpoint: str, device: torch.device, tokenizer_dir: str | None = None
+) -> tuple[Engine, dict[str, Any]]:
     """An Engine for `checkpoint` on `device` and the checkpoint's metadata. The engine picks the precision:
     bf16 autocast where bf16 matmuls are native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32."""
-    model, tokenizer, meta = load_model(checkpoint, device=device)
+    model, tokenizer, meta = load_model(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
     return Engine(model, tokenizer), meta
 
 
@@ -200,6 +202,7 @@ def chat(
     max_tokens: int = 256,
     device: str = "auto",
     seed: int = 42,
+    tokenizer_dir: str | None = None,
 ) -> None:
     """Talk to a model in the terminal; replies stream as they are generated.
 
@@ -213,10 +216,12 @@ def chat(
         max_tokens: At most this many new tokens per reply.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         seed: Seed of the sampler; each reply of a conversation uses the next one.
+        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says (a checkpoint copied
+            from another machine).
     """
     if temperature < 0 or top_k < 0 or max_tokens < 1:
         raise UserError(f"need temperature >= 0, top_k >= 0, max_tokens >= 1; got {temperature}, {top_k}, {max_tokens}")
-    engine, _ = load_engine(checkpoint, resolve_device(device))
+    engine, _ = load_engine(checkpoint, resolve_device(device), tokenizer_dir)
     context_len = engine.model.config.sequence_len
 
     def answer(messages: list[dict[str, Any]], reply_seed: int) -> Reply:
@@ -272,6 +277,7 @@ def serve(
     port: int = 8000,
     replicas: int | None = None,
     device: str = "auto",
+    tokenizer_dir: str | None = None,
 ) -> None:
     """Serve a model: the Gradio chat page at `/` and an OpenAI-compatible API at `/v1/chat/completions`
     (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
@@ -283,6 +289,7 @@ def serve(
         replicas: Copies of the model answering requests side by side; default one per CUDA device, or one
             on the CPU. Replicas take the CUDA devices in turn.
         device: "auto" (every CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
+        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says.
     """
     import uvicorn
 
@@ -295,7 +302,7 @@ def serve(
     else:
         devices = [resolve_device(device)]
     replica_devices = [devices[i % len(devices)] for i in range(replicas or len(devices))]
-    loaded = [load_engine(checkpoint, replica_device) for replica_device in replica_devices]
+    loaded = [load_engine(checkpoint, replica_device, tokenizer_dir) for replica_device in replica_devices]
     stage = loaded[0][1].get("stage", "model")
     print(f"serving {checkpoint} with {len(loaded)} replica(s) on {', '.join(map(str, replica_devices))}")
     app = create_app([engine for engine, _ in loaded], model_name=f"nanochat-pl-{stage}")
