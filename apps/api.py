@@ -61,6 +61,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     top_k: int = Field(DEFAULT_TOP_K, ge=0, le=MAX_TOP_K)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)  # the newer name of max_tokens
     stream: bool = False
@@ -69,15 +70,22 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def check_lengths(self) -> ChatCompletionRequest:
-        if self.messages[-1].role != "user":
-            raise ValueError("the last message must be the user's: the reply is the assistant's next turn")
-        lengths = [len(message.text()) for message in self.messages]
-        for i, length in enumerate(lengths):
-            if length > MAX_MESSAGE_CHARS:
-                raise ValueError(f"message {i} has {length:,} characters; at most {MAX_MESSAGE_CHARS:,} allowed")
-        if sum(lengths) > MAX_TOTAL_CHARS:
-            raise ValueError(f"the messages have {sum(lengths):,} characters; at most {MAX_TOTAL_CHARS:,} allowed")
+        check_conversation([{"role": m.role, "content": m.text()} for m in self.messages])
         return self
+
+
+def check_conversation(messages: list[dict[str, str]]) -> None:
+    """nanochat chat_web.py's abuse limits, for the API and the page alike (ValueError: pydantic reports it)."""
+    if len(messages) > MAX_MESSAGES:
+        raise ValueError(f"{len(messages)} messages; at most {MAX_MESSAGES} allowed")
+    if messages and messages[-1]["role"] != "user":
+        raise ValueError("the last message must be the user's: the reply is the assistant's next turn")
+    lengths = [len(message["content"]) for message in messages]
+    for i, length in enumerate(lengths):
+        if length > MAX_MESSAGE_CHARS:
+            raise ValueError(f"message {i} has {length:,} characters; at most {MAX_MESSAGE_CHARS:,} allowed")
+    if sum(lengths) > MAX_TOTAL_CHARS:
+        raise ValueError(f"the messages have {sum(lengths):,} characters; at most {MAX_TOTAL_CHARS:,} allowed")
 
 
 def error_response(message: str, status: int = 400, param: str | None = None) -> JSONResponse:
@@ -133,6 +141,7 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
                 request.top_k or None,
                 max_tokens,
                 seed,
+                top_p=request.top_p,
             )
         except UserError as error:  # roles out of order, a conversation longer than the context, ...
             return error_response(str(error), param="messages")

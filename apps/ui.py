@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_NEW_TOKENS, MAX_TOP_K
+from apps.api import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    MAX_NEW_TOKENS,
+    MAX_TOP_K,
+    check_conversation,
+)
 from nanochat_pl.commands.chat import Piece, Reply
 from nanochat_pl.common import UserError
 
@@ -56,6 +63,11 @@ def conversation_from_history(history: list[dict[str, Any]]) -> list[dict[str, A
     return messages
 
 
+def _plain(content: str | list[dict[str, str]]) -> str:
+    """A message's text, its tool parts included: what the limits count."""
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+
+
 def _text_part(text: str) -> dict[str, str]:
     """Message content as a text part: Gradio passes it through as is, where a plain string would go through
     `inspect.cleandoc`, losing its leading spaces and indentation."""
@@ -90,6 +102,12 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
     ) -> AsyncIterator[list[gr.ChatMessage]]:
         messages = [*conversation_from_history(history), {"role": "user", "content": message}]
         try:
+            # the page's controls can be bypassed through Gradio's own API: check what arrives
+            check_conversation([{"role": m["role"], "content": _plain(m["content"])} for m in messages])
+            if not (0 <= temperature <= 2 and 0 <= top_k <= MAX_TOP_K and 1 <= max_tokens <= MAX_NEW_TOKENS):
+                raise ValueError(
+                    f"need temperature in [0, 2], top_k in [0, {MAX_TOP_K}], max_tokens in [1, {MAX_NEW_TOKENS}]"
+                )
             reply = Reply(
                 pool.tokenizer,
                 pool.context_len,
@@ -99,7 +117,7 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
                 int(max_tokens),
                 seed=random.randrange(2**31),
             )
-        except UserError as error:
+        except (UserError, ValueError) as error:
             raise gr.Error(str(error)) from error
         shown: list[gr.ChatMessage] = []
         async for piece in pool.stream(reply):

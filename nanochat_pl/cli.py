@@ -32,7 +32,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "tokenizer": {
         "train": ("nanochat_pl.commands.tokenizer:train", "train the BPE tokenizer; prints chars/s"),
-        "eval": ("nanochat_pl.commands.tokenizer:eval", "bytes per token on several kinds of text"),
+        "eval": ("nanochat_pl.commands.tokenizer:evaluate", "bytes per token on several kinds of text"),
     },
     "bench": {
         "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),

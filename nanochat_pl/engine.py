@@ -4,7 +4,9 @@ The prompt is prefilled once with batch 1, its KV cache is replicated to `num_sa
 feeds one column of tokens (one per row) through the model with the cache. Each row runs a small state
 machine: tokens written between `<|python_start|>` and `<|python_end|>` are an expression for
 `sandbox.calculator`, and its result is forced into that row as `<|output_start|>result<|output_end|>`, one
-token per step, with mask 0 so that training (RL) can tell forced tokens from sampled ones. A row ends at
+token per step, with mask 0 so that training (RL) can tell forced tokens from sampled ones. An expression the
+calculator refuses forces its "Error: ..." text the same way (nanochat forces nothing then): the model sees
+why its call failed, and a bad call never stops the engine. A row ends at
 `<|assistant_end|>` or `<|bos|>`; generation ends when every row has, at `max_tokens`, or when the sequence
 reaches the model's context length.
 """

@@ -132,6 +132,7 @@ BAD_REQUESTS = {
         "the last message must be the user's",
     ),
     "seed out of range": ({"messages": [user("hi")], "seed": 2**70}, "seed: Input should be less than"),
+    "top_p out of range": ({"messages": [user("hi")], "top_p": 0}, "top_p: Input should be greater than 0"),
     "longer than the context": (
         {"messages": [user("hello world " * 200)]},
         "the model's context is 128 tokens",

@@ -468,7 +468,7 @@ def test_eval_command_table(saved_dir, tmp_path, capsys, monkeypatch):
         raise OSError(f"no network for {name}")
 
     monkeypatch.setattr(commands.tiktoken, "get_encoding", offline)
-    commands.eval(tokenizer_dir=str(saved_dir), val_sources=(str(source), str(tmp_path / "nowhere")))
+    commands.evaluate(tokenizer_dir=str(saved_dir), val_sources=(str(source), str(tmp_path / "nowhere")))
     printed = capsys.readouterr().out
     assert "no gpt-2 column" in printed and "no gpt-4 column" in printed
     tok = Tokenizer.load(saved_dir)
@@ -483,6 +483,6 @@ def test_eval_command_table(saved_dir, tmp_path, capsys, monkeypatch):
 
     # with the comparison encodings available, each gets its own columns
     monkeypatch.setattr(commands.tiktoken, "get_encoding", lambda name: tok.encoding)
-    commands.eval(tokenizer_dir=str(saved_dir), val_sources=())
+    commands.evaluate(tokenizer_dir=str(saved_dir), val_sources=())
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
     assert len(rows["code"]) == 7 and rows["code"][1:3] == rows["code"][3:5] == rows["code"][5:7]

@@ -109,6 +109,7 @@ class Reply:
         top_k: int | None,
         max_tokens: int,
         seed: int = 42,
+        top_p: float | None = None,
     ):
         self.prompt = tokenizer.render_for_completion({"messages": messages})
         if len(self.prompt) >= context_len:
@@ -117,7 +118,7 @@ class Reply:
                 "tokens: shorten it or clear the history"
             )
         self.tokenizer = tokenizer
-        self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         self.prompt_tokens = len(self.prompt)
         self.completion_tokens = 0
         self.finish_reason: Literal["stop", "length"] | None = None

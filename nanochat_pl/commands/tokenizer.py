@@ -56,7 +56,7 @@ def train(
     return output_dir
 
 
-def eval(
+def evaluate(
     tokenizer_dir: str | None = None,
     val_sources: tuple[str, ...] = ("fineweb", "offline"),
     val_chars: int = 1_000_000,
