@@ -92,7 +92,7 @@ class Engine:
             else torch.autocast(self.device.type, dtype=self.compute_dtype)
         )
         with autocast:
-            return self.model(ids, kv_cache=kv_cache)[:, -1, :].float()
+            return self.model(ids, kv_cache=kv_cache, last_only=True)[:, -1, :].float()
 
     @torch.inference_mode()
     def generate(

@@ -303,3 +303,13 @@ def test_bf16_autocast_on_cpu():
     assert (logits - reference).abs().max() < 0.1
     assert (cached - logits).abs().max() < 0.1
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_last_only_logits_are_the_last_position_of_the_full_ones():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_depth(2, vocab_size=300, sequence_len=64, head_dim=16))
+    model.init_weights()
+    idx = torch.randint(0, 300, (3, 40))
+    full = model(idx)
+    assert model(idx, last_only=True).shape == (3, 1, 300)
+    torch.testing.assert_close(model(idx, last_only=True), full[:, -1:], rtol=1e-5, atol=1e-5)

@@ -356,6 +356,7 @@ class GPT(nn.Module):
         targets: Tensor | None = None,
         kv_cache: KVCache | None = None,
         loss_reduction: str = "mean",
+        last_only: bool = False,
     ) -> Tensor:
         """Token ids idx (B, T) -> fp32 logits (B, T, vocab_size), or with `targets` (B, T) the cross-entropy
         (targets -1 are ignored): a scalar for loss_reduction "mean"/"sum", (B, T) per-token losses for
@@ -365,6 +366,9 @@ class GPT(nn.Module):
         With a `kv_cache`, idx are the next T tokens of every row (a whole prompt or one token per step):
         their keys/values are appended at the cache's position, they attend to everything cached (within
         each layer's window), and the position advances by T at the end.
+
+        `last_only` (without targets): logits of the last position only, (B, 1, vocab_size). Generation needs
+        nothing else, and for a long prompt the readout (T x C x V) costs more than the blocks of a small model.
         """
         B, T = idx.shape
         if kv_cache is not None and kv_cache.batch_size != B:
@@ -391,6 +395,8 @@ class GPT(nn.Module):
         x = norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if last_only and targets is None:
+            x = x[:, -1:]
 
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
