@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+from nanochat_pl.bench import peak_rss_mb
 from nanochat_pl.common import UserError
 from nanochat_pl.data.sources import iter_texts, resolve_shards
 
@@ -113,11 +112,6 @@ def _in_fresh_process(function: Callable[..., dict], *args) -> dict:
         return pool.submit(function, *args).result()
 
 
-def _peak_mb() -> float:
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kilobytes / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 class _CountingTexts:
     """Passes texts through and counts their characters."""
 
@@ -143,7 +137,7 @@ def _read_only(source: str, max_chars: int) -> dict:
         "chars": texts.chars,
         "seconds": seconds,
         "chars_per_s": texts.chars / seconds,
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_rss_mb(),
     }
 
 
@@ -153,7 +147,7 @@ def _train_and_measure(trainer: str, source: str, vocab_size: int, max_chars: in
     start = time.perf_counter()
     encode = train(texts, vocab_size)
     seconds = time.perf_counter() - start
-    peak_mb = _peak_mb()  # before encoding the held-out text, which is not training
+    peak_mb = peak_rss_mb()  # before encoding the held-out text, which is not training
     heldout = list(iter_texts(source, split="val", max_chars=heldout_chars))
     num_bytes = sum(len(text.encode("utf-8")) for text in heldout)
     num_tokens = sum(len(ids) for ids in encode(heldout))

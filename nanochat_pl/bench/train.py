@@ -8,14 +8,13 @@ counted. Printed: tokens/s, step time, MFU where the device's peak is known, pea
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
+from nanochat_pl.bench import peak_rss_mb
 from nanochat_pl.lightning_cli import run_lightning_cli
 
 
@@ -104,5 +103,4 @@ def bench_train(
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kilobytes / (2**20 if sys.platform == "darwin" else 2**10)
+    return peak_rss_mb()
