@@ -175,8 +175,12 @@ class PretrainStream(IterableDataset):
         self, row_groups: list[RowGroup], position: ReaderPosition
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, ReaderPosition]]:
         documents = _ReaderDocuments(row_groups, self.tokenizer, self.tokenizer_threads, position.next_doc)
+        # the buffered documents go back into the buffer as they are, not through refills (see BestFitPacker);
+        # nanochat refills one tokenizer batch at a time
         buffered = documents.reread([tuple(key) for key in position.buffered.tolist()])
-        packer = BestFitPacker(itertools.chain(buffered, documents), self.sequence_len + 1, self.buffer_docs)
+        packer = BestFitPacker(
+            documents, self.sequence_len + 1, self.buffer_docs, refill_docs=TOKENIZER_BATCH, buffered=buffered
+        )
         packer.tokens_consumed, packer.tokens_cropped = position.tokens_consumed, position.tokens_cropped
         while True:
             inputs, targets = _rows_to_batch([next(packer) for _ in range(self.batch_size)])
