@@ -1,0 +1,1 @@
+"""Tasks: conversations to train on and to be scored on (common.py says what a task is; one file per task)."""
