@@ -71,7 +71,7 @@ def test_a_tiny_run_learns_and_logs_the_true_bits_per_byte(corpus, tmp_path):
     record = StepLosses()
     tiny_trainer(tmp_path, callbacks=[record]).fit(module, data)
 
-    assert [step for step, _ in record.val_bpb] == [10, 20, 30, 40], "validation every eval_every steps"
+    assert [step for step, _ in record.val_bpb] == [0, 10, 20, 30, 40], "validation at 0 and every eval_every steps"
     assert len(record.train) == 40
     first_bpb, last_bpb = record.val_bpb[0][1], record.val_bpb[-1][1]
     assert last_bpb < 0.25 * first_bpb, record.val_bpb
@@ -171,7 +171,7 @@ def test_the_final_step_is_validated_and_checkpointed(corpus, tmp_path):
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=5, save_last=True)
     trainer = tiny_trainer(tmp_path, callbacks=[losses, checkpoints], enable_checkpointing=True)
     trainer.fit(tiny_module(tokenizer, num_iterations=7, eval_every=3), datamodule=tiny_data(shards, tokenizer))
-    assert [step for step, _ in losses.val_bpb] == [3, 6, 7]
+    assert [step for step, _ in losses.val_bpb] == [0, 3, 6, 7]
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 7
 
 

@@ -55,6 +55,9 @@ class BestFitPacker(Iterator[np.ndarray]):
     the next `refill_docs` documents of the stream join it. The iteration stops when `documents` runs
     out and the buffer can no longer fill a row; the partial row is dropped.
 
+    With a `pad_token`, a row that no buffered document fits any more is filled up with it instead of
+    cropping one (a document longer than a whole row is still cropped: padding could never place it).
+
     To resume a packer, give a new one the documents of `buffered_keys()` as `buffered` (they go into
     the buffer as they are, in that order) and the rest of the stream as `documents`: it then produces
     the rows the first one would have produced, because a refill takes whole chunks, so the stream
@@ -68,6 +71,7 @@ class BestFitPacker(Iterator[np.ndarray]):
         buffer_docs: int = 1000,
         refill_docs: int = 128,
         buffered: Iterable[Document] = (),
+        pad_token: int | None = None,
     ):
         if row_len < 1 or buffer_docs < 1 or refill_docs < 1:
             raise ValueError(
@@ -76,6 +80,7 @@ class BestFitPacker(Iterator[np.ndarray]):
         self.row_len = row_len
         self.buffer_docs = buffer_docs
         self.refill_docs = refill_docs
+        self.pad_token = pad_token
         self._documents = iter(documents)
         self._exhausted = False
         self._sorted_codes: list[int] = []  # length << _ARRIVAL_BITS | arrival, ascending
@@ -84,6 +89,7 @@ class BestFitPacker(Iterator[np.ndarray]):
         self._arrivals = 0
         self.tokens_consumed = 0  # tokens of every document taken out of the buffer, cropped or not
         self.tokens_cropped = 0  # of those, the tails discarded by crops
+        self.tokens_padded = 0  # padding written instead (with a pad_token)
         for key, tokens in buffered:
             self._add(key, tokens)
 
@@ -111,6 +117,11 @@ class BestFitPacker(Iterator[np.ndarray]):
                 tokens = self._take(bisect_left(self._sorted_codes, length << _ARRIVAL_BITS))
                 row[pos : pos + length] = tokens
                 pos += length
+            elif self.pad_token is not None and pos > 0:
+                # nothing fits: pad the rest of the row, keeping every token (SFT, chat_sft.py@92d63d4)
+                row[pos:] = self.pad_token
+                self.tokens_padded += space
+                pos = self.row_len
             else:
                 # nothing fits: crop the shortest document to fill the row exactly, losing the least
                 tokens = self._take(0)

@@ -13,23 +13,8 @@ How the stream is cut up (nanochat dataloader.py@92d63d4, reorganised so that a 
   counting across epochs, and the document's index in its row group), the keys (row group read, index) of
   the ~1000 documents waiting in the packer's buffer, and the token counters of the crop statistic. Given a
   position, a reader re-reads and re-tokenizes only the buffered documents and then goes on exactly as the
-  original would have.
-- What counts as consumed. Lightning prefetches one batch ahead of the training step and DataLoader workers
-  prefetch more, so a dataset cannot know which of its batches were trained on, and with workers the
-  dataset object in the main process sees nothing at all. So each training batch travels with the position
-  of its reader after it, `(inputs, targets, position)`, and `PretrainDataModule.on_before_batch_transfer`,
-  which the training loop calls for exactly the batches it trains on, records the position and passes
-  `(inputs, targets)` on to the LightningModule (which therefore must not override that hook).
-  `state_dict()` thus describes the batches trained on, never the prefetched ones.
-- Workers. The DataLoader takes batches from its workers in strict rotation, so after n batches the next
-  one comes from worker slot n mod W. Every new iteration (after a resume, or when Lightning iterates the
-  loader again for another epoch under `limit_train_batches`) starts from the recorded positions, with
-  worker j playing slot (n + j) mod W, so it continues the stream instead of repeating it.
-- Ranks. Lightning writes the checkpoint from rank 0 only, so `state_dict()` gathers every rank's reader
-  positions (all ranks call it together when a checkpoint is saved). The state is saved through the
-  LightningDataModule's own `state_dict`/`load_state_dict`, which Lightning restores before
-  `configure_optimizers` runs; the DataLoader-level Stateful protocol would lose the state when something
-  reads `trainer.estimated_stepping_batches` first (Lightning #20550).
+  original would have. How positions travel with the batches, rotate with the workers and are gathered from
+  every rank into the checkpoint is data/stream.py's, shared with the chat stream.
 - What is exact. A resumed run sees exactly the batches the uninterrupted run would have seen, with any
   num_workers, provided it has the same world size, num_workers, batch size, sequence length, buffer size,
   training row groups and tokenizer; a different layout is refused with a UserError.
@@ -45,23 +30,22 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from nanochat_pl.common import UserError
 from nanochat_pl.data.packing import BestFitPacker
 from nanochat_pl.data.sources import num_row_groups, read_row_group, resolve_shards, split_shards
+from nanochat_pl.data.stream import ResumableStreamModule, StreamProgress, rows_to_batch, worker_slot
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 # documents per tiktoken batch call (nanochat dataloader.py@92d63d4 tokenizer_batch_size)
 TOKENIZER_BATCH = 128
-STATE_VERSION = 1
 
 RowGroup = tuple[Path, int]  # (shard, row group index in it)
 DocKey = tuple[int, int]  # (row groups this reader had read before the document's, index in its row group)
@@ -104,20 +88,6 @@ class ReaderPosition:
             int(state["tokens_consumed"]),
             int(state["tokens_cropped"]),
         )
-
-
-@dataclass
-class StreamProgress:
-    """What one rank has trained on: each of its readers' position after its last trained batch, and
-    how many batches. Every new iteration of the training stream starts from here, so a DataLoader that
-    Lightning iterates again (a new epoch under `limit_train_batches`) continues rather than repeats."""
-
-    positions: dict[int, ReaderPosition] = field(default_factory=dict)
-    consumed: int = 0
-
-    def record(self, position: ReaderPosition) -> None:
-        self.positions[position.reader] = position
-        self.consumed += 1
 
 
 def reader_row_groups(row_groups: Sequence[RowGroup], reader: int, num_readers: int) -> list[RowGroup]:
@@ -163,11 +133,8 @@ class PretrainStream(IterableDataset):
         self.progress = progress if progress is not None else StreamProgress()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, ReaderPosition]]:
-        worker, num_workers = _worker_slot()
-        # after n batches the next comes from worker slot n mod W, and a new iteration starts at worker 0
-        slot = (self.progress.consumed + worker) % num_workers
-        reader = self.rank * num_workers + slot
-        num_readers = self.world_size * num_workers
+        reader = self.progress.reader_for_worker(self.rank)
+        num_readers = self.world_size * worker_slot()[1]
         position = self.progress.positions.get(reader) or ReaderPosition.start(reader)
         return self._batches(reader_row_groups(self.row_groups, reader, num_readers), position)
 
@@ -183,7 +150,7 @@ class PretrainStream(IterableDataset):
         )
         packer.tokens_consumed, packer.tokens_cropped = position.tokens_consumed, position.tokens_cropped
         while True:
-            inputs, targets = _rows_to_batch([next(packer) for _ in range(self.batch_size)])
+            inputs, targets = rows_to_batch([next(packer) for _ in range(self.batch_size)])
             keys = np.array(packer.buffered_keys(), dtype=np.int64).reshape(-1, 2)
             after = ReaderPosition(
                 position.reader,
@@ -218,7 +185,7 @@ class ValidationStream(PretrainStream):
             yield inputs, targets
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(ResumableStreamModule):
     """Pretraining batches streamed from parquet shards, tokenized on the fly and packed by best fit.
 
     Training is endless (epochs are counted in the state) and resumes exactly from a checkpoint;
@@ -273,11 +240,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_tokens = val_tokens
         self.data_dir = data_dir
         self.tokenizer_threads = tokenizer_threads
-        self.rank, self.world_size = 0, 1
         self._train_row_groups: list[RowGroup] | None = None
         self._val_row_groups: list[RowGroup] = []
-        self.progress = StreamProgress()  # this rank's readers, after the batches trained on
-        self._loaded_state: dict[str, Any] | None = None
 
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
@@ -299,9 +263,9 @@ class PretrainDataModule(L.LightningDataModule):
         """The training epoch the furthest of this rank's readers has reached (0 for the first pass)."""
         return max((p.epoch for p in self.progress.positions.values()), default=0)
 
-    @property
-    def num_slots(self) -> int:
-        return max(1, self.num_workers)
+    def training_stats(self) -> dict[str, float]:
+        """What the stage logs about the stream with every training step."""
+        return {"crop_fraction": self.crop_fraction, "epoch": float(self.epoch)}  # epoch > 0: repeating its data
 
     def setup(self, stage: str | None = None) -> None:
         if self._train_row_groups is not None:
@@ -323,8 +287,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
-        if self._loaded_state is not None:
-            self._apply_state(self._loaded_state)
+        self._restore_loaded_state()
         stream = PretrainStream(
             self._train_row_groups,
             self.tokenizer,
@@ -362,60 +325,8 @@ class PretrainDataModule(L.LightningDataModule):
         )
         return DataLoader(stream, batch_size=None, num_workers=0, pin_memory=torch.cuda.is_available())
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record the position a training batch carries and hand `(inputs, targets)` to the model."""
-        if len(batch) == 3 and isinstance(batch[2], ReaderPosition):
-            inputs, targets, position = batch
-            self.progress.record(position)
-            return inputs, targets
-        return tuple(batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every rank's reader positions after the last trained batch (a collective call under DDP).
-
-        The LightningModule's `training_step` sees the batches after `on_before_batch_transfer`, so the
-        positions are those of the batches it trained on, not of those Lightning or the workers prefetched.
-        """
-        if self._loaded_state is not None:  # restored but not trained on yet: still where we are
-            return self._loaded_state
-        if self._train_row_groups is None:
-            return {}
-        positions = [p.to_state() for p in self.progress.positions.values()]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
-            # the checkpoint is written by rank 0 alone, so it must hold the other ranks' positions too
-            gathered: list[list[dict[str, Any]] | None] = [None] * self.world_size
-            torch.distributed.all_gather_object(gathered, positions)
-            positions = [p for rank_positions in gathered for p in rank_positions]
-        return {
-            "version": STATE_VERSION,
-            "layout": self._layout(),
-            "consumed": self.progress.consumed,
-            "readers": sorted(positions, key=lambda p: p["reader"]),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from `state_dict()`'s output when training starts (validating alone never needs it, so a
-        checkpoint validates on any number of devices)."""
-        self._loaded_state = state_dict
-
-    def _apply_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise UserError(f"the checkpoint's data state has version {state.get('version')}, want {STATE_VERSION}")
-        saved, now = state["layout"], self._layout()
-        changed = [f"{key} {saved.get(key)} -> {now[key]}" for key in now if saved.get(key) != now[key]]
-        if changed:
-            raise UserError(
-                "cannot resume the data stream exactly: the checkpoint was written with a different "
-                f"{', '.join(changed)}; resume with the same settings"
-            )
-        positions = {p.reader: p for p in map(ReaderPosition.from_state, state["readers"])}
-        missing = sorted(set(self.progress.positions) - set(positions))
-        if missing:
-            raise UserError(f"the checkpoint's data state has no position for readers {missing}")
-        # in place: a stream already made from self.progress starts its next iteration from here
-        self.progress.positions = {r: positions[r] for r in self.progress.positions}
-        self.progress.consumed = int(state["consumed"])
-        self._loaded_state = None
+    def _position_from_state(self, state: dict[str, Any]) -> ReaderPosition:
+        return ReaderPosition.from_state(state)
 
     def _layout(self) -> dict[str, int]:
         """What must not change for the saved positions to mean the same data."""
@@ -485,15 +396,3 @@ class _ReaderDocuments:
 
 def _row_groups(shards: list[Path]) -> list[RowGroup]:
     return [(shard, index) for shard in shards for index in range(num_row_groups(shard))]
-
-
-def _worker_slot() -> tuple[int, int]:
-    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def _rows_to_batch(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of T+1 tokens -> (inputs, targets) of shape (B, T): targets are the inputs shifted by one."""
-    batch = torch.from_numpy(np.stack(rows))
-    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

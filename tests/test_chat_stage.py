@@ -1,0 +1,266 @@
+"""The chat stage (midtraining and SFT): from a tiny pretrained checkpoint, on a tiny conversation task."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from nanochat_pl.data.chat import ChatDataModule, ChatStream, rows_to_masked_batch
+from nanochat_pl.stages.chat import ChatTraining
+from nanochat_pl.tasks.common import Task
+from nanochat_pl.tokenizer import Tokenizer
+from tests.stage_helpers import B, StepLosses, T, model_parameters, tiny_data, tiny_module, tiny_trainer, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("cat", "mat", "dog", "park", "sun", "sky", "book", "song")
+
+
+class Echo(Task):
+    """'say X Y' -> 'X Y': short conversations of a few turns, learnable by a depth-1 model."""
+
+    def __init__(self, size: int = 64, seed: int = 0):
+        super().__init__()
+        self.size, self.seed = size, seed
+
+    def num_examples(self) -> int:
+        return self.size
+
+    def get_example(self, index: int) -> dict:
+        rng = random.Random(self.seed * 100_003 + index)
+        messages = []
+        for _ in range(rng.randint(1, 3)):
+            words = " ".join(rng.choices(WORDS, k=rng.randint(1, 4)))
+            messages += [{"role": "user", "content": f"say {words}"}, {"role": "assistant", "content": words}]
+        return {"messages": messages}
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny pretrained model's last.ckpt and its tokenizer directory."""
+    root = tmp_path_factory.mktemp("base")
+    shards, tokenizer = write_corpus(root)
+    L.seed_everything(0)
+    module = tiny_module(tokenizer, num_iterations=6, lr_scale=1.0)
+    trainer = tiny_trainer(root, callbacks=[ModelCheckpoint(root / "ckpt", save_last=True)], enable_checkpointing=True)
+    trainer.fit(module, tiny_data(shards, tokenizer))
+    return root / "ckpt" / "last.ckpt", tokenizer
+
+
+def chat_module(checkpoint: Path, **overrides) -> ChatTraining:
+    settings = dict(init_from=str(checkpoint), recipe="sft", eval_every=1000, sample_every=0, load_optimizer=True)
+    return ChatTraining(**{**settings, **overrides})
+
+
+def chat_data(packing: str = "pad", size: int = 64, **overrides) -> ChatDataModule:
+    settings = dict(train=[Echo(size)], val=[Echo(16, seed=1)], packing=packing, val_tokens=2 * B * T)
+    return ChatDataModule(**{**settings, **overrides})
+
+
+def test_sft_inherits_the_checkpoint_and_runs_one_epoch(base_checkpoint, tmp_path):
+    checkpoint, _ = base_checkpoint
+    L.seed_everything(0)
+    module, data = chat_module(checkpoint), chat_data()
+    record = StepLosses()
+    trainer = tiny_trainer(tmp_path, callbacks=[record])
+    trainer.fit(module, data)
+    # inherited: the model, the batch shape (B x T, total batch B*T: no accumulation), the optimizer recipe
+    assert module.gpt_config.n_layer == 1 and data.sequence_len == T and data.device_batch_size == B
+    assert trainer.accumulate_grad_batches == 1
+    assert data.data_progress >= 1.0 and trainer.global_step == len(record.train)
+    # one epoch: the run used up the mixture and stopped within one batch of it
+    positions = list(data.progress.positions.values())
+    assert sum(p.taken for p in positions) >= len(data.train_mixture)
+    losses = [loss for *_, loss in record.train]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    # the LR ran on data progress: the last step of the second half decays towards 0
+    assert module.lr_multiplier(trainer.global_step) < 0.3
+
+
+def stage_for_steps(checkpoint: Path, root: Path) -> ChatTraining:
+    """The stage with its model built and a Trainer attached, to call training_step directly."""
+    module = chat_module(checkpoint)
+    trainer = tiny_trainer(root)
+    trainer.datamodule = chat_data()  # what training_step reads its stats from
+    module.configure_model()
+    module.log = lambda *args, **kwargs: None
+    module._trainer = trainer
+    return module
+
+
+def test_sft_loss_is_the_masked_cross_entropy(base_checkpoint, tmp_path):
+    checkpoint, tokenizer_dir = base_checkpoint
+    module = stage_for_steps(checkpoint, tmp_path)
+    stream = ChatStream(Echo(32), Tokenizer.load(tokenizer_dir), batch_size=B, sequence_len=T, packing="pad")
+    inputs, targets, _ = next(iter(stream))
+    assert (targets == -1).any() and (targets >= 0).any()
+    loss = module.training_step((inputs, targets), 0)
+    with torch.no_grad():
+        log_probs = F.log_softmax(module.model(inputs), dim=-1)
+    by_hand = [-log_probs[b, t, targets[b, t]] for b in range(B) for t in range(T) if targets[b, t] >= 0]
+    assert loss.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
+
+
+def test_an_all_masked_micro_batch_gives_zero_loss_not_nan(base_checkpoint, tmp_path):
+    checkpoint, _ = base_checkpoint
+    module = stage_for_steps(checkpoint, tmp_path)
+    loss = module.training_step((torch.randint(0, 100, (B, T)), torch.full((B, T), -1)), 0)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in module.model.parameters())
+
+
+def test_pad_packing_keeps_every_token_and_masks_all_but_the_assistant(base_checkpoint):
+    _, tokenizer_dir = base_checkpoint
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    task = Echo(40)
+    stream = ChatStream(task, tokenizer, batch_size=B, sequence_len=T, packing="pad")
+    batches = iter(stream)
+    trained = 0
+    for _ in range(6):
+        inputs, targets, position = next(batches)
+        assert inputs.shape == targets.shape == (B, T)
+        assert (inputs[:, 0] == tokenizer.bos_token_id).all(), "every row starts a conversation"
+        trained += int((targets >= 0).sum())
+    # the trained targets of the conversations the packer has used equal their masks' ones (no crop, no loss
+    # on padding); the first token's mask never counts (a row's first token is not a target)
+    used = [task[k] for k in range(position.fetched) if k not in position.buffered]
+    expected = sum(sum(tokenizer.render_conversation(c, max_tokens=T + 1)[1][1:]) for c in used)
+    assert trained == expected
+
+
+def test_rows_to_masked_batch_shifts_and_masks():
+    rows = torch.tensor([[5, -8, 6, -1], [7, 8, -10, -10]]).numpy()
+    inputs, targets = rows_to_masked_batch(rows)
+    assert inputs.tolist() == [[5, 7, 6], [7, 8, 9]]
+    assert targets.tolist() == [[-1, 6, -1], [8, -1, -1]]
+
+
+@pytest.mark.parametrize("packing", ["pad", "crop"])
+def test_chat_resume_equals_an_uninterrupted_run(base_checkpoint, tmp_path, packing):
+    checkpoint, _ = base_checkpoint
+    steps = 6
+    runs = []
+    for resume in (None, tmp_path / "ckpt" / f"step={steps // 2}.ckpt"):
+        L.seed_everything(0)
+        module = chat_module(checkpoint, total_batch_tokens=2 * B * T, num_iterations=steps, eval_every=2)
+        data = chat_data(packing, size=400, num_workers=2 if packing == "crop" else 0)
+        record = StepLosses()
+        save = ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=steps // 2, save_top_k=-1)
+        trainer = tiny_trainer(tmp_path, callbacks=[record, save], enable_checkpointing=True)
+        trainer.fit(module, data, ckpt_path=resume)
+        assert trainer.global_step == steps and trainer.accumulate_grad_batches == 2
+        runs.append((record, model_parameters(module)))
+    (straight, straight_params), (resumed, resumed_params) = runs
+    assert resumed.train == straight.train[2 * steps // 2 :]
+    assert resumed.val_bpb[-1] == straight.val_bpb[-1]
+    for name, value in straight_params.items():
+        assert torch.equal(value, resumed_params[name]), name
+
+
+def test_resuming_from_a_base_checkpoint_is_refused(base_checkpoint, tmp_path):
+    checkpoint, _ = base_checkpoint
+    module, data = chat_module(checkpoint), chat_data()
+    with pytest.raises(Exception, match="give it as model.init_from"):
+        tiny_trainer(tmp_path).fit(module, data, ckpt_path=checkpoint)
+
+
+DDP_SCRIPT = """
+import sys
+
+import torch
+
+from tests.test_chat_stage import train_on_split_batches
+
+torch.set_num_threads(1)
+train_on_split_batches(sys.argv[1], sys.argv[2], devices=int(sys.argv[3]))
+"""
+
+
+class SplitBatches(L.LightningDataModule):
+    """Global batches of 2B packed conversation rows: with 2 ranks rank r takes rows [rB, (r+1)B); alone, the
+    process takes the two halves as consecutive micro-batches. Exposes what the chat stage reads of its data."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        super().__init__()
+        self.train_mixture = Echo(10_000)
+        self.tokenizer = Tokenizer.load(tokenizer_dir)
+        self.device_batch_size, self.data_progress = B, 0.0
+
+    def inherit(self, tokenizer, sequence_len: int, device_batch_size: int) -> None:
+        pass
+
+    def training_stats(self) -> dict[str, float]:
+        return {}
+
+    def train_dataloader(self):
+        stream = ChatStream(self.train_mixture, self.tokenizer, 2 * B, T, "pad")
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+
+        def batches():
+            for inputs, targets, _ in stream:
+                for half in range(2) if world == 1 else (rank,):
+                    rows = slice(half * B, (half + 1) * B)
+                    yield inputs[rows], targets[rows]
+
+        return torch.utils.data.DataLoader(_Iterable(batches), batch_size=None)
+
+
+class _Iterable(torch.utils.data.IterableDataset):
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
+
+
+def train_on_split_batches(checkpoint: str, out: str, devices: int) -> None:
+    """3 SFT steps of a global batch of 2B rows on `devices` CPU processes; saves losses, gradients, weights."""
+    from tests.stage_helpers import GradientRecorder
+
+    L.seed_everything(0)
+    module = chat_module(Path(checkpoint), total_batch_tokens=2 * B * T, num_iterations=3)
+    data = SplitBatches(module.hparams.tokenizer_dir or module.inherited["tokenizer_dir"])
+    losses, grads = StepLosses(), GradientRecorder()
+    strategy = "ddp" if devices > 1 else "auto"
+    trainer = tiny_trainer(Path(out + ".root"), devices=devices, strategy=strategy, callbacks=[losses, grads])
+    trainer.fit(module, data)
+    assert trainer.accumulate_grad_batches == 2 // devices
+    result = {"losses": losses.train, "grads": grads.grads, "params": model_parameters(module)}
+    torch.save(result, f"{out}.{trainer.global_rank}.pt")
+
+
+def test_two_gloo_processes_equal_one(base_checkpoint, tmp_path):
+    """Two ranks that each train on half of every global batch give the first step's gradients of one process
+    that takes the two halves as two accumulated micro-batches: each micro-batch's loss is its mean over trained
+    tokens, and the ranks' gradients are averaged as the accumulated ones are (see the base stage's DDP test for
+    why only the first step's gradients are compared exactly)."""
+    checkpoint, _ = base_checkpoint
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), str(checkpoint), str(tmp_path / "ddp"), "2"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_on_split_batches(str(checkpoint), str(tmp_path / "single"), devices=1)
+    single = torch.load(tmp_path / "single.0.pt")
+    ranks = [torch.load(tmp_path / f"ddp.{rank}.pt") for rank in (0, 1)]
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(ranks[1]["params"][name], value), name
+    first_single, first_ddp = single["grads"][0], ranks[0]["grads"][0]
+    scale = max(g.abs().max().item() for g in first_single.values())
+    for name, grad in first_single.items():
+        torch.testing.assert_close(first_ddp[name], grad, rtol=1e-5, atol=1e-6 * scale, msg=name)
+    # Lightning reports a micro-batch's loss divided by the accumulation count: 2 alone, 1 on each rank
+    singles = [2 * loss for *_, loss in single["losses"]]
+    for step, (rank0, rank1) in enumerate(zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)):
+        assert [rank0[-1], rank1[-1]] == pytest.approx(singles[2 * step : 2 * step + 2], abs=1e-5)
