@@ -1,4 +1,4 @@
-"""FineWeb-Edu download against a local HTTP server serving shards in the real format, failures on demand."""
+"""Downloads against a local HTTP server: FineWeb-Edu shards in the real format and single files, failures on demand."""
 
 import re
 import threading
@@ -10,7 +10,7 @@ import pytest
 
 from nanochat_pl.commands.data import download
 from nanochat_pl.common import UserError
-from nanochat_pl.data.download import download_fineweb
+from nanochat_pl.data.download import download_file, download_fineweb
 from nanochat_pl.data.sources import iter_texts, resolve_shards, split_shards
 
 SHARDS = (0, 1, 2, 1822)
@@ -161,3 +161,24 @@ def test_command_uses_the_data_home_and_env_url(server, files, tmp_path, monkeyp
     assert split_shards(shards, "train") == shards[:1]
     val = list(iter_texts("fineweb", "val"))
     assert len(val) == 1500 and val[0] == "shard 1822 document 0. "
+
+
+def test_single_file_download_shares_the_retries_and_the_check(server, files, tmp_path):
+    name = "shard_00000.parquet"
+    checked = []
+    server.plan[name] = ["500", "truncated"]
+    path = download_file(f"{server.url}/{name}", tmp_path / "one" / "file.bin", check=checked.append, backoff_s=0.001)
+    assert path.read_bytes() == files[name] and listing(tmp_path / "one") == ["file.bin"]
+    assert server.requests == [name] * 3 and len(checked) == 1  # the check saw the complete download only
+    assert download_file(f"{server.url}/{name}", path) == path and len(server.requests) == 3  # there already
+
+    with pytest.raises(UserError, match=r"could not download .*/missing.txt: HTTP 404"):
+        download_file(f"{server.url}/missing.txt", tmp_path / "missing.txt", backoff_s=0.001)
+    assert server.requests.count("missing.txt") == 1 and not (tmp_path / "missing.txt").exists()
+
+    def refuse(tmp):
+        raise UserError("not the file expected")
+
+    with pytest.raises(UserError, match="after 2 attempts; last error: not the file expected"):
+        download_file(f"{server.url}/{name}", tmp_path / "refused.bin", check=refuse, attempts=2, backoff_s=0.001)
+    assert listing(tmp_path) == ["one"]  # nothing of the failed downloads is left, not even a .tmp file

@@ -1,9 +1,10 @@
-"""Download FineWeb-Edu shards: resumable, parallel, retried, each file checked and written atomically.
+"""Downloads: FineWeb-Edu shards and single files (task data, word lists), retried, checked, written atomically.
 
 nanochat dataset.py: `-n N` fetches shards 0..N-1 plus the last shard (validation); 5 attempts with 2^k s
 backoff; a temporary name, then rename. Here threads do the parallel work (the job waits on the network,
 not the CPU), each finished file must be a readable parquet file with a `text` column, and a shard already
-on disk and readable is skipped, so an interrupted download resumes where it stopped.
+on disk and readable is skipped, so an interrupted download resumes where it stopped. A single file
+(`download_file`) goes through the same attempt loop: retried, checked by its caller, renamed into place.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,7 +69,7 @@ def download_fineweb(
     progress = _ByteProgress(desc=f"fineweb-edu: {len(missing)} shards")
     with progress, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [
-            pool.submit(_download_shard, f"{base_url}/{p.name}", p, attempts, backoff_s, stop, progress)
+            pool.submit(_download, f"{base_url}/{p.name}", p, attempts, backoff_s, stop, progress, _check_shard)
             for p in missing
         ]
         try:
@@ -88,6 +90,32 @@ def download_fineweb(
     return paths
 
 
+def download_file(
+    url: str,
+    path: str | os.PathLike,
+    check: Callable[[Path], None] | None = None,
+    attempts: int = 5,
+    backoff_s: float = 1.0,
+) -> Path:
+    """Make `url` present at `path` (nothing to do if it is there already) and return the path.
+
+    `check(tmp)` raises UserError when the downloaded bytes are not the file expected (an HTML error page,
+    a truncated body); that attempt then counts as failed. After `attempts` failures, one-line UserError.
+    """
+    if attempts < 1:
+        raise UserError(f"attempts must be at least 1, got {attempts}")
+    path = Path(path)
+    if path.exists():  # it got there by a rename, so it is complete
+        return path
+    with _ByteProgress(desc=path.name) as progress:
+        _download(url, path, attempts, backoff_s, threading.Event(), progress, check)
+    return path
+
+
+def _check_shard(path: Path) -> None:
+    open_parquet(path).close()  # UserError if the bytes are not a parquet file with a text column
+
+
 def _is_valid_shard(path: Path) -> bool:
     """Present and readable; a corrupt leftover (e.g. from a copy) is deleted so it is fetched again."""
     if not path.exists():
@@ -100,13 +128,14 @@ def _is_valid_shard(path: Path) -> bool:
     return True
 
 
-def _download_shard(
+def _download(
     url: str,
     path: Path,
     attempts: int,
     backoff_s: float,
     stop: threading.Event,
     progress: _ByteProgress,
+    check: Callable[[Path], None] | None,
 ) -> None:
     last_error: Exception | None = None
     for attempt in range(attempts):
@@ -115,7 +144,8 @@ def _download_shard(
         try:
             with atomic_path(path) as tmp:
                 _fetch(url, tmp, stop, progress)
-                open_parquet(tmp).close()  # UserError if the bytes are not a parquet file with a text column
+                if check is not None:
+                    check(tmp)
             return
         except urllib.error.HTTPError as e:
             if 400 <= e.code < 500 and e.code not in (408, 429):  # not there: retrying will not help

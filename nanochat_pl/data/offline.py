@@ -23,7 +23,7 @@ import sysconfig
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,7 +139,7 @@ def _documents(max_chars: int) -> Iterator[str]:
     seen_docstrings: set[str] = set()
     seen_docs: set[str] = set()
     total = 0
-    stdlib, site_packages = _source_roots()
+    stdlib, site_packages = source_roots()
     sources = (
         *(_module_documents(root, seen_docstrings) for root in stdlib),
         _distribution_documents(),
@@ -156,7 +156,7 @@ def _documents(max_chars: int) -> Iterator[str]:
                 return
 
 
-def _source_roots() -> tuple[list[Path], list[Path]]:
+def source_roots() -> tuple[list[Path], list[Path]]:
     """The standard library's directories and site-packages' directories, each deduplicated."""
     paths = sysconfig.get_paths()
     stdlib = list(dict.fromkeys(Path(paths[key]) for key in ("stdlib", "platstdlib")))
@@ -182,8 +182,12 @@ def _python_files(root: Path) -> Iterator[tuple[str, Path]]:
                 yield name, Path(dirpath) / filename
 
 
-def _module_documents(root: Path, seen: set[str]) -> Iterator[str]:
+def parsed_modules(root: Path, include: Callable[[str], bool] | None = None) -> Iterator[tuple[str, ast.Module]]:
+    """(dotted module name, syntax tree) of every parsable module under `root` (those whose name `include`
+    accepts, if given: parsing is most of the cost), in sorted order."""
     for name, path in _python_files(root):
+        if include is not None and not include(name):
+            continue
         try:
             if path.stat().st_size > MAX_SOURCE_BYTES:
                 continue
@@ -192,6 +196,11 @@ def _module_documents(root: Path, seen: set[str]) -> Iterator[str]:
                 tree = ast.parse(path.read_bytes())
         except (OSError, SyntaxError, ValueError, RecursionError):
             continue  # unreadable, Python 2, templates, null bytes: not our concern
+        yield name, tree
+
+
+def _module_documents(root: Path, seen: set[str]) -> Iterator[str]:
+    for name, tree in parsed_modules(root):
         yield from _tree_documents(name, tree, seen)
 
 
@@ -201,7 +210,7 @@ def _tree_documents(name: str, tree: ast.Module, seen: set[str]) -> Iterator[str
     _add_section(sections, None, ast.get_docstring(tree), seen)
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_public(node.name):
-            _add_section(sections, f"## {name}.{_signature(node)}", ast.get_docstring(node), seen)
+            _add_section(sections, f"## {name}.{signature(node)}", ast.get_docstring(node), seen)
     if len(sections) > 1:
         yield "\n\n".join(sections)
     for node in tree.body:
@@ -215,7 +224,7 @@ def _class_document(qualname: str, node: ast.ClassDef, seen: set[str]) -> Iterat
     _add_section(sections, None, ast.get_docstring(node), seen)
     for child in node.body:
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_public(child.name):
-            _add_section(sections, f"## {_signature(child)}", ast.get_docstring(child), seen)
+            _add_section(sections, f"## {signature(child)}", ast.get_docstring(child), seen)
     if len(sections) > 1:
         yield "\n\n".join(sections)
 
@@ -231,7 +240,7 @@ def _add_section(sections: list[str], header: str | None, docstring: str | None,
     sections.extend([docstring] if header is None else [header, docstring])
 
 
-def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+def signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
     return f"{node.name}({ast.unparse(node.args)})"
 
 
