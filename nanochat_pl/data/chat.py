@@ -242,6 +242,12 @@ class ChatDataModule(ResumableStreamModule):
     def training_stats(self) -> dict[str, float]:
         return {"data_progress": self.data_progress}
 
+    def prepare_data(self) -> None:
+        """Load (download, once per machine) every task's data before the ranks read it."""
+        for mixture in (self.train_mixture, self.val_mixture):
+            if mixture is not None:
+                len(mixture)
+
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size

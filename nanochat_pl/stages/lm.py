@@ -182,7 +182,8 @@ class LanguageModelStage(L.LightningModule):
         loss_sum = self.forward_fn(inputs, targets, loss_reduction="sum")
         loss = loss_sum / (targets >= 0).sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True)
-        for name, value in self.trainer.datamodule.training_stats().items():
+        stats = getattr(self.trainer.datamodule, "training_stats", dict)  # what the stream reports, if anything
+        for name, value in stats().items():
             self.log(f"train/{name}", value)
         return loss
 
