@@ -79,12 +79,14 @@ def bench_train(
     if not measured:
         raise SystemExit(f"error: ran {len(timer.step_times)} steps, none left after {warmup} warm-up steps")
     step_time = sum(measured) / len(measured)
-    tokens_per_step = module.plan.total_batch_tokens
+    batch = trainer.datamodule.device_batch_size * module.gpt_config.sequence_len
+    tokens_per_step = batch * trainer.accumulate_grad_batches * trainer.world_size
     flops_per_step = module.flops_per_batch * trainer.accumulate_grad_batches * trainer.world_size
     device = trainer.strategy.root_device
     peak = get_available_flops(device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
     result = {
-        "depth": module.hparams.depth,
+        "stage": module.stage_name,
+        "depth": module.gpt_config.n_layer,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": str(trainer.precision),
         "tokens_per_step": tokens_per_step,

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from nanochat_pl.checkpoint import CHECKPOINT_KEY, MODEL_PREFIX, read_checkpoint
-from nanochat_pl.common import UserError
+from nanochat_pl.checkpoint import CHECKPOINT_KEY, MODEL_PREFIX, latest_last_checkpoint, read_checkpoint
+from nanochat_pl.common import UserError, home_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.optim import MuonAdamW, Schedule, grad_accumulation_steps
 from nanochat_pl.optim.recipes import get_recipe
@@ -33,7 +33,8 @@ class ChatTraining(LanguageModelStage):
     """Train a checkpoint's GPT on conversations (the data module yields (inputs, targets), -1 where no loss).
 
     Args:
-        init_from: The checkpoint to start from (any stage's `.ckpt`).
+        init_from: The checkpoint to start from: any stage's `.ckpt`, or "base" / "chat" for the newest run's
+            last.ckpt under the home's runs/base or runs/chat.
         recipe: "sft" (nanochat HEAD: 0.8 of the base learning rates, the second half of the data decaying to 0),
             "mid" (October's midtraining: the base rates, the last 20% decaying) or "sft_oct" (October's SFT
             after midtraining: 0.02 of the base rates, decaying to 0 over the whole run).
@@ -75,7 +76,8 @@ class ChatTraining(LanguageModelStage):
         super().__init__()
         self.save_hyperparameters()
         self.stage_name = "mid" if recipe == "mid" else "sft"
-        meta = read_checkpoint(init_from)[CHECKPOINT_KEY]
+        self.init_path = resolve_init_from(init_from)
+        meta = read_checkpoint(self.init_path)[CHECKPOINT_KEY]
         self.inherited = meta
         config = GPTConfig(**meta["gpt_config"])
         if sequence_len is not None:
@@ -85,7 +87,7 @@ class ChatTraining(LanguageModelStage):
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()  # the rotary tables, which checkpoints do not hold
-        state = read_checkpoint(self.hparams.init_from)["state_dict"]
+        state = read_checkpoint(self.init_path)["state_dict"]
         weights = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
         model.load_state_dict(weights)
 
@@ -103,7 +105,7 @@ class ChatTraining(LanguageModelStage):
         value = self.hparams.get(name)
         if value is None:
             value = self.inherited.get(name, default)
-            rank_zero_info(f"{name}={value} (inherited from {self.hparams.init_from})")
+            rank_zero_info(f"{name}={value} (inherited from {self.init_path})")
         return value
 
     def plan_run(self, device_batch_size: int) -> RunPlan:
@@ -119,7 +121,7 @@ class ChatTraining(LanguageModelStage):
         mixture = trainer.datamodule.train_mixture
         horizon = f"{max_steps:,} steps" if max_steps else "one epoch"
         summary = (
-            f"{h.recipe} from {h.init_from} ({self.inherited['stage']} stage, {base_recipe} recipe): "
+            f"{h.recipe} from {self.init_path} ({self.inherited['stage']} stage, {base_recipe} recipe): "
             f"{len(mixture):,} conversations, {horizon}; LR {lr_frac:g} x the base's (batch scale {lr_scale:.4f})"
         )
         return RunPlan(
@@ -147,16 +149,16 @@ class ChatTraining(LanguageModelStage):
     def warm_start_optimizer(self, optimizer: MuonAdamW) -> None:
         if not self.hparams.load_optimizer:
             return
-        saved = read_checkpoint(self.hparams.init_from).get("optimizer_states") or []
+        saved = read_checkpoint(self.init_path).get("optimizer_states") or []
         fresh = [{key: group[key] for key in FRESH_GROUP_KEYS if key in group} for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(saved[0])
         except (IndexError, ValueError, KeyError) as error:
-            rank_zero_warn(f"not warm-starting the optimizer: {self.hparams.init_from} has no matching state ({error})")
+            rank_zero_warn(f"not warm-starting the optimizer: {self.init_path} has no matching state ({error})")
             return
         for group, settings in zip(optimizer.param_groups, fresh, strict=True):
             group.update(settings)
-        rank_zero_info(f"optimizer state (momentum buffers) warm-started from {self.hparams.init_from}")
+        rank_zero_info(f"optimizer state (momentum buffers) warm-started from {self.init_path}")
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         # the next stage (SFT after mid, RL after SFT) inherits the same optimizer settings and batch shape
@@ -166,7 +168,7 @@ class ChatTraining(LanguageModelStage):
             "lr_scale": self.plan.lr_scale,
             "total_batch_tokens": self._setting("total_batch_tokens", default=524_288),
             "device_batch_size": datamodule.device_batch_size,
-            "init_from": str(Path(self.hparams.init_from)),
+            "init_from": str(self.init_path),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -176,3 +178,10 @@ class ChatTraining(LanguageModelStage):
                 "to start from it, give it as model.init_from"
             )
         super().on_load_checkpoint(checkpoint)
+
+
+def resolve_init_from(init_from: str) -> Path:
+    """A checkpoint path as it is; a stage's name: its newest run's last checkpoint."""
+    if init_from in ("base", "chat"):
+        return latest_last_checkpoint(home_dir() / "runs" / init_from)
+    return Path(init_from)
