@@ -2,10 +2,10 @@
 
 Requests and responses follow OpenAI's chat-completions format, so the `openai` client and tools built on it
 work unchanged; `top_k` is an extra field (the client passes it through `extra_body`). Calculator calls run
-on the server and appear in the content as `<<expression=result>>`. Limits are nanochat chat_web.py's
-(@dfc8833): at most 500 messages, 8,000 characters per message and 32,000 in all; temperature 0-2; top-k
-0-200 (0: no cut); max_tokens 1-4096. Every bad request gets a 400 with OpenAI's error body and one line
-that names the field.
+on the server and appear in the content as `<<expression=result>>`. The limits are `nanochat_pl.limits`'s
+(nanochat chat_web.py's): at most 500 messages, 8,000 characters per message and 32,000 in all; temperature
+0-2; top-k 0-200 (0: no cut); max_tokens 1-4096. Every bad request gets a 400 with OpenAI's error body and one
+line that names the field.
 """
 
 from __future__ import annotations
@@ -15,24 +15,18 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 
-from nanochat_pl.commands.chat import InlineToolCalls, Reply
+from apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
+from nanochat_pl.limits import LimitError, check_conversation
+from nanochat_pl.reply import InlineToolCalls, Reply
 
-if TYPE_CHECKING:
-    from apps.chat import ReplicaPool
-
-MAX_MESSAGES = 500
-MAX_MESSAGE_CHARS = 8_000
-MAX_TOTAL_CHARS = 32_000
-MAX_TOP_K = 200
-MAX_NEW_TOKENS = 4096
 # nanochat chat_web.py's defaults for a request that names none
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 50
@@ -57,35 +51,23 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
+    """The request's fields and their types; their bounds are checked when the reply is made (limits)."""
+
     model: str | None = None  # any name is accepted: the server has one model
-    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
-    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
-    top_k: int = Field(DEFAULT_TOP_K, ge=0, le=MAX_TOP_K)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)  # the newer name of max_tokens
+    messages: list[Message]
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)  # the engine seeds a torch.Generator (int64)
+    seed: int | None = None
 
-    @model_validator(mode="after")
-    def check_lengths(self) -> ChatCompletionRequest:
-        check_conversation([{"role": m.role, "content": m.text()} for m in self.messages])
-        return self
-
-
-def check_conversation(messages: list[dict[str, str]]) -> None:
-    """nanochat chat_web.py's abuse limits, for the API and the page alike (ValueError: pydantic reports it)."""
-    if len(messages) > MAX_MESSAGES:
-        raise ValueError(f"{len(messages)} messages; at most {MAX_MESSAGES} allowed")
-    if messages and messages[-1]["role"] != "user":
-        raise ValueError("the last message must be the user's: the reply is the assistant's next turn")
-    lengths = [len(message["content"]) for message in messages]
-    for i, length in enumerate(lengths):
-        if length > MAX_MESSAGE_CHARS:
-            raise ValueError(f"message {i} has {length:,} characters; at most {MAX_MESSAGE_CHARS:,} allowed")
-    if sum(lengths) > MAX_TOTAL_CHARS:
-        raise ValueError(f"the messages have {sum(lengths):,} characters; at most {MAX_TOTAL_CHARS:,} allowed")
+    def new_tokens(self) -> int:
+        """At most this many new tokens: max_completion_tokens, else max_tokens, else the default."""
+        given = [n for n in (self.max_completion_tokens, self.max_tokens) if n is not None]
+        return given[0] if given else DEFAULT_MAX_TOKENS
 
 
 def error_response(message: str, status: int = 400, param: str | None = None) -> JSONResponse:
@@ -102,7 +84,7 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     if first["type"] == "model_attributes_type":
         return "the request body must be a JSON object sent with Content-Type: application/json", None
     where = ".".join(str(part) for part in first["loc"] if part != "body")
-    message = first["msg"].removeprefix("Value error, ")
+    message = first["msg"]
     return (f"{where}: {message}" if where else message), where or None
 
 
@@ -130,28 +112,27 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
-        seed = request.seed if request.seed is not None else random.randrange(2**31)
         try:
+            check_conversation(messages)
             reply = Reply(
                 pool.tokenizer,
                 pool.context_len,
                 messages,
-                request.temperature,
-                request.top_k or None,
-                max_tokens,
-                seed,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                max_tokens=request.new_tokens(),
                 top_p=request.top_p,
+                seed=request.seed if request.seed is not None else random.randrange(2**31),
             )
-        except UserError as error:  # roles out of order, a conversation longer than the context, ...
-            return error_response(str(error), param="messages")
+        except UserError as error:  # a bound passed (LimitError names the field), roles out of order, ...
+            return error_response(str(error), param=error.field if isinstance(error, LimitError) else "messages")
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
             events = _stream_events(pool, reply, completion_id, created, model_name, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        inline = InlineToolCalls()
-        content = "".join([inline.feed(piece) async for piece in pool.stream(reply)]) + inline.close()
+        async for _ in pool.stream(reply):  # the whole reply, then its text
+            pass
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -160,7 +141,7 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "message": {"role": "assistant", "content": reply.text},
                     "finish_reason": reply.finish_reason,
                     "logprobs": None,
                 }

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
-from apps.api import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_K,
-    MAX_NEW_TOKENS,
-    MAX_TOP_K,
-    check_conversation,
-)
-from nanochat_pl.commands.chat import Piece, Reply
+from apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
-
-if TYPE_CHECKING:
-    from apps.chat import ReplicaPool
+from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_conversation, check_sampling
+from nanochat_pl.reply import Piece, Reply
 
 TOOL_TITLE = "🧮 calculator"
 RESULT_PREFIX = "= "
@@ -63,11 +55,6 @@ def conversation_from_history(history: list[dict[str, Any]]) -> list[dict[str, A
     return messages
 
 
-def _plain(content: str | list[dict[str, str]]) -> str:
-    """A message's text, its tool parts included: what the limits count."""
-    return content if isinstance(content, str) else "".join(part["text"] for part in content)
-
-
 def _text_part(text: str) -> dict[str, str]:
     """Message content as a text part: Gradio passes it through as is, where a plain string would go through
     `inspect.cleandoc`, losing its leading spaces and indentation."""
@@ -84,7 +71,7 @@ def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
     elif piece.kind == "python":
         expression = last.content["text"].removesuffix(FENCE_CLOSE) + piece.text
         last.content = _text_part(expression + FENCE_CLOSE)
-    elif piece.kind == "output" and in_tool:
+    elif piece.kind == "python_output" and in_tool:
         # a new dict, not an edit in place: the page compares each update with the last one it sent
         log = last.metadata.get("log", RESULT_PREFIX) + piece.text
         last.metadata = {**last.metadata, "log": log, "status": "done"}
@@ -102,22 +89,20 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
     ) -> AsyncIterator[list[gr.ChatMessage]]:
         messages = [*conversation_from_history(history), {"role": "user", "content": message}]
         try:
-            # the page's controls can be bypassed through Gradio's own API: check what arrives
-            check_conversation([{"role": m["role"], "content": _plain(m["content"])} for m in messages])
-            if not (0 <= temperature <= 2 and 0 <= top_k <= MAX_TOP_K and 1 <= max_tokens <= MAX_NEW_TOKENS):
-                raise ValueError(
-                    f"need temperature in [0, 2], top_k in [0, {MAX_TOP_K}], max_tokens in [1, {MAX_NEW_TOKENS}]"
-                )
+            # the page's controls can be bypassed through Gradio's own API: check what arrives, before the
+            # sliders' numbers are made whole
+            check_conversation(messages)
+            check_sampling(temperature, top_k, max_tokens)
             reply = Reply(
                 pool.tokenizer,
                 pool.context_len,
                 messages,
-                temperature,
-                int(top_k) or None,
-                int(max_tokens),
+                temperature=temperature,
+                top_k=int(top_k),
+                max_tokens=int(max_tokens),
                 seed=random.randrange(2**31),
             )
-        except (UserError, ValueError) as error:
+        except UserError as error:
             raise gr.Error(str(error)) from error
         shown: list[gr.ChatMessage] = []
         async for piece in pool.stream(reply):
@@ -127,7 +112,7 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
             yield [gr.ChatMessage(content=_text_part(""))]
 
     controls = [
-        gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature"),
+        gr.Slider(0.0, MAX_TEMPERATURE, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature"),
         gr.Slider(0, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Top-k (0: off)"),
         gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULT_MAX_TOKENS, step=1, label="Max new tokens"),
     ]

@@ -23,7 +23,7 @@ LIGHTNING_COMMANDS = {
 # A command lives here once it is built.
 SINGLE_COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("nanochat_pl.commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
-    "serve": ("nanochat_pl.commands.chat:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
+    "serve": ("nanochat_pl.commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
 }
 COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {

@@ -8,7 +8,9 @@ token per step, with mask 0 so that training (RL) can tell forced tokens from sa
 calculator refuses forces its "Error: ..." text the same way (nanochat forces nothing then): the model sees
 why its call failed, and a bad call never stops the engine. A row ends at
 `<|assistant_end|>` or `<|bos|>`; generation ends when every row has, at `max_tokens`, or when the sequence
-reaches the model's context length.
+reaches the model's context length. The sampling settings are checked against `limits`, as every reply's are.
+
+`load_engine` makes an engine of any stage's checkpoint, on the device `resolve_device` names.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import contextlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
+from nanochat_pl.limits import check_sampling
 from nanochat_pl.precision import fast_compute_dtype
 from nanochat_pl.sandbox import calculator
 
@@ -34,15 +39,15 @@ def sample_next_token(
     top_p: float | None = None,
 ) -> torch.Tensor:
     """Pick one token per row of `logits` (B, V): argmax at temperature 0, else a seeded draw from
-    softmax(logits / temperature) restricted to the top_k tokens and then to the smallest set of tokens whose
-    probability reaches top_p (nucleus sampling, Holtzman et al. 2019). Returns (B,) int64.
+    softmax(logits / temperature) restricted to the top_k tokens (None or 0: no cut) and then to the smallest
+    set of tokens whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019). Returns (B,) int64.
 
     The draw is made among the candidates only (k of them, not the whole vocabulary): a multinomial over
     32k entries per row cost as much as the model's forward pass when decoding 32 rows on a CPU."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
+    if top_k and top_k < logits.size(-1):
         logits, candidates = logits.topk(top_k, dim=-1)  # sorted, most likely first
     elif top_p is not None and top_p < 1.0:
         logits, candidates = logits.sort(dim=-1, descending=True)
@@ -111,16 +116,13 @@ class Engine:
         vocab_size = self.model.config.vocab_size
         if not tokens or not all(isinstance(t, int) and 0 <= t < vocab_size for t in tokens):
             raise UserError("the prompt must be a non-empty list of token ids within the vocabulary")
-        if num_samples < 1 or max_tokens < 0:
-            raise UserError(f"need num_samples >= 1 and max_tokens >= 0, got {num_samples} and {max_tokens}")
-        if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-            raise UserError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+        if num_samples < 1:
+            raise UserError(f"need num_samples >= 1, got {num_samples}")
+        check_sampling(temperature, top_k, max_tokens, top_p, seed)
         context = self.model.config.sequence_len
         if len(tokens) >= context:
             raise UserError(f"the prompt has {len(tokens)} tokens; the model's context is {context} tokens")
         steps = min(max_tokens, context - len(tokens))  # the whole sequence stays within the context
-        if steps == 0:
-            return
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # the cache holds the prompt and every generated token but the last, which is never fed back
@@ -174,3 +176,25 @@ class Engine:
                     sequences[i].append(token)
                     masks[i].append(mask)
         return sequences, masks
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> the first CUDA device if there is one, else the CPU; anything else as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def load_engine(
+    checkpoint: str, device: torch.device, tokenizer_dir: str | None = None
+) -> tuple[Engine, dict[str, Any]]:
+    """An Engine for `checkpoint` (any stage's) on `device` and the checkpoint's metadata. The engine picks the
+    precision: bf16 autocast where bf16 matmuls are native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32."""
+    model, tokenizer, meta = load_model(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
+    return Engine(model, tokenizer), meta

@@ -39,31 +39,35 @@ def make_checkpoint(directory: Path) -> Path:
     return path
 
 
+# where each kind of tool part sits in the token stream
+BLOCKS = {"python": ("<|python_start|>", "<|python_end|>"), "python_output": ("<|output_start|>", "<|output_end|>")}
+
+
+def reply_tokens(tokenizer: Tokenizer, script: list[tuple[str, str]]) -> list[int]:
+    """The tokens of an assistant reply written as (part type, text) pairs, the terminal token last."""
+    special = tokenizer.encode_special
+    tokens: list[int] = []
+    for kind, text in script:
+        if kind == "text":
+            tokens += tokenizer.encode(text)
+        else:
+            start, end = BLOCKS[kind]
+            tokens += [special(start), *tokenizer.encode(text), special(end)]
+    return [*tokens, special("<|assistant_end|>")]
+
+
 class ScriptedEngine:
-    """Stands in for `Engine`: replies with `script` (text and calculator calls, the tool's output included as
-    the real engine forces it), one token every `delay` seconds; records every prompt it is given and how many
-    tokens each reply got out before it ended or was abandoned."""
+    """Stands in for `Engine`: replies with `script` ((part type, text) pairs: text and calculator calls, the
+    tool's output included as the real engine forces it), one token every `delay` seconds; records every prompt
+    it is given and how many tokens each reply got out before it ended or was abandoned."""
 
     def __init__(self, tokenizer: Tokenizer, script: list[tuple[str, str]], delay: float = 0.0):
         self.tokenizer = tokenizer
         self.model = SimpleNamespace(config=SimpleNamespace(sequence_len=1024))
-        self.terminal_tokens = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.delay = delay
         self.prompts: list[list[int]] = []
         self.produced: list[int] = []
-        special = tokenizer.encode_special
-        self.reply: list[int] = []
-        for kind, text in script:
-            if kind == "text":
-                self.reply += tokenizer.encode(text)
-            else:
-                start, end = (
-                    ("<|python_start|>", "<|python_end|>")
-                    if kind == "python"
-                    else ("<|output_start|>", "<|output_end|>")
-                )
-                self.reply += [special(start), *tokenizer.encode(text), special(end)]
-        self.reply.append(special("<|assistant_end|>"))
+        self.reply = reply_tokens(tokenizer, script)
 
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int = 256, **sampling):
         self.prompts.append(list(tokens))

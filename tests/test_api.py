@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from apps.chat import create_app
-from nanochat_pl.commands.chat import load_engine
+from nanochat_pl.engine import load_engine
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, make_checkpoint, running_server
 
-SCRIPT = [("text", "Adding: "), ("python", "2+3"), ("output", "5"), ("text", " so 5. ß中")]
+SCRIPT = [("text", "Adding: "), ("python", "2+3"), ("python_output", "5"), ("text", " so 5. ß中")]
 
 
 @pytest.fixture(scope="module")
@@ -100,52 +100,62 @@ def user(content: str) -> dict:
     return {"role": "user", "content": content}
 
 
-BAD_REQUESTS = {
-    "no messages": ({"messages": []}, "messages: List should have at least 1 item"),
+BAD_REQUESTS = {  # body, the field at fault (OpenAI's `param`), the message
+    "no messages": ({"messages": []}, "messages", "the conversation has no message"),
     "501 messages": (
         {"messages": [user("hi"), {"role": "assistant", "content": "yo"}] * 250 + [user("x")]},
-        "messages: List should have at most 500 items",
+        "messages",
+        "the conversation has 501 messages; at most 500 allowed",
     ),
-    "long message": ({"messages": [user("x" * 8_001)]}, "message 0 has 8,001 characters; at most 8,000"),
+    "long message": ({"messages": [user("x" * 8_001)]}, "messages", "message 0 has 8,001 characters; at most 8,000"),
     "long conversation": (
         {"messages": [user("x" * 7_000), {"role": "assistant", "content": "y" * 7_000}] * 2 + [user("z" * 7_000)]},
+        "messages",
         "35,000 characters; at most 32,000",
     ),
     "temperature < 0": (
         {"messages": [user("hi")], "temperature": -0.1},
-        "temperature: Input should be greater",
+        "temperature",
+        "temperature must be between 0 and 2.0, got -0.1",
     ),
-    "temperature > 2": ({"messages": [user("hi")], "temperature": 2.1}, "temperature: Input should be less"),
-    "top_k < 0": ({"messages": [user("hi")], "top_k": -1}, "top_k: Input should be greater"),
-    "top_k > 200": ({"messages": [user("hi")], "top_k": 201}, "top_k: Input should be less"),
-    "max_tokens 0": ({"messages": [user("hi")], "max_tokens": 0}, "max_tokens: Input should be greater"),
-    "max_tokens 4097": ({"messages": [user("hi")], "max_tokens": 4097}, "max_tokens: Input should be less"),
+    "temperature > 2": ({"messages": [user("hi")], "temperature": 2.1}, "temperature", "got 2.1"),
+    "top_k < 0": ({"messages": [user("hi")], "top_k": -1}, "top_k", "top_k must be between 0 and 200, got -1"),
+    "top_k > 200": ({"messages": [user("hi")], "top_k": 201}, "top_k", "got 201"),
+    "max_tokens 0": ({"messages": [user("hi")], "max_tokens": 0}, "max_tokens", "max_tokens must be between 1 and"),
+    "max_tokens 4097": ({"messages": [user("hi")], "max_tokens": 4097}, "max_tokens", "and 4096, got 4097"),
+    "max_completion_tokens 0": ({"messages": [user("hi")], "max_completion_tokens": 0}, "max_tokens", "got 0"),
     "tool role": (
         {"messages": [{"role": "tool", "content": "x"}]},
+        "messages.0.role",
         "messages.0.role: Input should be 'system'",
     ),
-    "no content": ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
-    "no messages field": ({"prompt": "hi"}, "messages: Field required"),
-    "roles out of order": ({"messages": [user("hi"), user("again")]}, "roles must alternate"),
+    "no content": ({"messages": [{"role": "user"}]}, "messages.0.content", "messages.0.content: Field required"),
+    "no messages field": ({"prompt": "hi"}, "messages", "messages: Field required"),
+    "top_k not a whole number": ({"messages": [user("hi")], "top_k": 2.5}, "top_k", "top_k: Input should be"),
+    "roles out of order": ({"messages": [user("hi"), user("again")]}, "messages", "roles must alternate"),
     "ending with the assistant": (
         {"messages": [user("hi"), {"role": "assistant", "content": "hello"}]},
+        "messages",
         "the last message must be the user's",
     ),
-    "seed out of range": ({"messages": [user("hi")], "seed": 2**70}, "seed: Input should be less than"),
-    "top_p out of range": ({"messages": [user("hi")], "top_p": 0}, "top_p: Input should be greater than 0"),
+    "seed out of range": ({"messages": [user("hi")], "seed": 2**70}, "seed", "seed must be between 0 and"),
+    "top_p out of range": ({"messages": [user("hi")], "top_p": 0}, "top_p", "top_p must be above 0"),
     "longer than the context": (
         {"messages": [user("hello world " * 200)]},
+        "messages",
         "the model's context is 128 tokens",
     ),
 }
 
 
-@pytest.mark.parametrize("body,message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
-def test_bad_requests_get_400_with_a_clear_message(real_server, body, message):
+@pytest.mark.parametrize("body,param,message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_requests_get_400_with_a_clear_message(real_server, body, param, message):
     url, _ = real_server
     response = httpx.post(url + "/v1/chat/completions", json=body)
     assert response.status_code == 400
-    assert message in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert message in error["message"] and "\n" not in error["message"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
 def test_malformed_json_gets_400(real_server):
@@ -161,7 +171,7 @@ def test_malformed_json_gets_400(real_server):
 
 def test_the_openai_client_raises_the_message(real_server):
     url, _ = real_server
-    with pytest.raises(openai.BadRequestError, match="temperature: Input should be less than or equal to 2"):
+    with pytest.raises(openai.BadRequestError, match="temperature must be between 0 and 2.0, got 2.5"):
         client(url).chat.completions.create(model="any", messages=[user("hi")], temperature=2.5)
 
 

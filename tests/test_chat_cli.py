@@ -1,67 +1,22 @@
-"""`nanochat-pl chat` and the reply streaming it shares with the web app: a scripted engine whose tokens the
-test chooses (split characters, tool calls, the terminal token) and a tiny real checkpoint."""
+"""`nanochat-pl chat`: one-shot and interactive, with a scripted engine whose reply the test chooses and with a
+tiny real checkpoint."""
 
 import pytest
 import torch
 
 from nanochat_pl.commands import chat as chat_command
-from nanochat_pl.commands.chat import PART_TYPES, InlineToolCalls, Reply, chat
+from nanochat_pl.commands.chat import chat
 from nanochat_pl.common import UserError
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, make_checkpoint
 
-SCRIPT = [("text", "Adding: "), ("python", "2+3"), ("output", "5"), ("text", " so 5. ß中🙂")]
+SCRIPT = [("text", "Adding: "), ("python", "2+3"), ("python_output", "5"), ("text", " so 5. ß中🙂")]
 INLINE = "Adding: <<2+3=5>> so 5. ß中🙂"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return Tokenizer.train_from_iterator(TRAINING_TEXT, vocab_size=320)
-
-
-def reply_to(engine, content="hi", max_tokens=100) -> Reply:
-    return Reply(engine.tokenizer, 1024, [{"role": "user", "content": content}], 0.0, None, max_tokens)
-
-
-def test_reply_streams_whole_characters_and_the_tool_call(tokenizer):
-    assert len(tokenizer.encode("中")) == 3 and len(tokenizer.encode("🙂")) == 2  # characters split across tokens
-    engine = ScriptedEngine(tokenizer, SCRIPT)
-    reply = reply_to(engine)
-    pieces = list(reply.run(engine))
-
-    assert not any("\ufffd" in piece.text for piece in pieces)
-    runs = []  # consecutive pieces of one kind joined: the reply's text, expression, output, text
-    for piece in pieces:
-        if runs and runs[-1][0] == piece.kind:
-            runs[-1] = (piece.kind, runs[-1][1] + piece.text)
-        else:
-            runs.append((piece.kind, piece.text))
-    assert runs == SCRIPT
-    assert len(pieces) > 2 * len(SCRIPT)  # streamed a token at a time, not a segment at a time
-    inline = InlineToolCalls()
-    assert "".join(inline.feed(p) for p in pieces) + inline.close() == INLINE
-    assert reply.finish_reason == "stop"
-    assert reply.completion_tokens == len(engine.reply)  # the terminal token included
-    # the parts put back into the conversation render to exactly the tokens the model saw and wrote
-    assert reply.parts == [{"type": PART_TYPES[kind], "text": text} for kind, text in SCRIPT]
-    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply.parts}]
-    ids, _ = tokenizer.render_conversation(conversation, max_tokens=None)
-    assert ids == engine.prompts[0] + engine.reply
-
-
-def test_reply_cut_at_max_tokens_inside_a_tool_call(tokenizer):
-    engine = ScriptedEngine(tokenizer, SCRIPT)
-    cut = engine.reply.index(tokenizer.encode_special("<|python_end|>"))  # stops inside the expression
-    reply = reply_to(engine, max_tokens=cut)
-    inline = InlineToolCalls()
-    text = "".join(inline.feed(p) for p in reply.run(engine)) + inline.close()
-    assert text == "Adding: <<2+3>>"
-    assert reply.finish_reason == "length" and reply.completion_tokens == cut
-
-
-def test_a_conversation_longer_than_the_context_is_refused(tokenizer):
-    with pytest.raises(UserError, match="the model's context is 16 tokens"):
-        Reply(tokenizer, 16, [{"role": "user", "content": "hello world " * 10}], 0.6, 50, 10)
 
 
 def test_one_shot_prompt_prints_the_answer(tokenizer, monkeypatch, capsys):
@@ -111,9 +66,17 @@ def test_interactive_ends_at_end_of_input(tokenizer, monkeypatch):
     assert engine.prompts == []
 
 
-def test_bad_sampling_options_are_refused():
-    with pytest.raises(UserError, match="temperature >= 0"):
-        chat("unused.ckpt", prompt="hi", temperature=-1)
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (dict(temperature=-1), "temperature must be between 0 and 2.0, got -1"),
+        (dict(top_k=500), "top_k must be between 0 and 200, got 500"),
+        (dict(max_tokens=0), "max_tokens must be between 1 and 4096, got 0"),
+    ],
+)
+def test_bad_sampling_options_are_refused_before_the_model_loads(option, message):
+    with pytest.raises(UserError, match=message):
+        chat("unused.ckpt", prompt="hi", **option)
 
 
 def test_ctrl_c_stops_a_reply_and_drops_the_turn(tokenizer, monkeypatch, capsys):

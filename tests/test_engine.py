@@ -8,6 +8,7 @@ import torch
 
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, sample_next_token
+from nanochat_pl.limits import LimitError
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.sandbox import calculator
@@ -228,13 +229,31 @@ def test_max_tokens_and_context_length_are_respected(tokenizer):
     model = ScriptedModel(tokenizer.vocab_size, forever, fallback=tokenizer.encode("x")[0], sequence_len=40)
     engine = Engine(model, tokenizer, compute_dtype=torch.float32)
     assert len(list(engine.generate(prompt, num_samples=3, max_tokens=5))) == 5
-    assert list(engine.generate(prompt, max_tokens=0)) == []
     (sequence,), _ = engine.generate_batch(prompt, max_tokens=1000)
     assert len(sequence) == 40  # stopped at the model's context length
     with pytest.raises(UserError, match="context"):
         list(engine.generate(list(range(40)), max_tokens=1))
     with pytest.raises(UserError):
         list(engine.generate([tokenizer.vocab_size], max_tokens=1))
+
+
+@pytest.mark.parametrize(
+    "sampling,field",
+    [
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=201), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(seed=-1), "seed"),
+    ],
+)
+def test_sampling_out_of_bounds_is_refused_naming_the_setting(tokenizer, sampling, field):
+    engine = Engine(random_gpt(tokenizer.vocab_size, CONFIGS["head"]), tokenizer, compute_dtype=torch.float32)
+    with pytest.raises(LimitError, match=f"^{field} must be") as error:
+        list(engine.generate(prompt_for(tokenizer), **{"max_tokens": 1, **sampling}))
+    assert error.value.field == field
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,6 +283,7 @@ def test_top_k_and_temperature():
     generator = torch.Generator().manual_seed(0)
     assert set(sample_next_token(logits, generator, top_k=2).tolist()) == {1, 2}
     assert set(sample_next_token(logits, generator, top_k=1).tolist()) == {1}
+    assert set(sample_next_token(logits, generator, top_k=0).tolist()) == {0, 1, 2, 3}  # 0: no cut, as None
     assert sample_next_token(logits, generator, temperature=0.0).unique().tolist() == [1]
     cold = (sample_next_token(logits, generator, temperature=0.25) == 1).float().mean()
     warm = (sample_next_token(logits, generator, temperature=4.0) == 1).float().mean()

@@ -13,12 +13,11 @@ import time
 import pytest
 
 from apps.chat import create_app
-from nanochat_pl.commands.chat import PART_TYPES
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, running_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-SCRIPT = [("text", "Let me add: "), ("python", "2+3"), ("output", "5"), ("text", " so it is 5.")]
+SCRIPT = [("text", "Let me add: "), ("python", "2+3"), ("python_output", "5"), ("text", " so it is 5.")]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ def test_a_typed_message_gets_a_streamed_reply_with_the_tool_call_folded(browser
         expected, _ = tokenizer.render_conversation(
             [
                 {"role": "user", "content": "hello there"},
-                {"role": "assistant", "content": [{"type": PART_TYPES[k], "text": t} for k, t in SCRIPT]},
+                {"role": "assistant", "content": [{"type": k, "text": t} for k, t in SCRIPT]},
                 {"role": "user", "content": "and again"},
             ],
             max_tokens=None,

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from nanochat_pl.checkpoint import load_model
-from nanochat_pl.commands.chat import resolve_device
 from nanochat_pl.common import UserError
-from nanochat_pl.engine import Engine
+from nanochat_pl.engine import Engine, resolve_device
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import SPECIAL_TOKENS
 

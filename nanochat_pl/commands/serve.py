@@ -1,0 +1,48 @@
+"""`nanochat-pl serve`: the web app (apps/: the Gradio chat page and the OpenAI-compatible API) on any stage's
+checkpoint. The app imports the library, never the reverse: it is imported here, when the command runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nanochat_pl.common import UserError
+from nanochat_pl.engine import load_engine, resolve_device
+
+
+def serve(
+    checkpoint: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int | None = None,
+    device: str = "auto",
+    tokenizer_dir: str | None = None,
+) -> None:
+    """Serve a model: the Gradio chat page at `/` and an OpenAI-compatible API at `/v1/chat/completions`
+    (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
+
+    Args:
+        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one.
+        host: Address to listen on; 0.0.0.0 to accept connections from other machines.
+        port: Port to listen on.
+        replicas: Copies of the model answering requests side by side; default one per CUDA device, or one
+            on the CPU. Replicas take the CUDA devices in turn.
+        device: "auto" (every CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
+        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says.
+    """
+    import uvicorn
+
+    from apps.chat import create_app
+
+    if replicas is not None and replicas < 1:
+        raise UserError(f"replicas must be at least 1, got {replicas}")
+    if device == "auto" and torch.cuda.is_available():
+        devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    else:
+        devices = [resolve_device(device)]
+    replica_devices = [devices[i % len(devices)] for i in range(replicas or len(devices))]
+    loaded = [load_engine(checkpoint, replica_device, tokenizer_dir) for replica_device in replica_devices]
+    stage = loaded[0][1].get("stage", "model")
+    print(f"serving {checkpoint} with {len(loaded)} replica(s) on {', '.join(map(str, replica_devices))}")
+    app = create_app([engine for engine, _ in loaded], model_name=f"nanochat-pl-{stage}")
+    uvicorn.run(app, host=host, port=port)
