@@ -6,15 +6,29 @@ Two doors, one per use:
   nanochat `eval`s a blacklisted string under a 3 s alarm; here the expression is parsed with `ast` and only a
   whitelisted tree is evaluated, with every intermediate number bounded, so nothing can hang or escape.
 - `run_program(code)`: HumanEval-style programs in a fresh interpreter (nanochat execution.py@f4f69f9 runs a
-  fresh `python -c` with a scrubbed env, temp cwd, closed stdin, 256 MB rlimits and a 5 s timeout). Here the
-  layers are: kernel (rlimits on memory/CPU/file size/processes, a new network namespace through `unshare`
-  where the machine allows it, a killed process group on timeout) and Python (an audit hook, which user code
-  cannot remove, refusing writes outside the temp dir, sockets, new processes, signals, ctypes and imports
-  from outside the standard library; everything it uses is bound when it is made, so rebinding builtins or
-  os.path does not blind it). The Python layer is best effort: audit hooks are no security boundary (CPython's
-  docs say so), and as root RLIMIT_NPROC is not enforced and the file system is the root user's, so run
-  untrusted code as an unprivileged user where that matters. Native code is kept out by refusing ctypes,
-  _posixsubprocess and foreign extension modules, not by the kernel.
+  fresh `python -c` with a scrubbed env, temp cwd, closed stdin, 256 MB rlimits and a 5 s timeout). Nothing in
+  the program's own interpreter is trusted to hold it: an audit hook or a patched `os` is Python that Python
+  can undo. The operating system holds it, through bubblewrap (`bwrap`, Debian's `bubblewrap` package):
+  - user: uid 65534 in a new user namespace, no capabilities, no further user namespaces. Started by root,
+    bwrap first drops to the host's `nobody` (`setpriv`): a user namespace alone would leave the program host
+    root, able to open every root-owned file.
+  - processes: a new PID namespace, so it sees and signals only its own processes. Its PID 1 is bwrap's init,
+    which `run_program` kills when the program exits or the wall clock runs out; the kernel lets PID 1 go only
+    after killing everything else in the namespace, and `run_program` returns only after PID 1 has gone.
+  - files: a new mount namespace in which `/` is read-only; /root, /home, /run, /var/tmp, /mnt, /media and
+    /srv are empty; /proc (its own processes only) and /dev (read-only) are the sandbox's own. The one
+    writable place is /tmp, a 64 MiB tmpfs of this run alone (the working directory, HOME and TMPDIR).
+  - network, IPC, host name: new namespaces; the network has only a loopback of its own.
+  - environment: PATH, HOME, TMPDIR and LC_ALL; nothing of the caller's.
+  - rlimits, set by a short prelude before the program runs: address space, CPU seconds, file size, open
+    files, processes, no core files.
+  What it does not bound: memory the kernel holds outside a process's address space (SysV shared memory
+  through ctypes, memfd files up to the open-file and file-size limits) is stopped by the wall clock only; a
+  memory cgroup would bound it but needs root or systemd delegation. Files outside the hidden directories stay
+  readable to the extent the host user the program runs as (`nobody`, or an ordinary caller's own uid) can read
+  them. Where bwrap is missing or fails its self-check, `run_program` refuses with a `UserError` unless the
+  caller passes `allow_unconfined=True`; the program then runs with the prelude's rlimits, the scrubbed
+  environment, a temporary working directory and a process-group kill, and nothing else.
 """
 
 from __future__ import annotations
@@ -22,10 +36,12 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import json
 import math
 import operator
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -34,6 +50,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Literal
+
+from nanochat_pl.common import UserError
 
 # ----------------------------------------------------------------------------------------------------------
 # calculator
@@ -148,6 +166,14 @@ MAX_PROGRAM_CHARS = 1_000_000
 MAX_OUTPUT_BYTES = 16_384  # of stdout and of stderr kept in the result
 MAX_FILE_BYTES = 16 * 2**20  # RLIMIT_FSIZE: largest file (stdout included) the program may write
 MAX_OPEN_FILES = 64
+# RLIMIT_NPROC counts every process and thread of the sandbox's uid, bwrap's init among them: a fork bomb
+# stops at 8.
+MAX_PROCESSES = 8
+WORK_DIR = "/tmp"  # inside the sandbox: its only writable place
+WORK_DIR_BYTES = 64 * 2**20  # all it may write there, together
+SANDBOX_UID = 65534  # nobody
+# Covered by empty read-only directories: people's files, and the sockets of the host's services.
+HIDDEN_DIRS = ("/root", "/home", "/run", "/var/tmp", "/mnt", "/media", "/srv")
 
 Status = Literal["passed", "failed", "timeout", "error"]
 
@@ -163,95 +189,134 @@ class ExecResult:
     elapsed_s: float
 
 
-# Runs in the child before the program; argv = [-c, work_dir, memory_bytes, cpu_seconds, file_bytes, nofile].
-# The program arrives on stdin, which is then replaced by /dev/null (input() raises EOFError, as in nanochat).
+# Runs in the program's interpreter before the program; argv = [-c, memory_bytes, cpu_seconds, file_bytes,
+# open_files, processes]. The program arrives on stdin; what is left of stdin is end of file, so input() raises
+# EOFError, as in nanochat.
 _PRELUDE = r"""
-import os, resource, sys
+import resource, sys
 
-work_dir = sys.argv[1]
-memory_bytes, cpu_seconds, file_bytes, max_files = map(int, sys.argv[2:6])
-source = sys.stdin.buffer.read().decode("utf-8")
-null_fd = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null_fd, 0)
-os.close(null_fd)
-sys.stdin = open(0, closefd=False)
-
+source = sys.stdin.buffer.read()
+memory_bytes, cpu_seconds, file_bytes, open_files, processes = map(int, sys.argv[1:])
 for limit, value in (
     (resource.RLIMIT_AS, memory_bytes),
     (resource.RLIMIT_CPU, cpu_seconds),
     (resource.RLIMIT_FSIZE, file_bytes),
-    (resource.RLIMIT_NOFILE, max_files),
-    (resource.RLIMIT_NPROC, 0),  # no fork, no threads (not enforced for root: the hook's best effort then)
+    (resource.RLIMIT_NOFILE, open_files),
+    (resource.RLIMIT_NPROC, processes),
     (resource.RLIMIT_CORE, 0),
 ):
     resource.setrlimit(limit, (value, value))
-
-def make_guard(realpath, fsdecode, isdir, isinstance, set, any, PermissionError):
-    # Everything the hook uses is bound here, when it is made: the program can rebind builtins and os.path
-    # functions, and reach this module as sys.modules["__main__"], but not the hook's closure.
-    stdlib_dirs = tuple(
-        realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    )
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-    denied_prefixes = (
-        "socket.", "subprocess.", "os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.kill",
-        "os.killpg", "signal.pthread_kill", "ctypes.", "pty.", "os.unshare", "os.setns", "_thread.start",
-    )
-    # modules that start processes or call C without raising audit events of their own
-    denied_modules = frozenset({"_posixsubprocess", "_ctypes", "ctypes", "_posixshmem", "_multiprocessing"})
-    path_events = frozenset({
-        "os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown", "os.truncate", "os.utime",
-        "os.link", "os.symlink", "os.mkfifo", "os.mknod", "shutil.rmtree", "shutil.copytree", "shutil.move",
-    })
-    root, inside_root, path_types = work_dir, work_dir + os.sep, (str, bytes, os.PathLike)
-
-    def inside_work_dir(path):
-        real = realpath(fsdecode(path))
-        return real == root or real.startswith(inside_root)
-
-    def is_path(value):
-        return isinstance(value, path_types)
-
-    def guard(event, args):
-        if event.startswith(denied_prefixes):
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "open" and is_path(args[0]) and not inside_work_dir(args[0]):
-            mode, flags = args[1] or "", args[2] or 0
-            if flags & write_flags or set(mode) & set("wax+") or isdir(args[0]):
-                raise PermissionError("sandbox: writing outside the working directory is not allowed")
-        elif event in path_events and any(is_path(a) and not inside_work_dir(a) for a in args):
-            raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
-        elif event == "import":
-            if args[0] in denied_modules:
-                raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
-            if is_path(args[1]) and not realpath(fsdecode(args[1])).startswith(stdlib_dirs):
-                raise PermissionError("sandbox: imports from outside the standard library are not allowed")
-
-    return guard
-
-
-sys.addaudithook(
-    make_guard(os.path.realpath, os.fsdecode, os.path.isdir, isinstance, set, any, PermissionError)
-)
-del make_guard
 sys.argv = ["program.py"]
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 """
 
 
+def _python() -> list[str]:
+    """This interpreter, isolated (no user site, no PYTHON* variables), the standard library only, no .pyc."""
+    return [os.path.realpath(sys.executable), "-I", "-S", "-B", "-X", "utf8"]
+
+
+def _environment(work_dir: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": work_dir, "TMPDIR": work_dir, "LC_ALL": "C.UTF-8"}
+
+
+def _holds_interpreter(directory: str) -> bool:
+    return os.path.realpath(sys.base_prefix).startswith(directory + os.sep)
+
+
+def _hide(directory: str) -> list[str]:
+    """bwrap arguments covering `directory` with an empty read-only tmpfs; the interpreter's installation stays
+    visible at its own path if it lies inside (pyenv's, under /root)."""
+    arguments = ["--tmpfs", directory]
+    if _holds_interpreter(directory):
+        prefix = os.path.realpath(sys.base_prefix)
+        arguments += ["--ro-bind", prefix, prefix]
+        # bwrap gives the mount point's new parents the host's modes (0700 for /root/.pyenv), which would keep
+        # the sandbox's user out
+        parent = os.path.dirname(prefix)
+        while parent != directory:
+            arguments += ["--chmod", "0755", parent]
+            parent = os.path.dirname(parent)
+    return [*arguments, "--remount-ro", directory]
+
+
+def _sandboxed(command: list[str], env: dict[str, str], info_fd: int | None = None) -> list[str]:
+    """`command` wrapped in bwrap (see the module's docstring); bwrap writes its init's pid to `info_fd`."""
+    bwrap = shutil.which("bwrap")
+    hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    sandbox = [
+        bwrap,
+        "--unshare-all",  # user, PID, mount, network, IPC, UTS and cgroup namespaces
+        "--unshare-user",  # always, not "where possible": --disable-userns and --uid need it
+        "--disable-userns",
+        *("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)),
+        *("--cap-drop", "ALL"),
+        "--die-with-parent",
+        "--new-session",  # its own session: no TIOCSTI into the caller's terminal
+        "--clearenv",
+        *(argument for name, value in env.items() for argument in ("--setenv", name, value)),
+        *("--ro-bind", "/", "/"),
+        *("--proc", "/proc"),
+        *("--dev", "/dev", "--remount-ro", "/dev"),  # its /dev/shm would be a tmpfs without a size limit
+        *(argument for directory in hidden for argument in _hide(directory)),
+        *("--size", str(WORK_DIR_BYTES), "--tmpfs", WORK_DIR, "--chdir", WORK_DIR),
+        *(("--info-fd", str(info_fd)) if info_fd is not None else ()),
+        "--",
+        *command,
+    ]
+    if os.geteuid() != 0:
+        return sandbox
+    # Root first makes the interpreter reachable by nobody, in a mount namespace of its own, then becomes nobody;
+    # an unprivileged bwrap then builds the sandbox, as for any other caller.
+    reveal = [argument for directory in hidden if _holds_interpreter(directory) for argument in _hide(directory)]
+    setpriv = [shutil.which("setpriv"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
+    return [bwrap, "--dev-bind", "/", "/", *reveal, "--die-with-parent", "--", *setpriv, "--", *sandbox]
+
+
 @functools.cache
-def _network_isolation() -> tuple[str, ...]:
-    """The command prefix that starts the child in a fresh network namespace (no interfaces but a down
-    loopback), or () where this machine does not allow it; probed once."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
-    prefix = (unshare, "--net") if os.geteuid() == 0 else (unshare, "--net", "--map-root-user")
+def _isolation_problem() -> str | None:
+    """Why programs cannot be sandboxed here, in one line, or None when they can. Checked once per process by
+    running an empty program in the sandbox: bwrap may be installed and still be refused user namespaces."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed"
+    env = _environment(WORK_DIR)
     try:
-        probe = subprocess.run([*prefix, sys.executable, "-c", ""], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return prefix if probe.returncode == 0 else ()
+        probe = subprocess.run(
+            _sandboxed([*_python(), "-c", ""], env), env=env, cwd="/", capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bwrap failed its self-check: {e}"
+    if probe.returncode != 0:
+        lines = probe.stderr.decode("utf-8", errors="replace").strip().splitlines()
+        return f"bwrap failed its self-check: {lines[-1] if lines else f'exit status {probe.returncode}'}"
+    return None
+
+
+def _sandbox_init(info_fd: int, timeout: float) -> int | None:
+    """A pidfd of the sandbox's init, whose pid bwrap writes to `info_fd` once it has made the namespaces, before
+    the program starts; None where bwrap stopped first."""
+    data = b""
+    while select.select([info_fd], [], [], timeout)[0] and (chunk := os.read(info_fd, 4096)):
+        data += chunk
+        with contextlib.suppress(ValueError):  # not all of it yet
+            init_pid = json.loads(data)["child-pid"]
+            try:
+                return os.pidfd_open(init_pid)
+            except ProcessLookupError:
+                return None
+    return None
+
+
+def _end_sandbox(init: int) -> None:
+    """Kill the sandbox's init and wait until it has gone. bwrap returns as soon as the program exits, and what the
+    program started would die a moment later; but as PID 1 of their namespace, init exits only once the kernel
+    has killed and reaped every other process in it."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(init, signal.SIGKILL)
+    select.select([init], [], [])  # a pidfd turns readable when its process has exited
+    os.close(init)
 
 
 def _read_truncated(file) -> str:
@@ -264,62 +329,88 @@ def _read_truncated(file) -> str:
     return text
 
 
-def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256) -> ExecResult:
-    """Run a Python program in a fresh, locked-down interpreter and report how it ended.
+def _not_run(why: str) -> ExecResult:
+    return ExecResult("error", None, "", why, 0.0)
+
+
+def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_unconfined: bool = False) -> ExecResult:
+    """Run a Python program in a fresh, sandboxed interpreter and report how it ended.
+
+    Whatever the program is or does comes back as a result: one that cannot be run (not a str, too long, not
+    encodable) as status "error".
 
     Args:
         code: the program's source; it runs as `__main__` in an empty temporary working directory.
-        timeout: wall-clock seconds before the whole process group is killed (CPU time is capped at
+        timeout: wall-clock seconds before every process it started is killed (CPU time is capped at
             ceil(timeout) + 1 s as a backstop).
-        memory_mb: address-space limit of the process in MiB.
+        memory_mb: address-space limit of each of its processes, in MiB.
+        allow_unconfined: where no sandbox is available, run the program anyway, held only by rlimits, a scrubbed
+            environment and the timeout's process-group kill.
+
+    Raises:
+        UserError: no sandbox is available here and `allow_unconfined` is False.
     """
     if not isinstance(code, str) or len(code) > MAX_PROGRAM_CHARS:
-        return ExecResult("error", None, "", f"program must be a str of at most {MAX_PROGRAM_CHARS} chars", 0.0)
-    with (
-        tempfile.TemporaryDirectory(prefix="nanochat-sandbox-", ignore_cleanup_errors=True) as work_dir,
-        tempfile.TemporaryFile() as stdout,
-        tempfile.TemporaryFile() as stderr,
-    ):
-        work_dir = os.path.realpath(work_dir)
-        limits = (memory_mb * 2**20, math.ceil(timeout) + 1, MAX_FILE_BYTES, MAX_OPEN_FILES)
-        command = [
-            *_network_isolation(),
-            sys.executable,
-            "-I",  # isolated: no user site, no PYTHON* env vars, script dir not on sys.path
-            "-S",  # no site-packages: the standard library only
-            "-B",  # write no .pyc files
-            "-X",
-            "utf8",
-            "-c",
-            _PRELUDE,
-            work_dir,
-            *map(str, limits),
-        ]
-        env = {"PATH": "/usr/bin:/bin", "HOME": work_dir, "TMPDIR": work_dir, "LC_ALL": "C.UTF-8"}
+        return _not_run(f"program must be a str of at most {MAX_PROGRAM_CHARS} chars")
+    try:
+        source = code.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _not_run(f"program is not valid text: {e.reason} at character {e.start}")
+    problem = _isolation_problem()
+    if problem is not None and not allow_unconfined:
+        raise UserError(
+            f"refusing to run model-written code without a sandbox ({problem}): install bubblewrap as the "
+            "README's Set up says, or allow unconfined runs explicitly (allow_unconfined=True)"
+        )
+    sandboxed = problem is None
+    limits = (memory_mb * 2**20, math.ceil(timeout) + 1, MAX_FILE_BYTES, MAX_OPEN_FILES, MAX_PROCESSES)
+    command = [*_python(), "-c", _PRELUDE, *map(str, limits)]
+    with contextlib.ExitStack() as stack:
+        stdout = stack.enter_context(tempfile.TemporaryFile())
+        stderr = stack.enter_context(tempfile.TemporaryFile())
+        if sandboxed:
+            info_read, info_write = os.pipe()
+            stack.callback(os.close, info_read)
+            env = _environment(WORK_DIR)
+            command, cwd, pass_fds = _sandboxed(command, env, info_write), "/", (info_write,)
+        else:
+            cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="nanochat-unconfined-"))
+            env, pass_fds = _environment(cwd), ()
         start = time.perf_counter()
         try:
             process = subprocess.Popen(
                 command,
-                cwd=work_dir,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=stdout,
                 stderr=stderr,
-                start_new_session=True,  # its own process group, killed as a whole on timeout
+                pass_fds=pass_fds,
+                start_new_session=True,  # unconfined, its process group is what the timeout kills
             )
         except OSError as e:
-            return ExecResult("error", None, "", f"could not start the interpreter: {e}", 0.0)
+            return _not_run(f"could not start the interpreter: {e}")
+        finally:
+            if sandboxed:
+                os.close(info_write)
+        init = _sandbox_init(info_read, timeout) if sandboxed else None
         timed_out = False
         try:
-            process.communicate(code.encode("utf-8"), timeout=timeout)
+            process.communicate(source, timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+        if init is not None:
+            _end_sandbox(init)
+        elif timed_out:  # unconfined, or bwrap never made the sandbox
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.communicate()
         elapsed = time.perf_counter() - start
         returncode = process.returncode
         out, err = _read_truncated(stdout), _read_truncated(stderr)
+    # bwrap reports a death by signal the shell's way, as 128 + the signal's number
+    if sandboxed and returncode - 128 in signal.valid_signals():
+        returncode = 128 - returncode
     if returncode < 0:
         err += f"\n[killed by {signal.Signals(-returncode).name}]"
     if timed_out or returncode == -signal.SIGXCPU:
