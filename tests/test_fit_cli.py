@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
+from nanochat_pl.lightning_cli import run_lightning_cli
 from nanochat_pl.stages.base import BaseTraining
 from tests.stage_helpers import B, T, write_corpus
 
@@ -132,7 +133,7 @@ def test_a_real_fit_writes_a_checkpoint_and_tensorboard_logs_and_validate_reprod
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     assert len(scalars["train/loss"]) == STEPS
     assert all(math.isfinite(value) for _, value in scalars["train/loss"])
-    assert len(scalars["val/bpb"]) == STEPS // 2  # eval_every 2
+    assert [step for step, _ in scalars["val/bpb"]] == list(range(0, STEPS + 1, 2))  # at step 0, then every 2
     # the matrices' LR follows nanochat's rule: 0.02 x sqrt(total batch / 2^19) x linear warmup over 40 steps
     lr_scale = math.sqrt(B * T / 2**19)
     expected = [MUON_MATRIX_LR * lr_scale * (step + 1) / WARMUP_STEPS for step in range(STEPS)]
@@ -238,6 +239,49 @@ def test_a_truncated_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys):
         ]
         code, _, err = run_main(capsys, command, "--config", str(config), "--ckpt_path", str(tmp_path / "none.ckpt"))
         assert code == 1 and error_lines(err) == [f"error: no checkpoint at {tmp_path / 'none.ckpt'}"]
+
+
+def test_a_user_error_while_the_module_is_built_is_one_line(corpus, tmp_path, capsys):
+    """BaseTraining.__init__ raises it; jsonargparse would wrap it in a tree of every type it tried."""
+    shards, tokenizer = corpus
+    missing = tmp_path / "no-tokenizer"
+    unknown_field = {"architecture": {"no_such_field": 1}}
+    for config, message in (
+        (write_config(tmp_path / "a.yaml", shards, missing), f"no tokenizer at {missing} (no tokenizer.json)"),
+        (write_config(tmp_path / "b.yaml", shards, tokenizer, **unknown_field), "unknown GPTConfig fields: no_such"),
+    ):
+        code, _, err = run_main(capsys, "fit", "--config", str(config))
+        lines = error_lines(err)
+        assert code == 1 and len(lines) == 1 and message in lines[0], err
+        assert err.rstrip().endswith(lines[0]) and "Traceback" not in err and "Does not validate" not in err
+
+
+def test_ckpt_path_and_last_both_use_the_checkpoints_model_settings_and_say_so(corpus, tmp_path, home, capsys):
+    """The weights were trained with the checkpoint's settings: they win over the config's, command line included
+    (as LightningCLI applies a checkpoint path's), and `last` does the same as the path it stands for."""
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "tiny.yaml", shards, tokenizer)
+    main(["fit", "--config", str(config)])
+    last = home / "runs" / "base" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    for ckpt_path in (str(last), "last"):
+        overrides = ["--model.init_args.depth", "2", "--model.init_args.eval_every", "3"]
+        cli = run_lightning_cli(["validate", "--config", str(config), "--ckpt_path", ckpt_path, *overrides])
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.")]
+        assert said == [
+            "model.depth: config 2, checkpoint 1 -> using the checkpoint's",
+            "model.eval_every: config 3, checkpoint 2 -> using the checkpoint's",
+        ]
+        assert cli.model.hparams.depth == 1 and cli.model.hparams.eval_every == 2
+    # a checkpoint of an older module, with a setting the module no longer takes
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["dpeth"] = 1
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    code, _, err = run_main(capsys, "validate", "--config", str(config), "--ckpt_path", str(tmp_path / "older.ckpt"))
+    assert code == 1 and error_lines(err) == [
+        f"error: {tmp_path / 'older.ckpt'} was trained with settings that nanochat_pl.stages.base.BaseTraining "
+        "no longer takes: dpeth"
+    ]
 
 
 def test_a_shard_without_a_text_column_is_a_one_line_error(corpus, tmp_path, capsys):

@@ -190,10 +190,13 @@ class LanguageModelStage(L.LightningModule):
     def on_train_start(self) -> None:
         # nanochat evaluates before the first step too: the curve starts from the untrained (or inherited) model
         # (run as Lightning's own epoch loop runs a validation mid-epoch)
-        if self.global_step == 0 and self.trainer.enable_validation:
-            self.trainer.validating = True
-            self.trainer.fit_loop.epoch_loop.val_loop.run()
-            self.trainer.training = True
+        trainer = self.trainer
+        if self.global_step == 0 and trainer.enable_validation:
+            first_loop_iter = trainer._logger_connector._first_loop_iter
+            trainer.validating = True
+            trainer.fit_loop.epoch_loop.val_loop.run()
+            trainer.training = True
+            trainer._logger_connector._first_loop_iter = first_loop_iter
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Checked once per optimizer step, on every rank together. Stopping here, rather than at Lightning's
