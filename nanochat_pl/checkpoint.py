@@ -1,7 +1,8 @@
 """Checkpoints are the hand-off between stages: any stage's `.ckpt` rebuilds its GPT and names its tokenizer.
 
 Lightning writes the checkpoint; `AtomicCheckpointIO` (installed by the CLI) makes that write a temporary file
-beside the target renamed onto it, so a crash mid-save leaves the previous checkpoint intact. Every stage adds
+beside the target renamed onto it, so a crash mid-save leaves the previous checkpoint intact, and records a checksum
+of the weights that every load verifies (Lightning's resume and `read_checkpoint`). Every stage adds
 `checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer_dir"}` so the engine, evals, `chat` and `serve`
 can load the model without the LightningModule that trained it.
 """
@@ -9,6 +10,7 @@ can load the model without the LightningModule that trained it.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 CHECKPOINT_KEY = "nanochat_pl"
 MODEL_PREFIX = "model."  # the stages hold the GPT as `self.model`
+# CRC-32 of the weights (see weights_checksum), beside Lightning's "state_dict", so any module's checkpoint has one
+CHECKSUM_KEY = "state_dict_crc32"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,18 +33,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning 2.6 writes through an fsspec transaction, which stages local files in $TMPDIR and then moves them;
     across filesystems (a tmpfs /tmp, a node-local /tmp under a network home) that move copies over the previous
     checkpoint, which a crash leaves half-written, and a small $TMPDIR fails the save (Lightning #21253). URLs
-    (s3://, ...) keep Lightning's path.
+    (s3://, ...) keep Lightning's path. Every checkpoint it writes records the checksum of its weights, and every
+    one it reads is verified against it.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        checkpoint[CHECKSUM_KEY] = weights_checksum(checkpoint["state_dict"])
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's resume (`fit`/`validate --ckpt_path`) reads through here: refuse corrupted weights."""
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        verify_weights(checkpoint, path)
+        return checkpoint
+
+
+def weights_checksum(state_dict: dict[str, Any]) -> int:
+    """CRC-32 over the state dict's tensors in name order: each one's name, dtype and shape, then its bytes.
+
+    torch.load checks nothing of a tensor's bytes (a byte flipped inside a stored tensor loads as a different
+    weight; the zip's own CRCs are not read back). zlib's CRC-32 is the fastest checksum at hand: over a
+    117M-parameter fp32 state dict (469 MB, GPT-d12-like shapes), best of 3 on a busy shared 2-core CPU, this
+    function takes 0.21 s (2.3 GB/s), hashlib's sha1 0.42 s, sha256 0.46 s, blake2b 1.0 s; torch.save of the same
+    dict takes 0.78 s and torch.load 0.49 s (from the page cache), so a save costs ~27% more and a load ~42%.
+    """
+    crc = 0
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):  # a module's `_extra_state` may be any object; weights are tensors
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        crc = zlib.crc32(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def verify_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """UserError if the weights are not those the checksum was taken of. Checkpoints written without one (before
+    checksums, or by another writer) load unchecked."""
+    expected = checkpoint.get(CHECKSUM_KEY)
+    if expected is not None and weights_checksum(checkpoint["state_dict"]) != expected:
+        raise UserError(f"{path} is corrupt: its weights do not match the checksum written with them")
+
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's dict, loaded with torch's weights-only unpickler (no code runs from the file)."""
+    """The checkpoint's dict, loaded with torch's weights-only unpickler (no code runs from the file), its weights
+    verified against their checksum."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
@@ -50,6 +91,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from error
     if CHECKPOINT_KEY not in checkpoint:
         raise UserError(f"{path} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
+    verify_weights(checkpoint, path)
     return checkpoint
 
 
@@ -95,3 +137,16 @@ def load_model(
     except RuntimeError as error:
         raise UserError(f"{path} does not match its own model config: {str(error).splitlines()[0]}") from error
     return model.eval(), tokenizer, meta
+
+
+def latest_last_checkpoint(root_dir: Path) -> Path:
+    """The newest run's last.ckpt under a stage's runs directory, resolved to the file it links to (`save_last:
+    link`): what `--ckpt_path last` resumes and `init_from: base` starts from. Lightning alone looks only in the
+    new run's own folder (a fresh version_N), finds nothing and silently starts from scratch. A link's own time
+    is when it was last pointed, i.e. its run's last save."""
+    candidates = sorted(root_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.lstat().st_mtime)
+    if not candidates:
+        raise UserError(f"no last.ckpt under {root_dir}/lightning_logs/*/checkpoints to resume from")
+    latest = candidates[-1].resolve()
+    check_checkpoint_file(latest)
+    return latest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,21 +21,39 @@ def home_dir() -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds, durably.
 
-    A crash mid-write leaves the previous file (if any) intact and no half-written file behind.
+    A crash mid-write leaves the previous file (if any) intact and no half-written file behind. A power loss too:
+    the new file's data is on the disk before the rename makes it the target (else the name can land on an empty
+    or partial file), and the rename is on the disk before this returns, by an fsync of the directory ("fsync()
+    does not necessarily ensure that the entry in the directory containing the file has also reached disk",
+    fsync(2)). A temporary file that a killed process left behind is removed at the next save of the same target:
+    each target has one writer at a time (a checkpoint is written by rank 0 only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual permissions
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk (Linux fsyncs either through a read-only fd)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -6,6 +6,9 @@
 - Runs land in `$NANOCHAT_PL_HOME/runs/<stage>/` unless `trainer.default_root_dir` says otherwise.
 - Checkpoints are written by `AtomicCheckpointIO` (a temporary file beside the target, then a rename) unless
   the config chooses another checkpoint plugin.
+- `--ckpt_path last` is the newest run's last.ckpt. With it or a path, the checkpoint's model settings win over the
+  config's, and each one they override is said in one line.
+- A `UserError` raised while a module is built is printed as its one line, not as jsonargparse's tree.
 - The stage builds its own optimizer (one MuonAdamW with per-group settings), so LightningCLI must not inject one
   over `model.parameters()` (that would silently drop the Muon/AdamW grouping).
 """
@@ -18,11 +21,14 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+import torch
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
-from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file
+from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, latest_last_checkpoint
 from nanochat_pl.common import UserError, home_dir
 
 
@@ -37,21 +43,43 @@ class NanochatCLI(LightningCLI):
         except ArgumentError as error:
             hint = f"see `nanochat-pl {_subcommand(args)} --help`"
             raise UserError(f"{_config_error(str(error))} ({hint})") from None
-        # before LightningCLI torch.loads the checkpoint for its hyperparameters, which fails with a traceback;
-        # Lightning's own names ("last", "best", "hpc", "registry:...") and URLs are left to Lightning
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and ":" not in ckpt_path:
-            check_checkpoint_file(ckpt_path)
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        if not subcommand:
+            return
+        config = self.config[subcommand]
         if config.trainer.default_root_dir is None:
             module_name, _, class_name = config.model.class_path.rpartition(".")
             stage = getattr(getattr(importlib.import_module(module_name), class_name), "stage_name", "run")
             config.trainer.default_root_dir = str(home_dir() / "runs" / stage)
+        # `last` becomes a path here, before the checkpoint's settings are read (_parse_ckpt_path), so that it and a
+        # path given by hand are treated alike. Checked before LightningCLI torch.loads the file, which fails with a
+        # traceback; Lightning's other names ("best", "hpc", "registry:...") and URLs are left to Lightning.
         if config.get("ckpt_path") == "last":
-            config.ckpt_path = str(_latest_last_checkpoint(Path(config.trainer.default_root_dir)))
+            config.ckpt_path = str(latest_last_checkpoint(Path(config.trainer.default_root_dir)))
+        elif config.get("ckpt_path") and config.ckpt_path not in ("best", "hpc") and ":" not in config.ckpt_path:
+            check_checkpoint_file(config.ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """With `--ckpt_path`, the checkpoint's model settings win over the config's, command line included: they
+        are the ones its weights were trained with. LightningCLI applies them (`_parse_ckpt_path`, Lightning 2.6);
+        this first says, one line per setting, which of the config's it overrides."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            for line in _overridden_settings(ckpt_path, self.config[subcommand].model):
+                _print_rank_zero(line)
+        super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            # jsonargparse reports a module's constructor failing as "Does not validate against any of the Union
+            # subtypes ...", a tree of every subtype tried, with the constructor's exception as its cause
+            user_error = _user_error_in(error)
+            if user_error is None:
+                raise
+            raise user_error from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -99,11 +127,35 @@ def _subcommand(args: Any) -> str:
     return arguments[0] if arguments else "fit"
 
 
-def _latest_last_checkpoint(root_dir: Path) -> Path:
-    """`--ckpt_path last`: the newest run's last.ckpt. Lightning alone looks only in the new run's own folder
-    (a fresh version_N), finds nothing and silently starts from scratch."""
-    candidates = sorted(root_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UserError(f"--ckpt_path last: no last.ckpt under {root_dir}/lightning_logs/*/checkpoints to resume from")
-    check_checkpoint_file(candidates[-1])
-    return candidates[-1]
+def _overridden_settings(ckpt_path: str, model: Namespace) -> list[str]:
+    """`model.KEY: config A, checkpoint B -> using the checkpoint's` for each setting the checkpoint changes; a
+    UserError if it has settings the module no longer takes (a checkpoint of an older version).
+
+    LightningCLI saves the module's class as `_class_path` beside its arguments, and its own `_instantiator`. The
+    checkpoint is memory-mapped: its weights are not read."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key != "_instantiator"}
+    given = {"_class_path": model.class_path, **model.init_args.as_dict()}  # every argument, defaults included
+    unknown = sorted(set(saved) - set(given))
+    if unknown and saved.get("_class_path", model.class_path) == model.class_path:  # else a tree of errors follows
+        raise UserError(
+            f"{ckpt_path} was trained with settings that {model.class_path} no longer takes: {', '.join(unknown)}"
+        )
+    lines = []
+    for key, value in saved.items():
+        if key in given and given[key] != value:
+            name = key.removeprefix("_")
+            lines.append(f"model.{name}: config {given[key]!r}, checkpoint {value!r} -> using the checkpoint's")
+    return lines
+
+
+def _print_rank_zero(line: str) -> None:
+    if rank_zero_only.rank == 0:  # every DDP process parses the command line
+        print(line, file=sys.stderr)
+
+
+def _user_error_in(error: BaseException) -> UserError | None:
+    """The UserError among `error` and its causes, if any."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor for (inputs, targets) token batches: samples are rows, items are tokens,
     so `train/items_per_sec` is tokens/s; with the module's `flops_per_batch` it also logs MFU where
-    Lightning knows the device's peak FLOP/s (e.g. H100: 989 TFLOP/s bf16, the basis nanochat's MFU uses)."""
+    Lightning knows the device's peak FLOP/s (e.g. H100: 989 TFLOP/s bf16, the basis nanochat's MFU uses).
+
+    Its running totals `train/time`, `train/batches`, `train/samples` and `train/lengths` (training seconds,
+    micro-batches, rows and tokens of rank 0) go on across a resume: a checkpoint holds them, and the resumed run
+    counts on from there instead of from zero.
+    """
 
     def __init__(self, window_size: int = 20) -> None:
         super().__init__(
@@ -19,17 +27,55 @@ class TokenThroughputMonitor(ThroughputMonitor):
             length_fn=lambda batch: batch[0].numel(),
             window_size=window_size,
         )
+        self._resumed_totals: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, float]:
+        training = RunningStage.TRAINING
+        if training not in self._t0s:  # only rank 0 counts (ThroughputMonitor's hooks are rank-zero-only)
+            return {}
+        return {
+            # the clock ThroughputMonitor logs as train/time: started at train start, stopped during validation
+            "time": time.perf_counter() - self._t0s[training],
+            "batches": self._batches[training],
+            "samples": self._samples[training],
+            "lengths": self._lengths[training],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._resumed_totals = state_dict
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)  # starts every count at zero and the clock now
+        totals, self._resumed_totals = self._resumed_totals, {}
+        if totals:
+            training = RunningStage.TRAINING
+            self._t0s[training] -= totals["time"]
+            self._batches[training] = totals["batches"]
+            self._samples[training] = totals["samples"]
+            self._lengths[training] = totals["lengths"]
 
 
 class FinalCheckpoint(L.Callback):
-    """Write `last.ckpt` with the final weights when training ends.
+    """Checkpoint the final step when training ends, as the run's ModelCheckpoint saves at its own triggers.
 
     ModelCheckpoint saves every N steps, so a run whose length is not a multiple of N would otherwise end with
-    its last steps (most of the warmdown) in no checkpoint. Runs on every rank: the data module's state is
-    gathered from all of them.
+    its last steps (most of the warmdown) in no checkpoint. The final step is saved under the callback's usual
+    name (`epoch=0-step=N.ckpt`, subject to its `save_top_k`) and `last.ckpt` follows it as the callback is
+    configured: with `save_last: link` a symbolic link to that file, not a second copy. Runs on every rank: the
+    data module's state is gathered from all of them.
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.dirpath is not None:
-            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
+        callback = trainer.checkpoint_callback
+        # skipped also when the callback saved this very step already (and pointed last.ckpt at it)
+        if not isinstance(callback, ModelCheckpoint) or callback._should_skip_saving_checkpoint(trainer):
+            return
+        # the calls ModelCheckpoint makes at a step trigger (on_train_batch_end, lightning 2.6)
+        candidates = callback._monitor_candidates(trainer)
+        callback._save_topk_checkpoint(trainer, candidates)
+        if callback._last_global_step_saved == trainer.global_step:
+            callback._save_last_checkpoint(trainer, candidates)
+        else:  # top-k kept no file of this step (save_top_k 0, or a monitored metric got worse): last.ckpt holds it
+            callback.last_model_path = callback.format_checkpoint_name(candidates, callback.CHECKPOINT_NAME_LAST)
+            callback._save_checkpoint(trainer, callback.last_model_path)
