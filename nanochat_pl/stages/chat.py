@@ -77,7 +77,9 @@ class ChatTraining(LanguageModelStage):
         self.save_hyperparameters()
         self.stage_name = "mid" if recipe == "mid" else "sft"
         self.init_path = resolve_init_from(init_from)
-        meta = read_checkpoint(self.init_path)[CHECKPOINT_KEY]
+        # read (and verified) once: the weights for configure_model, the optimizer state for configure_optimizers
+        self._init_checkpoint: dict[str, Any] | None = read_checkpoint(self.init_path)
+        meta = self._init_checkpoint[CHECKPOINT_KEY]
         self.inherited = meta
         config = GPTConfig(**meta["gpt_config"])
         if sequence_len is not None:
@@ -87,7 +89,7 @@ class ChatTraining(LanguageModelStage):
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()  # the rotary tables, which checkpoints do not hold
-        state = read_checkpoint(self.init_path)["state_dict"]
+        state = self._init_checkpoint["state_dict"]
         weights = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
         model.load_state_dict(weights)
 
@@ -147,9 +149,10 @@ class ChatTraining(LanguageModelStage):
         return self.trainer.datamodule.data_progress >= 1.0
 
     def warm_start_optimizer(self, optimizer: MuonAdamW) -> None:
+        checkpoint, self._init_checkpoint = self._init_checkpoint, None  # not needed after this: free it
         if not self.hparams.load_optimizer:
             return
-        saved = read_checkpoint(self.init_path).get("optimizer_states") or []
+        saved = checkpoint.get("optimizer_states") or []
         fresh = [{key: group[key] for key in FRESH_GROUP_KEYS if key in group} for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(saved[0])
