@@ -84,6 +84,13 @@ def test_sft_inherits_the_checkpoint_and_runs_one_epoch(base_checkpoint, tmp_pat
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     # the LR ran on data progress: the last step of the second half decays towards 0
     assert module.lr_multiplier(trainer.global_step) < 0.3
+    # every group starts at 0.8 of the base run's LR (recipe sft), whatever the warm-started state held
+    base_groups = torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["param_groups"]
+    sft_groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in sft_groups] == [g["name"] for g in base_groups]
+    for sft, base in zip(sft_groups, base_groups, strict=True):
+        assert sft["initial_lr"] == pytest.approx(0.8 * base["initial_lr"]), sft["name"]
+        assert sft["lr"] == pytest.approx(sft["initial_lr"] * module.lr_multiplier(trainer.global_step - 1))
 
 
 def stage_for_steps(checkpoint: Path, root: Path) -> ChatTraining:

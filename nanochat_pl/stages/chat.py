@@ -160,6 +160,8 @@ class ChatTraining(LanguageModelStage):
             rank_zero_warn(f"not warm-starting the optimizer: {self.init_path} has no matching state ({error})")
             return
         for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+            for key in FRESH_GROUP_KEYS:  # the checkpoint's (e.g. its initial_lr) must not outlive the load
+                group.pop(key, None)
             group.update(settings)
         rank_zero_info(f"optimizer state (momentum buffers) warm-started from {self.init_path}")
 
