@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from nanochat_pl.checkpoint import load_model
 from nanochat_pl.data.chat import ChatDataModule, ChatStream, rows_to_masked_batch
+from nanochat_pl.engine import Engine
 from nanochat_pl.stages.chat import ChatTraining
 from nanochat_pl.tasks.common import Task
 from nanochat_pl.tokenizer import Tokenizer
@@ -102,6 +104,22 @@ def stage_for_steps(checkpoint: Path, root: Path) -> ChatTraining:
     module.log = lambda *args, **kwargs: None
     module._trainer = trainer
     return module
+
+
+def test_a_chat_checkpoint_loads_for_chat_serve_and_the_next_stage(base_checkpoint, tmp_path):
+    checkpoint, _ = base_checkpoint
+    L.seed_everything(0)
+    save = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    trainer = tiny_trainer(tmp_path, callbacks=[save], enable_checkpointing=True)
+    trainer.fit(chat_module(checkpoint, num_iterations=2), chat_data())
+    model, tokenizer, meta = load_model(tmp_path / "ckpt" / "last.ckpt")
+    assert meta["stage"] == "sft" and meta["recipe"] == "2026" and meta["total_batch_tokens"] == B * T
+    engine = Engine(model, tokenizer)  # what `chat` and `serve` build from it
+    prompt = tokenizer.render_for_completion([{"role": "user", "content": "say cat"}])
+    sequences, _ = engine.generate_batch(prompt, max_tokens=4, temperature=0.0)
+    assert len(sequences[0]) > len(prompt)
+    following = chat_module(tmp_path / "ckpt" / "last.ckpt", recipe="sft_oct")  # e.g. SFT after mid
+    assert following.inherited["stage"] == "sft" and following.gpt_config == model.config
 
 
 def test_sft_loss_is_the_masked_cross_entropy(base_checkpoint, tmp_path):
