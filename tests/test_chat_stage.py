@@ -207,19 +207,26 @@ import torch
 from tests.test_chat_stage import train_on_split_batches
 
 torch.set_num_threads(1)
-train_on_split_batches(sys.argv[1], sys.argv[2], devices=int(sys.argv[3]))
+train_on_split_batches(sys.argv[1], sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:]))
 """
 
 
 class SplitBatches(L.LightningDataModule):
     """Global batches of 2B packed conversation rows: with 2 ranks rank r takes rows [rB, (r+1)B); alone, the
-    process takes the two halves as consecutive micro-batches. Exposes what the chat stage reads of its data."""
+    process takes the two halves as consecutive micro-batches. Exposes what the chat stage reads of its data;
+    with `rank1_runs_out_after`, rank 1 says its data is used up after that many steps, and rank 0 never does."""
 
-    def __init__(self, tokenizer_dir: str) -> None:
+    def __init__(self, tokenizer_dir: str, rank1_runs_out_after: int | None = None) -> None:
         super().__init__()
         self.train_mixture = Echo(10_000)
         self.tokenizer = Tokenizer.load(tokenizer_dir)
-        self.device_batch_size, self.data_progress = B, 0.0
+        self.device_batch_size = B
+        self.rank1_runs_out_after = rank1_runs_out_after
+
+    @property
+    def data_progress(self) -> float:
+        limit, trainer = self.rank1_runs_out_after, self.trainer
+        return float(limit is not None and trainer.global_rank == 1 and trainer.global_step >= limit)
 
     def inherit(self, tokenizer, sequence_len: int, device_batch_size: int) -> None:
         pass
@@ -248,20 +255,22 @@ class _Iterable(torch.utils.data.IterableDataset):
         return self.make()
 
 
-def train_on_split_batches(checkpoint: str, out: str, devices: int) -> None:
-    """3 SFT steps of a global batch of 2B rows on `devices` CPU processes; saves losses, gradients, weights."""
+def train_on_split_batches(checkpoint: str, out: str, devices: int, rank1_runs_out_after: int | None = None) -> None:
+    """3 SFT steps (10 when rank 1 runs out of data) of a global batch of 2B rows on `devices` CPU processes;
+    saves the losses, gradients, weights and the step it stopped at."""
     from tests.stage_helpers import GradientRecorder
 
     L.seed_everything(0)
-    module = chat_module(Path(checkpoint), total_batch_tokens=2 * B * T, num_iterations=3)
-    data = SplitBatches(module.hparams.tokenizer_dir or module.inherited["tokenizer_dir"])
+    steps = 3 if rank1_runs_out_after is None else 10
+    module = chat_module(Path(checkpoint), total_batch_tokens=2 * B * T, num_iterations=steps)
+    data = SplitBatches(module.inherited["tokenizer_dir"], rank1_runs_out_after)
     losses, grads = StepLosses(), GradientRecorder()
     strategy = "ddp" if devices > 1 else "auto"
     trainer = tiny_trainer(Path(out + ".root"), devices=devices, strategy=strategy, callbacks=[losses, grads])
     trainer.fit(module, data)
     assert trainer.accumulate_grad_batches == 2 // devices
     result = {"losses": losses.train, "grads": grads.grads, "params": model_parameters(module)}
-    torch.save(result, f"{out}.{trainer.global_rank}.pt")
+    torch.save({**result, "global_step": trainer.global_step}, f"{out}.{trainer.global_rank}.pt")
 
 
 def test_two_gloo_processes_equal_one(base_checkpoint, tmp_path):
@@ -289,3 +298,16 @@ def test_two_gloo_processes_equal_one(base_checkpoint, tmp_path):
     singles = [2 * loss for *_, loss in single["losses"]]
     for step, (rank0, rank1) in enumerate(zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)):
         assert [rank0[-1], rank1[-1]] == pytest.approx(singles[2 * step : 2 * step + 2], abs=1e-5)
+
+
+def test_ranks_stop_together_when_one_runs_out_of_data(base_checkpoint, tmp_path):
+    """Rank 1 uses up its data after 2 steps, rank 0 never: both stop after step 2 (nanochat's all_reduce MAX of
+    last_step), where waiting for each other's gradients would otherwise hang the run."""
+    checkpoint, _ = base_checkpoint
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), str(checkpoint), str(tmp_path / "ddp"), "2", "2"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [torch.load(tmp_path / f"ddp.{rank}.pt")["global_step"] for rank in (0, 1)] == [2, 2]
