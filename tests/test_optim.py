@@ -21,7 +21,8 @@ from nanochat_pl.optim import (
     grad_accumulation_steps,
     plan_from_depth,
 )
-from nanochat_pl.optim.orthogonalize import orthogonalize
+from nanochat_pl.optim.muon_adamw import resolve_ortho_dtype
+from nanochat_pl.optim.orthogonalize import POLAR_EXPRESS_COEFFICIENTS, orthogonalize
 
 PLAIN_MUON = dict(
     orthogonalizer="newton_schulz",
@@ -88,8 +89,8 @@ def test_adamw_path_matches_torch_adamw():
 @pytest.mark.parametrize("shape", [(128, 512), (512, 128)])
 def test_orthogonalizers_push_singular_values_into_their_bands(shape, dtype):
     G = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    polar = torch.linalg.svdvals(orthogonalize(G, "polar_express", 5, dtype).float())
-    newton = torch.linalg.svdvals(orthogonalize(G, "newton_schulz", 5, dtype).float())
+    polar = torch.linalg.svdvals(orthogonalize(G.to(dtype), "polar_express", 5).float())
+    newton = torch.linalg.svdvals(orthogonalize(G.to(dtype), "newton_schulz", 5).float())
     # Keller Jordan's quintic is known to leave singular values in roughly Uniform(0.5, 1.5) (torch.optim.Muon
     # docs); Polar Express's minimax polynomials land them in about 1 ± 0.14 (measured 0.859..1.142 here).
     assert newton.min() > 0.5 and newton.max() < 1.5
@@ -98,9 +99,79 @@ def test_orthogonalizers_push_singular_values_into_their_bands(shape, dtype):
     # and they keep G's singular vectors: U^T O V is diagonal
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     for method in ("polar_express", "newton_schulz"):
-        core = U.mT @ orthogonalize(G, method, 5, torch.float32) @ Vh.mT
+        core = U.mT @ orthogonalize(G, method, 5) @ Vh.mT
         off_diagonal = core - torch.diag_embed(core.diagonal(dim1=-2, dim2=-1))
         assert off_diagonal.norm() < 1e-3 * core.norm()
+
+
+def nanochat_polar_express(G, steps=5):
+    """nanochat's orthogonalisation of one matrix, written out from its formula (optim.py@92d63d4): divide by
+    1.01·||G||_F + 1e-6, then per iteration A = X X^T, X <- a X + (b A + c A A) X for wide and square matrices,
+    and A = X^T X, X <- a X + X (b A + c A A) for tall ones."""
+    X = G / (torch.linalg.matrix_norm(G) * 1.01 + 1e-6)
+    for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:steps]:
+        if G.shape[0] > G.shape[1]:
+            A = X.T @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.T
+            X = a * X + (b * A + c * (A @ A)) @ X
+    return X
+
+
+# small norms too, where the eps shows: dividing by max(1.01·||G||, 1e-7) instead would differ by up to 0.06 at 1e-6
+# and 0.13 at 1e-8
+@pytest.mark.parametrize("norm", [30.0, 1e-6, 1e-8])
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (64, 64)])
+def test_polar_express_is_nanochats_formula(shape, norm):
+    G = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    G = G * (norm / torch.linalg.matrix_norm(G, keepdim=True))
+    expected = torch.stack([nanochat_polar_express(g) for g in G])
+    torch.testing.assert_close(orthogonalize(G, "polar_express", 5), expected, rtol=1e-5, atol=1e-5)
+
+
+def nanochat_muon_step(param, grad, momentum_buffer, second_moment, lr, momentum, weight_decay, beta2, steps=5):
+    """One step of nanochat's Muon on one fp32 matrix, in place, written out from its formula (optim.py@92d63d4
+    muon_step_fused, run on a CPU, where its compute dtype and so its orthogonalisation dtype is fp32): Nesterov
+    momentum, MuonEq, Polar Express, Muon+, NorMuon, cautious weight decay. `lr` already carries the shape
+    multiplier."""
+    momentum_buffer.lerp_(grad, 1 - momentum)
+    g = grad.lerp(momentum_buffer, momentum)
+    rows, cols = g.shape
+    g = g * (torch.linalg.matrix_norm(g) / rows**0.5 / g.norm(dim=1, keepdim=True).clamp_min(1e-6))
+    g = nanochat_polar_express(g, steps)
+    g = g * (min(rows, cols) ** 0.5 / torch.linalg.matrix_norm(g).clamp_min(1e-6))
+    red_dim = 1 if rows >= cols else 0  # a mean square per row of tall and square matrices, per column of wide
+    mean_square = g.square().mean(dim=red_dim, keepdim=True)
+    second_moment.lerp_(mean_square, 1 - beta2)
+    scaled = g * second_moment.clamp_min(1e-10).rsqrt()
+    g = scaled * (torch.linalg.matrix_norm(g) / torch.linalg.matrix_norm(scaled).clamp_min(1e-10))
+    mask = (g * param) >= 0
+    param.sub_(lr * g + lr * weight_decay * param * mask)
+
+
+def test_muon_step_on_the_cpu_is_nanochats():
+    hyper = dict(lr=0.02, momentum=0.9, weight_decay=0.2, beta2=0.9)
+    ours = run_with_random_grads(lambda ps: MuonAdamW([dict(kind="muon", params=ps, **hyper)]), steps=4)
+
+    gen = torch.Generator().manual_seed(1)  # run_with_random_grads's draws, in its order
+    params = [torch.randn(shape, generator=gen) for shape in SHAPES]
+    buffers = [torch.zeros_like(p) for p in params]
+    second = [torch.zeros((r, 1) if r >= c else (1, c)) for r, c in SHAPES]
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for p, g, buf, v in zip(params, grads, buffers, second, strict=True):
+            lr = hyper["lr"] * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+            nanochat_muon_step(p, g, buf, v, lr, hyper["momentum"], hyper["weight_decay"], hyper["beta2"])
+    for a, b in zip(ours, params, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_orthogonalisation_dtype_follows_nanochat():
+    # bf16 only where nanochat computes in bf16 (CUDA, compute capability >= 8.0); fp32 on every CPU
+    assert resolve_ortho_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_ortho_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_ortho_dtype("float32", torch.device("cpu")) == torch.float32
 
 
 def test_cautious_weight_decay_masks_entries_whose_update_opposes_decay():
