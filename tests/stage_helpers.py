@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +181,17 @@ def train_on_synthetic_tokens(tokenizer_dir: str, out: str, devices: int) -> Non
     assert trainer.world_size == devices and trainer.accumulate_grad_batches == 2
     result = {"losses": losses.train, "grads": grads.grads, "params": model_parameters(module)}
     torch.save(result, f"{out}.{trainer.global_rank}.pt")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_ddp_script(source: str, args: list[str], root: Path, timeout: float) -> None:
+    """Run `source` as a script that launches a 2-process gloo fit (Lightning starts rank 1 by running the same
+    script again, with the rank in the environment); fail with its stderr if it fails."""
+    script = root / "train_ddp.py"
+    script.write_text(source)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), *args]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]

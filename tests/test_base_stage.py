@@ -5,8 +5,6 @@ import math
 import os
 import resource
 import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,25 +22,17 @@ from tests.stage_helpers import (
     StepLosses,
     T,
     model_parameters,
+    run_ddp_script,
     tiny_data,
     tiny_module,
     tiny_trainer,
     train_on_synthetic_tokens,
-    write_corpus,
 )
 
 torch.set_num_threads(1)  # the models are tiny: threads cost more than they give, and 1 keeps sums in one order
-REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")  # every test writes under its own NANOCHAT_PL_HOME
 
 
 def reference_bpb(model, data) -> float:
@@ -136,13 +126,7 @@ def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(corp
     1e-5 (measured: 2e-7).
     """
     _, tokenizer = corpus
-    script = tmp_path / "train_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    # Lightning launches rank 1 by running this script again, with the rank in the environment
-    command = [sys.executable, str(script), str(tokenizer), str(tmp_path / "ddp")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ddp_script(DDP_SCRIPT, [str(tokenizer), str(tmp_path / "ddp")], tmp_path, timeout=120)
     train_on_synthetic_tokens(str(tokenizer), str(tmp_path / "single"), devices=1)
     single = torch.load(tmp_path / "single.0.pt")
     ranks = [torch.load(tmp_path / f"ddp.{rank}.pt") for rank in (0, 1)]

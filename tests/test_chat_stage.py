@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,9 +17,18 @@ from nanochat_pl.engine import Engine
 from nanochat_pl.stages.chat import ChatTraining
 from nanochat_pl.tasks.common import Task
 from nanochat_pl.tokenizer import Tokenizer
-from tests.stage_helpers import B, StepLosses, T, model_parameters, tiny_data, tiny_module, tiny_trainer, write_corpus
+from tests.stage_helpers import (
+    B,
+    StepLosses,
+    T,
+    model_parameters,
+    run_ddp_script,
+    tiny_data,
+    tiny_module,
+    tiny_trainer,
+    write_corpus,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = ("cat", "mat", "dog", "park", "sun", "sky", "book", "song")
 
 
@@ -279,12 +285,7 @@ def test_two_gloo_processes_equal_one(base_checkpoint, tmp_path):
     tokens, and the ranks' gradients are averaged as the accumulated ones are (see the base stage's DDP test for
     why only the first step's gradients are compared exactly)."""
     checkpoint, _ = base_checkpoint
-    script = tmp_path / "train_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(script), str(checkpoint), str(tmp_path / "ddp"), "2"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ddp_script(DDP_SCRIPT, [str(checkpoint), str(tmp_path / "ddp"), "2"], tmp_path, timeout=300)
     train_on_split_batches(str(checkpoint), str(tmp_path / "single"), devices=1)
     single = torch.load(tmp_path / "single.0.pt")
     ranks = [torch.load(tmp_path / f"ddp.{rank}.pt") for rank in (0, 1)]
@@ -304,10 +305,5 @@ def test_ranks_stop_together_when_one_runs_out_of_data(base_checkpoint, tmp_path
     """Rank 1 uses up its data after 2 steps, rank 0 never: both stop after step 2 (nanochat's all_reduce MAX of
     last_step), where waiting for each other's gradients would otherwise hang the run."""
     checkpoint, _ = base_checkpoint
-    script = tmp_path / "train_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(script), str(checkpoint), str(tmp_path / "ddp"), "2", "2"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ddp_script(DDP_SCRIPT, [str(checkpoint), str(tmp_path / "ddp"), "2", "2"], tmp_path, timeout=300)
     assert [torch.load(tmp_path / f"ddp.{rank}.pt")["global_step"] for rank in (0, 1)] == [2, 2]

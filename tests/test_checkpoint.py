@@ -15,19 +15,12 @@ from lightning.pytorch.loggers import Logger
 from nanochat_pl import common
 from nanochat_pl.checkpoint import CHECKSUM_KEY, AtomicCheckpointIO, latest_last_checkpoint, load_model, read_checkpoint
 from nanochat_pl.common import UserError, atomic_write_bytes
-from tests.stage_helpers import T, tiny_data, tiny_module, tiny_trainer, write_corpus
+from tests.stage_helpers import T, tiny_data, tiny_module, tiny_trainer
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")  # every test writes under its own NANOCHAT_PL_HOME
 
 
 def test_a_write_is_on_the_disk_before_its_rename_and_the_rename_before_it_returns(tmp_path, monkeypatch):

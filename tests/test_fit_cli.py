@@ -23,7 +23,7 @@ from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.lightning_cli import run_lightning_cli
 from nanochat_pl.stages.base import BaseTraining
-from tests.stage_helpers import B, T, write_corpus
+from tests.stage_helpers import B, T
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -31,15 +31,7 @@ MUON_MATRIX_LR = 0.02  # nanochat base_train.py@92d63d4 --matrix-lr
 WARMUP_STEPS = 40  # nanochat HEAD's LR warmup (optim/schedules.py)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # every test writes under its own NANOCHAT_PL_HOME
 
 
 def write_config(path: Path, source: Path, tokenizer: Path, data_overrides=None, **model_overrides) -> Path:

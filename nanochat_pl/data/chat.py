@@ -209,9 +209,10 @@ class ChatDataModule(ResumableStreamModule):
             raise UserError("data.train needs at least one task")
         if packing not in BUFFERS:
             raise UserError(f"data.packing must be one of {', '.join(BUFFERS)}, got {packing!r}")
-        for name, value in (("num_workers", num_workers), ("val_tokens", val_tokens - 1)):
-            if value < 0:
-                raise UserError(f"data.{name} is too small: {value}")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be at least 0, got {num_workers}")
+        if val_tokens < 1:
+            raise UserError(f"data.val_tokens must be at least 1, got {val_tokens}")
         self.train_mixture = TaskMixture(train)
         self.val_mixture = TaskMixture(val) if val else None
         self.packing = packing

@@ -22,6 +22,7 @@ state gathered from every rank. The pretraining stream (pretrain.py) and the cha
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,7 +63,7 @@ class StreamProgress:
         return rank * num_workers + (self.consumed + worker) % num_workers
 
 
-class ResumableStreamModule(L.LightningDataModule):
+class ResumableStreamModule(L.LightningDataModule, ABC):
     """A LightningDataModule whose training stream resumes exactly (see the module docstring).
 
     Subclasses set `self.rank`, `self.world_size`, `self.num_workers` and fill `self.progress.positions` with
@@ -79,12 +80,13 @@ class ResumableStreamModule(L.LightningDataModule):
     def num_slots(self) -> int:
         return max(1, self.num_workers)
 
+    @abstractmethod
     def _layout(self) -> dict[str, Any]:
         """What must not change for the saved positions to mean the same data."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _position_from_state(self, state: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """A reader's position from what its `to_state()` wrote."""
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record the position a training batch carries and hand `(inputs, targets)` to the model."""

@@ -113,7 +113,7 @@ class ChatTraining(LanguageModelStage):
     def plan_run(self, device_batch_size: int) -> RunPlan:
         h, trainer = self.hparams, self.trainer
         recipe = get_recipe(h.recipe)
-        total_batch_tokens = self._setting("total_batch_tokens", default=524_288)
+        self.total_batch_tokens = total_batch_tokens = self._setting("total_batch_tokens", default=524_288)
         max_steps = trainer.max_steps if trainer.max_steps > 0 else h.num_iterations
         overrides = {} if h.warmdown_ratio is None else {"warmdown_ratio": h.warmdown_ratio}
         schedule = Schedule.for_recipe(h.recipe, max_steps, **overrides)
@@ -171,7 +171,7 @@ class ChatTraining(LanguageModelStage):
         return {
             "recipe": self.plan.recipe,
             "lr_scale": self.plan.lr_scale,
-            "total_batch_tokens": self._setting("total_batch_tokens", default=524_288),
+            "total_batch_tokens": self.total_batch_tokens,
             "device_batch_size": datamodule.device_batch_size,
             "init_from": str(self.init_path),
         }

@@ -9,6 +9,7 @@ checkpoint and run until their data is used up.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class RunPlan:
     summary: str
 
 
-class LanguageModelStage(L.LightningModule):
+class LanguageModelStage(L.LightningModule, ABC):
     """A GPT trained on (inputs, targets) token batches, targets -1 where no loss is taken.
 
     A subclass's `__init__` saves its hyperparameters, which include `compile`, `eval_every` and `sample_every`,
@@ -72,16 +73,17 @@ class LanguageModelStage(L.LightningModule):
         self.model: GPT | None = None
         self.val_bpb = BitsPerByte(tokenizer.token_bytes())
         self.plan: RunPlan | None = None
+        self._checked_step = -1  # the last optimizer step whose end was checked for stopping
 
     # ---- what a stage decides --------------------------------------------------------------------------------
 
+    @abstractmethod
     def init_model(self, model: GPT) -> None:
         """Give the freshly materialised `model` its starting weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def plan_run(self, device_batch_size: int) -> RunPlan:
         """The run's plan, called at fit time when `self.trainer` knows the world size."""
-        raise NotImplementedError
 
     def data_exhausted(self) -> bool:
         """Whether this rank's data for the run is used up (a stage that ends with its data says so)."""
@@ -123,15 +125,12 @@ class LanguageModelStage(L.LightningModule):
         if self.plan.max_steps is not None:
             trainer.fit_loop.epoch_loop.max_steps = self.plan.max_steps
         trainer.val_check_interval = self.hparams.eval_every * self.plan.accumulation  # counted in micro-batches
-        sequence_len = self.gpt_config.sequence_len
-        self.flops_per_batch = (
-            meta_model(self.gpt_config).flops_per_token(sequence_len) * device_batch_size * sequence_len
-        )
-        rank_zero_info(self._describe(device_batch_size))
+        model, sequence_len = meta_model(self.gpt_config), self.gpt_config.sequence_len
+        self.flops_per_batch = model.flops_per_token(sequence_len) * device_batch_size * sequence_len
+        rank_zero_info(self._describe(model, device_batch_size))
 
-    def _describe(self, device_batch_size: int) -> str:
+    def _describe(self, model: GPT, device_batch_size: int) -> str:
         cfg, plan = self.gpt_config, self.plan
-        model = meta_model(cfg)
         lines = [
             "",
             f"{self.stage_name}: GPT d{cfg.n_layer}, width {cfg.n_embd}, {cfg.n_head} heads ({cfg.n_kv_head} kv) "
@@ -201,7 +200,7 @@ class LanguageModelStage(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Checked once per optimizer step, on every rank together. Stopping here, rather than at Lightning's
         # max_steps check, lets the final validation run: a run's last steps are always measured.
-        if self.global_step == getattr(self, "_checked_step", -1):
+        if self.global_step == self._checked_step:
             return
         self._checked_step = self.global_step
         done = self.plan.max_steps is not None and self.global_step >= self.plan.max_steps

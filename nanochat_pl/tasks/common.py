@@ -18,8 +18,11 @@ module sets up, and a task listed twice shares one copy of its data (the loaders
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from nanochat_pl.common import UserError
 
 Conversation = dict[str, Any]
 EvalType = Literal["categorical", "generative"]
@@ -28,7 +31,7 @@ EvalType = Literal["categorical", "generative"]
 SHUFFLE_SEED = 42
 
 
-class Task:
+class Task(ABC):
     """Conversations `start:stop:step` of a source; subclasses give the source's size and its rows.
 
     Subclasses implement `num_examples()` (the source's size) and `get_example(i)` (its i-th conversation),
@@ -46,11 +49,13 @@ class Task:
     def name(self) -> str:
         return type(self).__name__
 
+    @abstractmethod
     def num_examples(self) -> int:
-        raise NotImplementedError
+        """The size of the source, before slicing."""
 
+    @abstractmethod
     def get_example(self, index: int) -> Conversation:
-        raise NotImplementedError
+        """The source's `index`-th conversation."""
 
     def __len__(self) -> int:
         stop = self.num_examples() if self.stop is None else min(self.stop, self.num_examples())
@@ -62,8 +67,9 @@ class Task:
         return self.get_example(self.start + index * self.step)
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:
-        """Whether `reply` (the assistant's answer, as text) is correct for `conversation`."""
-        raise NotImplementedError(f"{self.name} is not an evaluation task")
+        """Whether `reply` (the assistant's answer, as text) is correct for `conversation`. A task that only
+        teaches (SmolTalk, identity conversations) has no answer to check."""
+        raise UserError(f"{self.name} is not an evaluation task: it has no answers to check a reply against")
 
     def reward(self, conversation: Conversation, reply: str) -> float:
         """The RL reward of `reply`: 1.0 when correct, else 0.0."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -136,9 +137,9 @@ class DatasetTask(Task):
     def get_example(self, index: int) -> Conversation:
         return self.conversation(self.rows[index])
 
+    @abstractmethod
     def conversation(self, row: dict[str, Any]) -> Conversation:
         """The conversation of one row of the dataset."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         source = f"path={self.path!r}" if self.path else f"config={self.config!r}"
