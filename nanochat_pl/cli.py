@@ -38,10 +38,18 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
         "train": ("nanochat_pl.commands.tokenizer:train", "train the BPE tokenizer; prints chars/s"),
         "eval": ("nanochat_pl.commands.tokenizer:evaluate", "bytes per token on several kinds of text"),
     },
+    "eval": {
+        "core": ("nanochat_pl.commands.eval:core", "CORE of a base model: 22 tasks, centered accuracy (GPT-2: 0.2565)"),
+        "chat": (
+            "nanochat_pl.commands.eval:chat",
+            "ChatCORE of a chat model: ARC, MMLU, GSM8K, HumanEval, spelling",
+        ),
+    },
     "bench": {
         "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),
         "train": ("nanochat_pl.bench.train:bench_train", "training tokens/s, step time, MFU, peak memory"),
         "infer": ("nanochat_pl.bench.infer:bench_infer", "time to first token, time per token, tokens/s"),
+        "eval": ("nanochat_pl.bench.eval:bench_eval", "examples/s of CORE and ChatCORE scoring"),
     },
 }
 
@@ -50,6 +58,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
 SHORT_FLAGS: dict[str, dict[str, str]] = {
     "data download": {"-n": "--num_shards"},
     "chat": {"-p": "--prompt"},
+    "eval chat": {"-a": "--tasks", "-x": "--max_problems"},
 }
 
 

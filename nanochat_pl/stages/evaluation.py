@@ -1,0 +1,152 @@
+"""Evaluation during training: CORE every N steps of pretraining, ChatCORE every N steps of SFT.
+
+Both run on every rank, each rank scoring its share of the problems, the counts summed across ranks (evals/common.py),
+with the eager model (the compiled forward is kept for training's fixed shapes; evaluation's shapes change with
+every batch), under no_grad, in eval mode, then back to training. They fire when an optimizer step `global_step` is
+a multiple of `every_n_steps`, and once more at the end of training, as nanochat's base_train.py and chat_sft.py do
+(never at step 0: there is nothing to see yet). The figures go to every logger at that step, from rank 0 (they are
+already the same on every rank): `core_metric` and `core/<task>` (centered accuracy), `chatcore_metric`,
+`chatcore_cat` (the categorical tasks' mean) and `chatcore/<task>`, nanochat's keys.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import lightning as L
+
+from nanochat_pl.engine import Engine
+
+
+class _EveryNSteps(L.Callback, ABC):
+    """Run `evaluate` after every `every_n_steps`-th optimizer step and after the last one, each step once."""
+
+    def __init__(self, every_n_steps: int):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_evaluated: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step  # on the micro-batch that completed an optimizer step, already counted
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_evaluated:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > 0 and trainer.global_step != self._last_evaluated:
+            self._run(trainer, pl_module)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_evaluated = trainer.global_step
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = self.evaluate(trainer, pl_module)
+        finally:
+            model.train(was_training)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
+            print(f"\nstep {trainer.global_step}: {shown}")
+
+    @abstractmethod
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """The figures to log, the same on every rank."""
+
+
+class CoreEvaluation(_EveryNSteps):
+    """CORE of the model being pretrained (nanochat base_train.py: every 2,000 steps, 500 examples per task).
+
+    Args:
+        every_n_steps: Evaluate after every this many optimizer steps (and after the last).
+        max_per_task: Examples scored per task.
+        bundle: nanochat's eval bundle (directory or .zip); default: as `nanochat-pl eval core` finds it.
+    """
+
+    def __init__(self, every_n_steps: int = 2000, max_per_task: int | None = 500, bundle: str | None = None):
+        super().__init__(every_n_steps)
+        self.max_per_task, self.bundle = max_per_task, bundle
+        self._tasks: list | None = None
+        self._skipped: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._tasks is not None:
+            return
+        from nanochat_pl.evals.core_data import load_core_tasks
+
+        # rank 0 first: it may download the bundle, which the others then read from the cache
+        if trainer.is_global_zero:
+            self._tasks, self._skipped = load_core_tasks(self.bundle)
+        trainer.strategy.barrier("core bundle")
+        if not trainer.is_global_zero:
+            self._tasks, self._skipped = load_core_tasks(self.bundle)
+        if trainer.is_global_zero:
+            for reason in self._skipped:
+                print(f"CORE during training skips {reason}")
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from nanochat_pl.evals.core import evaluate_core
+
+        result = evaluate_core(
+            pl_module.model,
+            pl_module.tokenizer,
+            self._tasks,
+            max_per_task=self.max_per_task,
+            skipped=self._skipped,
+            progress=False,
+        )
+        metrics = {"core_metric": result.core}
+        metrics.update({f"core/{task.label}": task.centered for task in result.tasks})
+        return metrics
+
+
+class ChatCoreEvaluation(_EveryNSteps):
+    """ChatCORE of the model being fine-tuned (nanochat HEAD chat_sft.py: every 200 steps, every categorical problem
+    and 24 problems of each generative task, greedy).
+
+    Args:
+        every_n_steps: Evaluate after every this many optimizer steps (and after the last).
+        tasks: The tasks; default: all six (ChatCORE itself is logged only when all six run).
+        max_categorical: Problems per categorical task (ARC, MMLU); None: all.
+        max_generative: Problems per generative task (GSM8K, HumanEval, SpellingBee).
+        max_tokens: At most this many new tokens per reply.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        tasks: list[str] | None = None,
+        max_categorical: int | None = None,
+        max_generative: int = 24,
+        max_tokens: int = 512,
+    ):
+        super().__init__(every_n_steps)
+        from nanochat_pl.evals.chat import CHATCORE_TASKS
+
+        self.tasks = list(CHATCORE_TASKS) if tasks is None else list(tasks)
+        unknown = [name for name in self.tasks if name not in CHATCORE_TASKS]
+        if unknown:
+            raise ValueError(f"unknown ChatCORE task {', '.join(unknown)}; the tasks are {', '.join(CHATCORE_TASKS)}")
+        self.max_categorical, self.max_generative, self.max_tokens = max_categorical, max_generative, max_tokens
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from nanochat_pl.evals.chat import evaluate_chat
+
+        engine = Engine(pl_module.model, pl_module.tokenizer)
+        result = evaluate_chat(
+            engine,
+            self.tasks,
+            max_problems={"categorical": self.max_categorical, "generative": self.max_generative},
+            max_tokens=self.max_tokens,
+            progress=False,
+        )
+        metrics = {f"chatcore/{task.name}": task.centered for task in result.tasks}
+        categorical = [task.centered for task in result.tasks if task.kind == "categorical"]
+        if categorical:
+            metrics["chatcore_cat"] = sum(categorical) / len(categorical)
+        if result.chatcore is not None:
+            metrics["chatcore_metric"] = result.chatcore
+        return metrics
