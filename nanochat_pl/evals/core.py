@@ -1,0 +1,328 @@
+"""CORE, the base model's score (DCLM's 22 tasks, nanochat's core_eval.py), as plain functions.
+
+The same as nanochat (core_eval.py and base_eval.py, the same at dfc8833 and HEAD):
+- items shuffled with Random(1337), then cropped to `max_per_task`; item idx's few-shot examples are
+  Random(1234 + idx).sample(the other indices of the cropped list, k), so the crop changes them too;
+- prompts are the few-shot examples, each followed by "\\n\\n", then the item. Multiple choice: `query + delimiter +
+  choice` for each choice (few-shot: the gold choice), scored over the tokens after the choices' common token
+  prefix. Schema: `context_option + delimiter + continuation` for each option (few-shot: the gold option), scored
+  over the options' common token suffix. Either way the lowest mean cross-entropy wins (ties and NaNs resolved as
+  Python's min and list.index resolve them). Language modeling: `context.strip() + delimiter + continuation`, the
+  prompt without the continuation `.strip()`-ed (so a " " delimiter moves into the continuation) and required to be
+  a token prefix of the prompt with it; correct when the greedy argmax predicts every continuation token;
+- every prompt starts with BOS and rows are right-padded with BOS (causal attention: the padding after a row's
+  end changes nothing before it);
+- accuracy per task, centered = (accuracy - baseline/100) / (1 - baseline/100), CORE = their mean; examples are
+  rank-strided and the counts summed over ranks.
+
+Different:
+- several examples per forward (nanochat runs one, its rows = the choices; nanochat #526): examples are tokenized
+  a window at a time, sorted by length, and packed into right-padded batches of at most `batch_tokens` tokens
+  (rows x longest row); `batch_tokens=0` runs nanochat's way, one example per forward, in order. Both give the same
+  per-example results (tests/test_eval_core.py checks it) up to float rounding of the forward itself, which can
+  differ with the batch's shape;
+- k > n - 1 few-shot examples (nanochat crashes, #550) take all n - 1 others; a task of one item runs zero-shot;
+- a row longer than the model takes (`model.max_seq_len` as nanochat checks, else the rotary table of our GPT,
+  10 x sequence_len) is left-cropped as nanochat crops for such models; a continuation alone too long is an error;
+- mixed precision where the device has fast bf16 (nanochat's base_eval autocasts on CUDA too), fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanochat_pl.common import UserError
+from nanochat_pl.evals.common import rank_and_world, rank_share, sum_across_ranks
+from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
+from nanochat_pl.precision import fast_compute_dtype
+
+SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)
+FEWSHOT_SEED = 1234  # nanochat core_eval.py: Random(1234 + idx)
+EXAMPLE_SEPARATOR = "\n\n"  # between few-shot examples and before the item (llm-foundry's default is "\n")
+DEFAULT_BATCH_TOKENS = 8192  # rows x padded length per forward; the fp32 logits are 4 x batch_tokens x vocab bytes
+WINDOW_EXAMPLES = 512  # examples tokenized and sorted together (bounds the memory of their token lists)
+
+
+@dataclass
+class CoreTaskResult:
+    label: str
+    accuracy: float
+    centered: float
+    num_examples: int
+    random_baseline: float
+    source: str
+
+
+@dataclass
+class CoreResult:
+    tasks: list[CoreTaskResult]
+    skipped: list[str] = field(default_factory=list)
+    core: float = float("nan")  # mean centered accuracy over the tasks that ran
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN, e.g. CORE of no task, becomes None)."""
+        return {
+            "core": None if math.isnan(self.core) else self.core,
+            "tasks": [asdict(task) for task in self.tasks],
+            "skipped": list(self.skipped),
+        }
+
+
+def centered_accuracy(accuracy: float, random_baseline_percent: float) -> float:
+    """0 at chance, 1 at perfect: (accuracy - b/100) / (1 - b/100)."""
+    baseline = random_baseline_percent / 100
+    return (accuracy - baseline) / (1 - baseline)
+
+
+def task_examples(task: CoreTask, max_per_task: int | None = None) -> list[dict[str, Any]]:
+    """The items scored: shuffled with Random(1337), then the first `max_per_task` (None or < 0: all)."""
+    examples = list(task.examples)
+    random.Random(SHUFFLE_SEED).shuffle(examples)
+    return examples if max_per_task is None or max_per_task < 0 else examples[:max_per_task]
+
+
+def count_examples(tasks: Sequence[CoreTask], max_per_task: int | None = None) -> int:
+    """How many examples `evaluate_core` scores over all ranks."""
+    return sum(
+        len(task.examples) if max_per_task is None or max_per_task < 0 else min(len(task.examples), max_per_task)
+        for task in tasks
+    )
+
+
+def fewshot_indices(idx: int, num_examples: int, k: int) -> list[int]:
+    """Item idx's few-shot examples: Random(1234 + idx).sample of the other indices; at most all of them."""
+    k = min(k, num_examples - 1)
+    if k <= 0:
+        return []
+    return random.Random(FEWSHOT_SEED + idx).sample([i for i in range(num_examples) if i != idx], k)
+
+
+def render_prompts(task: CoreTask, examples: Sequence[dict[str, Any]], idx: int) -> list[str]:
+    """Item idx's prompts: one per choice (MC) or context option (schema); for LM [without, with] the continuation."""
+    item, delimiter = examples[idx], task.continuation_delimiter
+    shots = [examples[i] for i in fewshot_indices(idx, len(examples), task.num_fewshot)]
+    if task.task_type == MC:
+        prefix = "".join(f"{s['query']}{delimiter}{s['choices'][s['gold']]}{EXAMPLE_SEPARATOR}" for s in shots)
+        return [f"{prefix}{item['query']}{delimiter}{choice}" for choice in item["choices"]]
+    if task.task_type == SCHEMA:
+        prefix = "".join(
+            f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}{EXAMPLE_SEPARATOR}" for s in shots
+        )
+        return [f"{prefix}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
+    if task.task_type == LM:
+        prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}{EXAMPLE_SEPARATOR}" for s in shots)
+        without = f"{prefix}{item['context'].strip()}{delimiter}"
+        return [without.strip(), f"{without}{item['continuation']}"]
+    raise UserError(f"task {task.label}: unknown task type {task.task_type!r}")
+
+
+@dataclass
+class _Example:
+    """One item ready to score: its token rows and, per row, the scored span [start, end) of token positions."""
+
+    index: int  # in the task's shuffled, cropped examples
+    rows: list[list[int]]
+    starts: list[int]
+    ends: list[int]
+    gold: int | None  # None for LM
+
+    @property
+    def longest(self) -> int:
+        return max(len(row) for row in self.rows)
+
+
+def _common_length(sequences: list[list[int]], from_end: bool) -> int:
+    """Length of the token prefix (or suffix) all sequences share."""
+    shortest = min(len(s) for s in sequences)
+    for i in range(shortest):
+        position = -1 - i if from_end else i
+        if any(s[position] != sequences[0][position] for s in sequences):
+            return i
+    return shortest
+
+
+def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, Any], limit: int | None) -> _Example:
+    """Spans as nanochat's batch_sequences_{mc,schema,lm} find them, then rows longer than `limit` left-cropped."""
+    ends = [len(row) for row in rows]
+    if task.task_type == MC:
+        start = _common_length(rows, from_end=False)
+        starts, gold = [start] * len(rows), item["gold"]
+    elif task.task_type == SCHEMA:
+        suffix = _common_length(rows, from_end=True)
+        starts, gold = [end - suffix for end in ends], item["gold"]
+    else:
+        without, with_ = rows
+        if not (len(without) < len(with_) and with_[: len(without)] == without):
+            raise UserError(
+                f"task {task.label}: the prompt without the continuation is not a token prefix of the prompt with it"
+            )
+        rows, starts, ends, gold = [with_], [len(without)], [len(with_)], None
+    if limit is not None:
+        for r, row in enumerate(rows):
+            crop = len(row) - limit
+            if crop > 0:
+                if starts[r] - crop < 1:
+                    raise UserError(f"task {task.label}: a continuation longer than the model's {limit} positions")
+                rows[r], starts[r], ends[r] = row[crop:], starts[r] - crop, ends[r] - crop
+    return _Example(index, rows, starts, ends, gold)
+
+
+def _batches(examples: list[_Example], batch_tokens: int) -> Iterator[list[_Example]]:
+    """Groups of examples for one forward each: in order one at a time (batch_tokens 0), else longest first, as many
+    as fit rows x longest row <= batch_tokens (at least one)."""
+    if batch_tokens <= 0:
+        yield from ([e] for e in examples)
+        return
+    group: list[_Example] = []
+    num_rows = longest = 0
+    for example in sorted(examples, key=lambda e: e.longest, reverse=True):
+        rows, length = num_rows + len(example.rows), max(longest, example.longest)
+        if group and rows * length > batch_tokens:
+            yield group
+            group, rows, length = [], len(example.rows), example.longest
+        group.append(example)
+        num_rows, longest = rows, length
+    if group:
+        yield group
+
+
+@torch.no_grad()
+def _score(
+    model: torch.nn.Module, group: list[_Example], pad_id: int, device: torch.device, autocast
+) -> list[tuple[int, bool]]:
+    """(index, whether it comes out correct) for each example of `group`, from one forward of all their rows."""
+    rows = [row for example in group for row in example.rows]
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    ids = ids.to(device)
+    with autocast:
+        logits = model(ids)
+    results, r = [], 0
+    for example in group:
+        spans = list(zip(example.starts, example.ends, strict=True))
+        if example.gold is None:  # LM, one row: position t predicts token t + 1
+            (start, end), r = spans[0], r + 1
+            predicted = logits[r - 1, start - 1 : end - 1].argmax(dim=-1)
+            results.append((example.index, bool(torch.equal(predicted, ids[r - 1, start:end]))))
+            continue
+        mean_losses = []
+        for start, end in spans:
+            losses = F.cross_entropy(logits[r, start - 1 : end - 1].float(), ids[r, start:end], reduction="none")
+            mean_losses.append(losses.mean().item())
+            r += 1
+        results.append((example.index, mean_losses.index(min(mean_losses)) == example.gold))
+    return results
+
+
+def _max_positions(model: torch.nn.Module) -> int | None:
+    """The longest row the model can take: nanochat's `max_seq_len` attribute, else our GPT's rotary table."""
+    if getattr(model, "max_seq_len", None) is not None:
+        return int(model.max_seq_len)
+    cos = getattr(model, "cos", None)
+    return int(cos.size(0)) if isinstance(cos, torch.Tensor) else None
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def score_task(
+    model: torch.nn.Module,
+    tokenizer,
+    task: CoreTask,
+    *,
+    max_per_task: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    indices: Sequence[int] | None = None,
+) -> list[bool]:
+    """Whether each of `indices` (default: all) of the task's shuffled, cropped examples comes out correct, on this
+    process alone (no ranks). The model must be in eval mode."""
+    examples = task_examples(task, max_per_task)
+    indices = list(range(len(examples)) if indices is None else indices)
+    scored = _score_task(model, tokenizer, task, examples, indices, batch_tokens)
+    by_index = dict(pair for batch in scored for pair in batch)
+    return [by_index[i] for i in indices]
+
+
+def _score_task(
+    model: torch.nn.Module,
+    tokenizer,
+    task: CoreTask,
+    examples: list[dict[str, Any]],
+    indices: Sequence[int],
+    batch_tokens: int,
+) -> Iterator[list[tuple[int, bool]]]:
+    """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
+    device = _model_device(model)
+    dtype = fast_compute_dtype(device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    limit = _max_positions(model)
+    for begin in range(0, len(indices), WINDOW_EXAMPLES):
+        window = indices[begin : begin + WINDOW_EXAMPLES]
+        prompts = [render_prompts(task, examples, idx) for idx in window]
+        flat = tokenizer.encode([p for group in prompts for p in group], prepend=tokenizer.bos_token_id)
+        prepared, offset = [], 0
+        for idx, group in zip(window, prompts, strict=True):
+            prepared.append(_prepare(task, idx, flat[offset : offset + len(group)], examples[idx], limit))
+            offset += len(group)
+        for batch in _batches(prepared, batch_tokens):
+            yield _score(model, batch, tokenizer.bos_token_id, device, autocast)
+
+
+def evaluate_core(
+    model: torch.nn.Module,
+    tokenizer,
+    tasks: list[CoreTask],
+    *,
+    max_per_task: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+    skipped: Sequence[str] = (),
+) -> CoreResult:
+    """Score `model` (ids (B, T) -> logits (B, T, V)) on `tasks`; every rank returns the same result.
+
+    `max_per_task`: examples per task after the shuffle (None: all). `batch_tokens`: the size of one forward in
+    tokens (rows x padded length); 0 scores one example per forward, as nanochat does. `skipped`: reasons for tasks
+    without data (from `load_core_tasks`), carried into the result. The model is put in eval mode and back.
+    """
+    device = _model_device(model)
+    rank, _ = rank_and_world()
+    cropped = [task_examples(task, max_per_task) for task in tasks]
+    shares = [list(rank_share(len(examples))) for examples in cropped]
+    correct = [0] * len(tasks)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=sum(map(len, shares)), desc="CORE", unit="ex", disable=not progress or rank != 0)
+    try:
+        for t, (task, examples, share) in enumerate(zip(tasks, cropped, shares, strict=True)):
+            bar.set_postfix_str(task.label)
+            for batch in _score_task(model, tokenizer, task, examples, share, batch_tokens):
+                correct[t] += sum(ok for _, ok in batch)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    totals = sum_across_ranks(correct, device=device).tolist()
+    results, reasons = [], list(skipped)
+    for task, examples, num_correct in zip(tasks, cropped, totals, strict=True):
+        if not examples:
+            reasons.append(f"{task.label}: no examples")
+            continue
+        accuracy = num_correct / len(examples)
+        centered = centered_accuracy(accuracy, task.random_baseline)
+        results.append(CoreTaskResult(task.label, accuracy, centered, len(examples), task.random_baseline, task.source))
+    core = sum(r.centered for r in results) / len(results) if results else float("nan")
+    return CoreResult(results, reasons, core)

