@@ -24,9 +24,10 @@ The six tasks and their evaluation splits (nanochat scripts/chat_eval.py@dfc8833
 - A task whose data cannot be had (no hub and no package copy, no word list), or HumanEval where the sandbox
   cannot isolate programs (unless `allow_unconfined`), is skipped, and the reason is listed in `skipped`.
 - Each rank scores every world_size-th problem and the counts are summed over ranks, so every rank returns the
-  same result. This runs inside training too (on the training model): the categorical forward is under
-  `torch.no_grad` (not inference mode, whose tensors training could not use later), and the model is put in
-  eval mode for the evaluation and back as it was after.
+  same result (every rank runs, or skips, the same tasks: they see the same data and sandbox).
+- This runs inside training too (on the training model): the categorical forward is under `torch.no_grad` (not
+  inference mode, whose tensors training could not use later), and the model is put in eval mode for the
+  evaluation and back as it was after.
 """
 
 from __future__ import annotations
@@ -181,23 +182,8 @@ def evaluate_chat(
                     progress=bar,
                 )
             else:
-                passed = []
-                for index in share:
-                    prompt = engine.tokenizer.render_for_completion(task[index])
-                    if len(prompt) >= model.config.sequence_len:  # no room for an answer
-                        passed.append(None)
-                    else:
-                        samples = sample_correct(
-                            engine,
-                            task,
-                            index,
-                            num_samples=num_samples,
-                            max_tokens=max_tokens,
-                            temperature=temperature,
-                            top_k=top_k,
-                        )
-                        passed.append(any(samples))
-                    bar.update(1)
+                sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k)
+                passed = evaluate_generative(engine, task, share, num_samples=num_samples, progress=bar, **sampling)
             bar.close()
             counts = [sum(p is True for p in passed), sum(p is None for p in passed), len(passed)]
             correct, too_long, total = sum_across_ranks(counts, device=engine.device).tolist()
@@ -231,6 +217,32 @@ def _ready_task(name: str, allow_unconfined: bool) -> tuple[Task | None, str]:
     except UserError as error:
         return None, str(error)
     return task, ""
+
+
+def evaluate_generative(
+    engine,
+    task: Task,
+    indices: Sequence[int],
+    *,
+    num_samples: int = 1,
+    max_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int | None = 50,
+    progress: tqdm | None = None,
+) -> list[bool | None]:
+    """Whether any of the `num_samples` replies the engine writes to each of `task`'s problems `indices` is right
+    (pass@num_samples); None for a prompt that leaves no room in the model's context for a reply."""
+    passed: list[bool | None] = []
+    for index in indices:
+        prompt = engine.tokenizer.render_for_completion(task[index])
+        if len(prompt) >= engine.model.config.sequence_len:
+            passed.append(None)
+        else:
+            sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k)
+            passed.append(any(sample_correct(engine, task, index, num_samples=num_samples, **sampling)))
+        if progress is not None:
+            progress.update(1)
+    return passed
 
 
 @torch.no_grad()
