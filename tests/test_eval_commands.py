@@ -1,0 +1,193 @@
+"""`nanochat-pl eval core|chat` end to end on a tiny checkpoint, one process and two, and the training callbacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+
+from nanochat_pl.checkpoint import load_model
+from nanochat_pl.cli import main
+from nanochat_pl.evals import chat as chat_evals
+from nanochat_pl.evals.core import evaluate_core
+from nanochat_pl.evals.core_data import load_core_tasks
+from nanochat_pl.stages.evaluation import ChatCoreEvaluation, CoreEvaluation
+from nanochat_pl.tasks.arithmetic import Arithmetic
+from tests.fixtures_chat import make_checkpoint
+from tests.stage_helpers import tiny_data, tiny_module, tiny_trainer
+
+WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "fish"]
+
+
+def write_bundle(root: Path) -> Path:
+    """A CORE bundle in the real layout with one task of each type, 12 examples each."""
+    bundle = root / "eval_bundle"
+    data = bundle / "eval_data" / "mixed"
+    data.mkdir(parents=True)
+    (bundle / "core.yaml").write_text(
+        "icl_tasks:\n"
+        "- {label: colours, dataset_uri: mixed/colours.jsonl, num_fewshot: [2], icl_task_type: multiple_choice,"
+        ' continuation_delimiter: "\\nAnswer: "}\n'
+        "- {label: pairs, dataset_uri: mixed/pairs.jsonl, num_fewshot: [0], icl_task_type: schema}\n"
+        "- {label: echo, dataset_uri: mixed/echo.jsonl, num_fewshot: [1], icl_task_type: language_modeling}\n"
+    )
+    (bundle / "eval_meta_data.csv").write_text(
+        "Eval Task,Task Category,Task Type,#shots,#datapoints,Random baseline,Centered Metric?,Description\n"
+        "colours,x,multiple choice,2,12,25,,x\npairs,x,schema,0,12,50,,x\necho,x,language modeling,1,12,0,,x\n"
+    )
+
+    def jsonl(name: str, rows: list[dict[str, Any]]) -> None:
+        (data / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    jsonl(
+        "colours.jsonl",
+        [
+            {"query": f"the {w} is", "choices": WORDS[i % 4 : i % 4 + 4], "gold": i % 4}
+            for i, w in enumerate(WORDS + WORDS[:2])
+        ],
+    )
+    jsonl(
+        "pairs.jsonl",
+        [
+            {"context_options": [f"a {w}", f"the {w}"], "continuation": "sat.", "gold": i % 2}
+            for i, w in enumerate(WORDS + WORDS[:2])
+        ],
+    )
+    jsonl("echo.jsonl", [{"context": f"say {w}:", "continuation": w} for w in WORDS + WORDS[:2]])
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    (run / "checkpoints").mkdir()
+    return make_checkpoint(run / "checkpoints")  # run/checkpoints/tiny.ckpt, its tokenizer in run/checkpoints
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_eval_core_prints_the_table_writes_csv_and_json_beside_the_run_and_ends_in_json(checkpoint, tmp_path, capsys):
+    bundle = write_bundle(tmp_path)
+    main(["eval", "core", "--checkpoint", str(checkpoint), "--bundle", str(bundle), "--device", "cpu"])
+    out = capsys.readouterr().out
+    result = last_json(out)
+    model, tokenizer, _ = load_model(checkpoint)
+    expected = evaluate_core(model, tokenizer, load_core_tasks(bundle)[0], progress=False)
+    assert [t["label"] for t in result["tasks"]] == ["colours", "pairs", "echo"]
+    assert [t["accuracy"] for t in result["tasks"]] == [t.accuracy for t in expected.tasks]
+    assert result["core"] == pytest.approx(expected.core) and "CORE" in out
+    run_eval = checkpoint.parent.parent / "eval"
+    csv_lines = (run_eval / "core-tiny.csv").read_text().splitlines()
+    assert csv_lines[0] == "task,accuracy,centered,examples,source" and len(csv_lines) == 4
+    assert json.loads((run_eval / "core-tiny.json").read_text())["core"] == result["core"]
+
+
+def test_two_processes_print_what_one_prints(checkpoint, tmp_path, capsys):
+    bundle = write_bundle(tmp_path)
+    results = []
+    for devices in ("1", "2"):
+        out_dir = tmp_path / f"out{devices}"
+        main(["eval", "core", "--checkpoint", str(checkpoint), "--bundle", str(bundle), "--device", "cpu",
+              "--devices", devices, "--output", str(out_dir)])  # fmt: skip
+        results.append(json.loads((out_dir / "core-tiny.json").read_text()))
+    capsys.readouterr()
+    one, two = results
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert [t["accuracy"] for t in two["tasks"]] == [t["accuracy"] for t in one["tasks"]]
+    assert [t["num_examples"] for t in two["tasks"]] == [12, 12, 12] and two["core"] == one["core"]
+
+
+def test_eval_core_max_per_task_below_the_shots_runs(checkpoint, tmp_path, capsys):
+    main(["eval", "core", "--checkpoint", str(checkpoint), "--bundle", str(write_bundle(tmp_path)),
+          "--device", "cpu", "--max-per-task", "1", "--output", str(tmp_path)])  # fmt: skip
+    assert [t["num_examples"] for t in last_json(capsys.readouterr().out)["tasks"]] == [1, 1, 1]
+
+
+def test_eval_chat_runs_the_asked_tasks_and_refuses_unknown_ones(checkpoint, tmp_path, capsys, monkeypatch):
+    # the generated arithmetic problems stand in for GSM8K's (same answer format), so no data need be present
+    monkeypatch.setattr(chat_evals, "build_chat_task", lambda name, **_: Arithmetic(size=3, split="test"))
+    main(["eval", "chat", "--checkpoint", str(checkpoint), "-a", "GSM8K", "-x", "2", "--max-tokens", "8",
+          "--device", "cpu", "--output", str(tmp_path)])  # fmt: skip
+    result = last_json(capsys.readouterr().out)
+    assert [(t["name"], t["num_problems"]) for t in result["tasks"]] == [("GSM8K", 2)]
+    assert result["chatcore"] is None and (tmp_path / "chat-tiny.csv").is_file()
+    with pytest.raises(SystemExit):
+        main(["eval", "chat", "--checkpoint", str(checkpoint), "-a", "GSM9K"])
+    assert "unknown task GSM9K" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "core", "--checkpoint", str(tmp_path / "none.ckpt")])
+    assert capsys.readouterr().err.strip() == f"error: no checkpoint at {tmp_path / 'none.ckpt'}"
+
+
+class LoggedMetrics(L.pytorch.loggers.Logger):
+    """A logger that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    name = "memory"
+    version = 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class TrainingModeSeen(L.Callback):
+    def __init__(self) -> None:
+        self.modes: list[bool] = []
+
+    def on_train_batch_start(self, trainer, module, *args) -> None:
+        self.modes.append(module.model.training)
+
+
+def test_core_during_pretraining_every_n_steps_and_at_the_end(corpus, tmp_path, capsys):
+    shards, tokenizer_dir = corpus
+    logger, modes = LoggedMetrics(), TrainingModeSeen()
+    callback = CoreEvaluation(every_n_steps=2, max_per_task=6, bundle=str(write_bundle(tmp_path)))
+    module = tiny_module(tokenizer_dir, num_iterations=5)
+    trainer = tiny_trainer(tmp_path, max_steps=5, logger=logger, callbacks=[callback, modes])
+    trainer.fit(module, datamodule=tiny_data(shards, tokenizer_dir))
+    core = [(step, m) for step, m in logger.metrics if "core_metric" in m]
+    assert [step for step, _ in core] == [2, 4, 5]
+    assert set(core[0][1]) == {"core_metric", "core/colours", "core/pairs", "core/echo"}
+    # the figure logged at the end is the final model's, as `eval core` computes it
+    expected = evaluate_core(module.model, module.tokenizer, callback._tasks, max_per_task=6, progress=False)
+    assert core[-1][1]["core_metric"] == pytest.approx(expected.core)
+    assert all(modes.modes)  # training went on in training mode after each evaluation
+    assert "step 2: core_metric" in capsys.readouterr().out
+
+
+def test_chatcore_callback_logs_each_task_and_the_categorical_mean(checkpoint, monkeypatch):
+    model, tokenizer, _ = load_model(checkpoint)
+    module = L.LightningModule()
+    module.model, module.tokenizer = model.train(), tokenizer
+    calls = []
+
+    def fake_evaluate_chat(engine, names, **kwargs):
+        calls.append((names, kwargs["max_problems"]))
+        kinds = {"MMLU": "categorical", "ARC-Easy": "categorical", "GSM8K": "generative"}
+        tasks = [
+            chat_evals.ChatTaskResult(n, 0.5, 0.25 if kinds[n] == "categorical" else 0.5, 4, "test", kinds[n])
+            for n in names
+        ]
+        return chat_evals.ChatResult(tasks, [], None)
+
+    monkeypatch.setattr(chat_evals, "evaluate_chat", fake_evaluate_chat)
+    callback = ChatCoreEvaluation(every_n_steps=1, tasks=["MMLU", "ARC-Easy", "GSM8K"], max_generative=3)
+    metrics = callback.evaluate(None, module)
+    assert calls == [(["MMLU", "ARC-Easy", "GSM8K"], {"categorical": None, "generative": 3})]
+    assert metrics == {"chatcore/MMLU": 0.25, "chatcore/ARC-Easy": 0.25, "chatcore/GSM8K": 0.5, "chatcore_cat": 0.25}
+    with pytest.raises(ValueError, match="unknown ChatCORE task"):
+        ChatCoreEvaluation(tasks=["GSM9K"])
