@@ -2,13 +2,14 @@
 
 A recipe is what a stage's `recipe:` setting names. The pretraining recipes ("2026", "oct") say everything:
 the architecture (GPTConfig overrides), the optimizer settings of each parameter family, the schedules and
-where the Muon weight decay comes from. The chat recipes ("mid", "sft", "sft_oct") start from a checkpoint, so
-they keep its architecture and its optimizer settings (the learning rates the base run used, batch scaling
-included, as nanochat's chat_sft inherits them from the base checkpoint) and say only what changes: a fraction
-of those learning rates, the weight decay and the schedules, which run on progress through the data.
+where the Muon weight decay comes from. The chat recipes ("mid", "sft", "sft_oct") and RL's ("rl") start from a
+checkpoint, so they keep its architecture and its optimizer settings (the learning rates the base run used, batch
+scaling included, as nanochat's chat_sft inherits them from the base checkpoint) and say only what changes: a
+fraction of those learning rates, the weight decay and the schedules (the chat recipes' run on progress through
+the data, RL's on steps).
 
 Sources: nanochat base_train.py / gpt.py / optim.py @92d63d4 (2026), @dfc8833 (October 2025); mid_train.py
-@dfc8833; chat_sft.py @92d63d4 (sft) and @dfc8833 (sft_oct).
+@dfc8833; chat_sft.py @92d63d4 (sft) and @dfc8833 (sft_oct); chat_rl.py (rl).
 """
 
 from __future__ import annotations
@@ -143,6 +144,17 @@ RECIPES: dict[str, Recipe] = {
         lr_frac=0.02,
         weight_decay=0.0,
         lr_by_progress=True,
+    ),
+    # RL after SFT (chat_rl.py, the same in October and HEAD): 0.05 of the base LRs, linearly to 0 over the run
+    # (lr = initial x (1 - step / steps)); Muon momentum a constant 0.95 and no weight decay, as nanochat's
+    # optimizer is built there without schedules on either
+    "rl": Recipe(
+        architecture=None,
+        adamw=None,
+        muon=None,
+        schedule=dict(_CHAT_SCHEDULE, warmdown_ratio=1.0, final_lr_frac=0.0, momentum_start=0.95),
+        lr_frac=0.05,
+        weight_decay=0.0,
     ),
 }
 PRETRAINING_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.architecture is not None)

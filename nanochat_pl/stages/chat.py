@@ -7,6 +7,9 @@ model, the tokenizer, the optimizer settings (learning rates with the base run's
 shape (sequence length, device batch, total batch); any of them can be set instead. It runs for one epoch of
 its training mixture, with the learning rate keyed on progress through it, and may warm-start the optimizer's
 momentum buffers from the checkpoint (nanochat: slightly better).
+
+What every stage that starts from a checkpoint shares (reading it once, loading its weights, inheriting its
+settings, refusing to resume from another stage's checkpoint) is `FromCheckpoint`'s; RL (stages/rl.py) uses it too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,50 @@ ChatRecipe = Literal["sft", "mid", "sft_oct"]
 FRESH_GROUP_KEYS = ("lr", "initial_lr", "weight_decay", "initial_weight_decay", "momentum")
 
 
-class ChatTraining(LanguageModelStage):
+class FromCheckpoint(LanguageModelStage):
+    """A stage that goes on from another stage's checkpoint (SFT after base or mid, RL after SFT): it takes the
+    checkpoint's model and weights, its tokenizer, and what its metadata passes on (`self.inherited`: the base
+    run's optimizer recipe and batch scaling, the batch shape). A subclass's `__init__` calls `start_from`."""
+
+    def start_from(self, init_from: str, sequence_len: int | None = None, tokenizer_dir: str | None = None) -> None:
+        self.init_path = resolve_init_from(init_from)
+        # read (and verified) once: the weights for configure_model, the optimizer state for configure_optimizers
+        self._init_checkpoint: dict[str, Any] | None = read_checkpoint(self.init_path)
+        meta = self._init_checkpoint[CHECKPOINT_KEY]
+        self.inherited = meta
+        config = GPTConfig(**meta["gpt_config"])
+        if sequence_len is not None:
+            config.sequence_len = sequence_len
+        tokenizer_dir = tokenizer_dir or meta["tokenizer_dir"]
+        self.set_model(config, get_tokenizer(tokenizer_dir), tokenizer_location(tokenizer_dir))
+
+    def init_model(self, model: GPT) -> None:
+        model.init_weights()  # the rotary tables, which checkpoints do not hold
+        state = self._init_checkpoint["state_dict"]
+        weights = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+        model.load_state_dict(weights)
+
+    def warm_start_optimizer(self, optimizer: MuonAdamW) -> None:
+        self._init_checkpoint = None  # the weights are loaded by now: free the checkpoint
+
+    def _setting(self, name: str, default: Any) -> Any:
+        """A setting given here, else the checkpoint's, else nanochat's default; says where it came from."""
+        value = self.hparams.get(name)
+        if value is None:
+            value = self.inherited.get(name, default)
+            rank_zero_info(f"{name}={value} (inherited from {self.init_path})")
+        return value
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint[CHECKPOINT_KEY]["stage"] != self.stage_name:
+            raise UserError(
+                f"resuming a {self.stage_name} run from a {checkpoint[CHECKPOINT_KEY]['stage']} checkpoint: "
+                "to start from it, give it as model.init_from"
+            )
+        super().on_load_checkpoint(checkpoint)
+
+
+class ChatTraining(FromCheckpoint):
     """Train a checkpoint's GPT on conversations (the data module yields (inputs, targets), -1 where no loss).
 
     Args:
@@ -76,22 +122,7 @@ class ChatTraining(LanguageModelStage):
         super().__init__()
         self.save_hyperparameters()
         self.stage_name = "mid" if recipe == "mid" else "sft"
-        self.init_path = resolve_init_from(init_from)
-        # read (and verified) once: the weights for configure_model, the optimizer state for configure_optimizers
-        self._init_checkpoint: dict[str, Any] | None = read_checkpoint(self.init_path)
-        meta = self._init_checkpoint[CHECKPOINT_KEY]
-        self.inherited = meta
-        config = GPTConfig(**meta["gpt_config"])
-        if sequence_len is not None:
-            config.sequence_len = sequence_len
-        tokenizer_dir = tokenizer_dir or meta["tokenizer_dir"]
-        self.set_model(config, get_tokenizer(tokenizer_dir), tokenizer_location(tokenizer_dir))
-
-    def init_model(self, model: GPT) -> None:
-        model.init_weights()  # the rotary tables, which checkpoints do not hold
-        state = self._init_checkpoint["state_dict"]
-        weights = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
-        model.load_state_dict(weights)
+        self.start_from(init_from, sequence_len, tokenizer_dir)
 
     # ---- the plan --------------------------------------------------------------------------------------------
 
@@ -101,14 +132,6 @@ class ChatTraining(LanguageModelStage):
             device_batch_size = self._setting("device_batch_size", default=32)
             self.trainer.datamodule.inherit(self.tokenizer, self.gpt_config.sequence_len, device_batch_size)
         super().setup(stage)
-
-    def _setting(self, name: str, default: Any) -> Any:
-        """A setting given here, else the checkpoint's, else nanochat's default; says where it came from."""
-        value = self.hparams.get(name)
-        if value is None:
-            value = self.inherited.get(name, default)
-            rank_zero_info(f"{name}={value} (inherited from {self.init_path})")
-        return value
 
     def plan_run(self, device_batch_size: int) -> RunPlan:
         h, trainer = self.hparams, self.trainer
@@ -175,14 +198,6 @@ class ChatTraining(LanguageModelStage):
             "device_batch_size": datamodule.device_batch_size,
             "init_from": str(self.init_path),
         }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if checkpoint[CHECKPOINT_KEY]["stage"] != self.stage_name:
-            raise UserError(
-                f"resuming a {self.stage_name} run from a {checkpoint[CHECKPOINT_KEY]['stage']} checkpoint: "
-                "to start from it, give it as model.init_from"
-            )
-        super().on_load_checkpoint(checkpoint)
 
 
 def resolve_init_from(init_from: str) -> Path:

@@ -58,8 +58,8 @@ class RunPlan:
 class LanguageModelStage(L.LightningModule, ABC):
     """A GPT trained on (inputs, targets) token batches, targets -1 where no loss is taken.
 
-    A subclass's `__init__` saves its hyperparameters, which include `compile`, `eval_every` and `sample_every`,
-    and calls `set_model`; it implements `init_model` and `plan_run`.
+    A subclass's `__init__` saves its hyperparameters, which include `eval_every` and `sample_every` (and may
+    include `compile`), and calls `set_model`; it implements `init_model` and `plan_run`.
     """
 
     stage_name = "run"
@@ -85,6 +85,10 @@ class LanguageModelStage(L.LightningModule, ABC):
     def plan_run(self, device_batch_size: int) -> RunPlan:
         """The run's plan, called at fit time when `self.trainer` knows the world size."""
 
+    def device_batch_size(self) -> int:
+        """Rows of one forward/backward pass on each device: the data module's batch, unless the stage makes its own."""
+        return self.trainer.datamodule.device_batch_size
+
     def data_exhausted(self) -> bool:
         """Whether this rank's data for the run is used up (a stage that ends with its data says so)."""
         return False
@@ -109,7 +113,8 @@ class LanguageModelStage(L.LightningModule, ABC):
         # Training and validation go through the compiled forward (fixed shapes, compiled once); samples use the
         # eager model, whose KV-cached calls change shape every token and would recompile each time. Compiling
         # the bound method keeps the state-dict keys free of `_orig_mod.`.
-        self.forward_fn = torch.compile(model.forward, dynamic=False) if self.hparams.compile else model.forward
+        compile_forward = self.hparams.get("compile", False)
+        self.forward_fn = torch.compile(model.forward, dynamic=False) if compile_forward else model.forward
         self.model = model
 
     # ---- the plan --------------------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ class LanguageModelStage(L.LightningModule, ABC):
         if stage != "fit":
             return
         trainer = self.trainer
-        device_batch_size = trainer.datamodule.device_batch_size
+        device_batch_size = self.device_batch_size()
         self.plan = self.plan_run(device_batch_size)
         # Values the plan derives reach the Trainer here, the first place where the world size is known.
         trainer.accumulate_grad_batches = self.plan.accumulation
