@@ -169,6 +169,17 @@ def test_fewshot_prompts_follow_the_rule_and_every_row_starts_with_bos_and_is_pa
     )
 
 
+def test_fewshot_indices_are_nanochats_sample_of_the_other_indices():
+    rng = random.Random(5)
+    cases = [(20321, 7, 10), (10042, 10041, 10), (11, 3, 10), (2, 1, 1)]
+    cases += [(n, rng.randrange(n), rng.randint(1, n - 1)) for n in (rng.randint(2, 400) for _ in range(300))]
+    for n, idx, k in cases:
+        nanochat = random.Random(1234 + idx).sample([i for i in range(n) if i != idx], k)
+        assert core.fewshot_indices(idx, n, k) == nanochat, (n, idx, k)
+    assert core.fewshot_indices(0, 5, 10) == random.Random(1234).sample([1, 2, 3, 4], 4)  # k > n - 1: all others
+    assert core.fewshot_indices(0, 1, 10) == []
+
+
 def test_fewer_examples_than_shots_use_all_the_others_and_one_example_runs_zero_shot():
     rows = [{"query": f"q{i}", "choices": ["a", "b"], "gold": 0} for i in range(30)]
     mc = task("mc", MC, rows, k=10)

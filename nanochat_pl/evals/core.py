@@ -21,6 +21,8 @@ Different:
   (rows x longest row); `batch_tokens=0` runs nanochat's way, one example per forward, in order. Both give the same
   per-example results (tests/test_eval_core.py checks it) up to float rounding of the forward itself, which can
   differ with the batch's shape;
+- the cross-entropy and the argmax are taken at the scored positions only and read back once per forward (nanochat
+  takes them at every position and reads each choice's mean with its own .item(), a device sync each);
 - k > n - 1 few-shot examples (nanochat crashes, #550) take all n - 1 others; a task of one item runs zero-shot;
 - a row longer than the model takes (`model.max_seq_len` as nanochat checks, else the rotary table of our GPT,
   10 x sequence_len) is left-cropped as nanochat crops for such models; a continuation alone too long is an error;
@@ -103,7 +105,10 @@ def fewshot_indices(idx: int, num_examples: int, k: int) -> list[int]:
     k = min(k, num_examples - 1)
     if k <= 0:
         return []
-    return random.Random(FEWSHOT_SEED + idx).sample([i for i in range(num_examples) if i != idx], k)
+    # sample() draws positions from the population's length alone, so sampling positions in range(n - 1) and
+    # skipping idx gives nanochat's sample of the list [i for i in range(n) if i != idx], without building it
+    positions = random.Random(FEWSHOT_SEED + idx).sample(range(num_examples - 1), k)
+    return [p + (p >= idx) for p in positions]
 
 
 def render_prompts(task: CoreTask, examples: Sequence[dict[str, Any]], idx: int) -> list[str]:
@@ -199,28 +204,38 @@ def _batches(examples: list[_Example], batch_tokens: int) -> Iterator[list[_Exam
 def _score(
     model: torch.nn.Module, group: list[_Example], pad_id: int, device: torch.device, autocast
 ) -> list[tuple[int, bool]]:
-    """(index, whether it comes out correct) for each example of `group`, from one forward of all their rows."""
+    """(index, whether it comes out correct) for each example of `group`, from one forward of all their rows.
+
+    Position t - 1 predicts token t. Only the scored positions are gathered (nanochat takes the cross-entropy and
+    argmax at every position, then slices them: the same values), and read back in one transfer."""
     rows = [row for example in group for row in example.rows]
     ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    row_of, position_of = [], []
     for r, row in enumerate(rows):
         ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-    ids = ids.to(device)
+    spans = [span for example in group for span in zip(example.starts, example.ends, strict=True)]
+    for r, (start, end) in enumerate(spans):
+        row_of += [r] * (end - start)
+        position_of += range(start, end)
+    row_of, position_of = torch.tensor(row_of), torch.tensor(position_of, dtype=torch.long)
+    targets = ids[row_of, position_of]
     with autocast:
-        logits = model(ids)
-    results, r = [], 0
+        logits = model(ids.to(device))
+    scored = logits[row_of.to(device), position_of.to(device) - 1].float()  # (scored positions, vocab)
+    losses = F.cross_entropy(scored, targets.to(device), reduction="none").cpu()
+    hits = (scored.argmax(dim=-1).cpu() == targets).tolist()
+    results, offset = [], 0
     for example in group:
-        spans = list(zip(example.starts, example.ends, strict=True))
-        if example.gold is None:  # LM, one row: position t predicts token t + 1
-            (start, end), r = spans[0], r + 1
-            predicted = logits[r - 1, start - 1 : end - 1].argmax(dim=-1)
-            results.append((example.index, bool(torch.equal(predicted, ids[r - 1, start:end]))))
+        lengths = [end - start for start, end in zip(example.starts, example.ends, strict=True)]
+        if example.gold is None:  # LM, one row: right when the argmax is every continuation token
+            results.append((example.index, all(hits[offset : offset + lengths[0]])))
+            offset += lengths[0]
             continue
-        mean_losses = []
-        for start, end in spans:
-            losses = F.cross_entropy(logits[r, start - 1 : end - 1].float(), ids[r, start:end], reduction="none")
-            mean_losses.append(losses.mean().item())
-            r += 1
-        results.append((example.index, mean_losses.index(min(mean_losses)) == example.gold))
+        means = []  # the lowest mean loss wins; an empty span's mean is NaN, resolved by min() and index() as nanochat
+        for length in lengths:
+            means.append(losses[offset : offset + length].mean().item())
+            offset += length
+        results.append((example.index, means.index(min(means)) == example.gold))
     return results
 
 
