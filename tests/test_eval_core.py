@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -314,19 +315,25 @@ def test_rows_longer_than_the_model_takes_are_left_cropped():
         evaluate_core(model, CharTokenizer(), [too_long], progress=False)
 
 
-def test_each_rank_scores_its_share_and_the_counts_add_up(monkeypatch):
-    rng = random.Random(1)
-    model = _tiny_gpt(128)
-    tasks = _tasks(rng)
-    whole = evaluate_core(model, CharTokenizer(), tasks, progress=False)
-    per_rank = []
-    for rank in range(2):  # as 2 ranks, summing nothing: each result holds its own rank's counts
-        monkeypatch.setattr(core, "rank_share", lambda n, rank=rank: range(rank, n, 2))
-        monkeypatch.setattr(core, "sum_across_ranks", lambda values, device: torch.tensor(values, dtype=torch.float64))
-        per_rank.append(evaluate_core(model, CharTokenizer(), tasks, progress=False))
-    for t, task_result in enumerate(whole.tasks):
-        shares = [r.tasks[t].accuracy * r.tasks[t].num_examples for r in per_rank]
-        assert sum(shares) == pytest.approx(task_result.accuracy * task_result.num_examples)
+def _rank(rank: int, port: int, out: Path) -> None:
+    """One of two gloo ranks scoring the same tasks; writes what it returns."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        result = evaluate_core(_tiny_gpt(128), CharTokenizer(), _tasks(random.Random(1)), progress=False)
+        (out / f"rank{rank}.json").write_text(json.dumps(result.as_dict()))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_score_their_shares_and_both_return_the_one_process_result(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the ranks start at once with everything imported
+    torch.multiprocessing.start_processes(_rank, args=(port, tmp_path), nprocs=2, start_method="fork")
+    whole = evaluate_core(_tiny_gpt(128), CharTokenizer(), _tasks(random.Random(1)), progress=False).as_dict()
+    assert json.loads((tmp_path / "rank0.json").read_text()) == whole
+    assert json.loads((tmp_path / "rank1.json").read_text()) == whole
 
 
 # ---- data: bundle, download, offline packages ----
