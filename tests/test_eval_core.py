@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import socket
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ import torch.nn as nn
 import nanochat_pl.evals.core as core
 import nanochat_pl.evals.core_data as core_data
 from nanochat_pl.common import UserError
+from nanochat_pl.data.eval_packages import _extract_bigbench
 from nanochat_pl.evals.core import centered_accuracy, evaluate_core, render_prompts, score_task, task_examples
-from nanochat_pl.evals.core_data import CORE_TASKS, CoreTask, load_core_tasks
+from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS, CORE_TASKS, CoreTask, load_core_tasks
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer
 
@@ -539,3 +542,20 @@ def test_a_task_missing_everywhere_gives_a_reason(tmp_path, home, monkeypatch):
         evaluate_core(BigramModel({}), CharTokenizer(), tasks, skipped=skipped, progress=False).as_dict()["core"]
         is None
     )
+
+
+def test_the_bigbench_task_files_core_needs_extract_from_the_sdist_layout(tmp_path):
+    """cs_algorithms keeps its examples in two subtasks; its own task.json (no examples) is not what is extracted."""
+    sdist = tmp_path / "bigbench-1.0.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name in [*BIGBENCH_CORE_TASKS, "cs_algorithms", "unrelated"]:
+            data = json.dumps({"examples": []}).encode()
+            member = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    _extract_bigbench(sdist, BIGBENCH_CORE_TASKS, tmp_path / "bigbench")
+    extracted = sorted(
+        str(p.parent.relative_to(tmp_path / "bigbench/bigbench/benchmark_tasks")) for p in tmp_path.rglob("task.json")
+    )
+    assert extracted == sorted(BIGBENCH_CORE_TASKS)
+    assert {"cs_algorithms/lcs", "cs_algorithms/valid_parentheses"} <= set(BIGBENCH_CORE_TASKS)
