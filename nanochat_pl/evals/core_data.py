@@ -143,9 +143,12 @@ def _fetch_bundle(target: Path) -> None:
     archive = download_file(BUNDLE_URL, target.with_suffix(".zip"), check=_check_zip, attempts=DOWNLOAD_ATTEMPTS)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with zipfile.ZipFile(archive) as zipped:
-            prefix = _bundle_prefix(zipped.namelist(), archive)
-            zipped.extractall(staging)
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                prefix = _bundle_prefix(zipped.namelist(), archive)
+                zipped.extractall(staging)
+        except zipfile.BadZipFile as error:  # a file put there by hand: downloads are checked before the rename
+            raise UserError(f"{archive} is not a zip file ({error}); delete it to download the bundle again") from error
         if target.exists():  # a leftover without core.yaml (else it would have been used)
             shutil.rmtree(target)
         os.replace(staging / prefix, target)
@@ -173,13 +176,6 @@ def _bundle_prefix(names: list[str], where: Path) -> str:
 class _BundleFiles:
     """Text files of a bundle, in a directory or in a zip (read in place), by path relative to its top."""
 
-    def __enter__(self) -> _BundleFiles:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.zipped is not None:
-            self.zipped.close()
-
     def __init__(self, path: Path):
         self.path = path
         if path.is_dir():
@@ -189,6 +185,13 @@ class _BundleFiles:
             self.prefix = _bundle_prefix(self.zipped.namelist(), path)
         else:
             raise UserError(f"{path} is neither an eval bundle directory nor its .zip")
+
+    def __enter__(self) -> _BundleFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.zipped is not None:
+            self.zipped.close()
 
     def read(self, relative: str) -> str | None:
         try:
