@@ -46,7 +46,7 @@ def checkpoint(tmp_path_factory) -> Path:
     path = make_checkpoint(tmp_path_factory.mktemp("sft"))
     saved = torch.load(path, weights_only=True)
     generator = torch.Generator().manual_seed(0)
-    for name, tensor in saved["state_dict"].items():
+    for tensor in saved["state_dict"].values():
         if tensor.is_floating_point() and not tensor.any():
             tensor.normal_(std=0.05, generator=generator)
     torch.save(saved, path)

@@ -41,7 +41,7 @@ PEAK_BANDWIDTH = (
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-class _NeverStopping:
+class NeverStopping:
     """The tokenizer the engine times with: special tokens just past the model's vocabulary."""
 
     def __init__(self, vocab_size: int):
@@ -100,10 +100,10 @@ def bench_infer(
 
     results = []
     for precision in ["bf16"] if torch_device.type == "cuda" else ["fp32", "bf16"]:
-        engine = Engine(model, _NeverStopping(config.vocab_size), compute_dtype=PRECISIONS[precision])
-        _time_generation(engine, prompt[:16], 1, 4, seed)  # warm-up: kernels chosen, allocator primed
+        engine = Engine(model, NeverStopping(config.vocab_size), compute_dtype=PRECISIONS[precision])
+        time_generation(engine, prompt[:16], 1, 4, seed)  # warm-up: kernels chosen, allocator primed
         for batch_size in batch_sizes:
-            runs = [_time_generation(engine, prompt, batch_size, decode_len, seed) for _ in range(repeats)]
+            runs = [time_generation(engine, prompt, batch_size, decode_len, seed) for _ in range(repeats)]
             ttft, tpot = min(ttft for ttft, _ in runs), min(tpot for _, tpot in runs)
             step_bytes = _decode_step_bytes(model, batch_size, prompt_len, decode_len, PRECISIONS[precision])
             results.append(
@@ -138,7 +138,7 @@ def bench_infer(
     return result
 
 
-def _time_generation(engine: Engine, prompt: list[int], batch_size: int, decode_len: int, seed: int):
+def time_generation(engine: Engine, prompt: list[int], batch_size: int, decode_len: int, seed: int):
     """(time to first token, median time per later token) in seconds. Each step ends in the engine's
     `.tolist()` of the sampled tokens, which waits for the device, so wall-clock times are the device's."""
     start = time.perf_counter()

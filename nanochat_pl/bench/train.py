@@ -3,6 +3,12 @@
 The run is the config's own (its model, data stream, precision and strategy) for a few steps, with validation,
 samples, logging and checkpoints turned off; the first `warmup` steps (compilation, allocator warm-up) are not
 counted. Printed: tokens/s, step time, MFU where the device's peak is known, peak memory; the last line is JSON.
+
+An RL config (stages/rl.py) samples inside its steps, so it is measured by what it samples instead: optimizer
+steps/s, sampled tokens/s (the replies' tokens over the time spent in the engine), the engine's decode rate
+during sampling (batch rows x decode steps / that time) and, for comparison, the engine's own decode speed on
+the same model and batch as `bench infer` measures it (its median time per token), with the held-out
+evaluation turned off.
 """
 
 from __future__ import annotations
@@ -13,16 +19,22 @@ import time
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from yaml import safe_load
 
 from nanochat_pl.bench import peak_rss_mb
+from nanochat_pl.bench.infer import NeverStopping, time_generation
+from nanochat_pl.engine import Engine
 from nanochat_pl.lightning_cli import run_lightning_cli
+from nanochat_pl.stages.rl import RLTraining
 
 
 class StepTimer(L.Callback):
-    """Wall time of every optimizer step (all its micro-batches), synchronised with the device."""
+    """Wall time of every optimizer step (all its micro-batches), synchronised with the device, and the module's
+    sampling totals after it (RL)."""
 
     def __init__(self) -> None:
         self.step_times: list[float] = []
+        self.sampling: list[dict[str, float]] = []
         self._last: float | None = None
         self._last_step = 0
 
@@ -40,6 +52,7 @@ class StepTimer(L.Callback):
         self._sync(trainer)
         now = time.perf_counter()
         self.step_times.append(now - self._last)
+        self.sampling.append(dict(getattr(pl_module, "sampling", {})))
         self._last, self._last_step = now, trainer.global_step
 
 
@@ -63,6 +76,9 @@ def bench_train(
     args = ["fit", "--config", yaml]
     if depth is not None:
         args.append(f"--model.init_args.depth={depth}")
+    rl = _is_rl(yaml)
+    if rl:
+        args.append("--model.init_args.eval_every=0")  # the held-out pass@k is measurement, not training
     args += [
         f"--trainer.max_steps={steps}",
         "--trainer.limit_val_batches=0",
@@ -79,6 +95,8 @@ def bench_train(
     if not measured:
         raise SystemExit(f"error: ran {len(timer.step_times)} steps, none left after {warmup} warm-up steps")
     step_time = sum(measured) / len(measured)
+    if rl:
+        return _rl_result(module, trainer, timer, warmup, step_time)
     batch = trainer.datamodule.device_batch_size * module.gpt_config.sequence_len
     tokens_per_step = batch * trainer.accumulate_grad_batches * trainer.world_size
     flops_per_step = module.flops_per_batch * trainer.accumulate_grad_batches * trainer.world_size
@@ -96,10 +114,57 @@ def bench_train(
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "steps_measured": len(measured),
     }
+    return _report(result)
+
+
+def _report(result: dict) -> dict:
     for key, value in result.items():
         print(f"{key:<16}{value}")
     print(json.dumps(result))
     return result
+
+
+def _is_rl(yaml_path: str) -> bool:
+    """Whether the config trains the RL stage."""
+    with open(yaml_path) as file:
+        class_path = (safe_load(file).get("model") or {}).get("class_path", "")
+    return class_path.rpartition(".")[2] == RLTraining.__name__
+
+
+def _rl_result(module: RLTraining, trainer: L.Trainer, timer: StepTimer, warmup: int, step_time: float) -> dict:
+    """The RL figures of the measured steps: what they sampled, how fast, against the engine's own decode speed."""
+    first, last = timer.sampling[warmup - 1] if warmup else dict.fromkeys(timer.sampling[-1], 0), timer.sampling[-1]
+    done = {key: last[key] - first[key] for key in last}
+    rows = module.hparams.device_batch_size
+    prompt_len = round(done["prompt_tokens"] / done["chunks"])
+    decode_len = max(2, round(done["decode_slots"] / (done["chunks"] * rows)))
+    # the engine alone on the same model and batch: bench infer's measurement (median time per decoded token)
+    engine = Engine(module.model, NeverStopping(module.gpt_config.vocab_size))
+    prompt = torch.randint(module.gpt_config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
+    module.model.eval()
+    time_generation(engine, prompt.tolist()[:16], 1, 4, seed=0)  # warm-up
+    time_per_token = min(time_generation(engine, prompt.tolist(), rows, decode_len, seed=0)[1] for _ in range(3))
+    device = trainer.strategy.root_device
+    data = trainer.datamodule
+    result = {
+        "stage": module.stage_name,
+        "depth": module.gpt_config.n_layer,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": str(trainer.precision),
+        "samples_per_step": data.examples_per_step * module.hparams.num_samples,
+        "sample_batch": rows,
+        "step_time_s": round(step_time, 4),
+        "optimizer_steps_per_s": round(1 / step_time, 4),
+        "sampling_share": round(done["seconds"] / (step_time * (len(timer.step_times) - warmup)), 3),
+        "sampled_tokens_per_s": round(done["tokens"] / done["seconds"], 1),
+        "decode_tokens_per_s": round(done["decode_slots"] / done["seconds"], 1),
+        "engine_tokens_per_s": round(rows / time_per_token, 1),
+        "mean_prompt_tokens": prompt_len,
+        "mean_decode_steps": decode_len,
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "steps_measured": len(timer.step_times) - warmup,
+    }
+    return _report(result)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

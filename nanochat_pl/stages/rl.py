@@ -157,7 +157,7 @@ class RLTraining(FromCheckpoint):
         self.start_from(init_from, tokenizer_dir=tokenizer_dir)
         self.pad_token = self.tokenizer.encode_special("<|assistant_end|>")
         # totals of this process's sampling, for the throughput figures (bench train)
-        self.sampling = {"seconds": 0.0, "tokens": 0, "decode_slots": 0}
+        self.sampling = {"seconds": 0.0, "tokens": 0, "decode_slots": 0, "chunks": 0, "prompt_tokens": 0}
         self.last_eval: dict[str, float] = {}
 
     # ---- the plan --------------------------------------------------------------------------------------------
@@ -241,6 +241,8 @@ class RLTraining(FromCheckpoint):
             # the engine steps every row until the longest ends (its terminal token is one more step)
             steps = min(max(len(s) for s in chunk_sequences) - len(prompt) + 1, h.max_new_tokens)
             self.sampling["decode_slots"] += h.device_batch_size * steps
+            self.sampling["chunks"] += 1
+            self.sampling["prompt_tokens"] += len(prompt)
         self.sampling["seconds"] += time.perf_counter() - started
         self.sampling["tokens"] += sum(len(s) - len(prompt) for s in sequences)
         replies = [read_reply(tokenizer, s[len(prompt) :]).text for s in sequences]
