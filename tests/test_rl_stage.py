@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nanochat_pl.data.rl import RLDataModule, prompt_indices
-from nanochat_pl.stages.rl import RLTraining, Rollout
+from nanochat_pl.stages.rl import RLTraining, Rollout, advantages
 from nanochat_pl.tasks.common import Task
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import make_checkpoint
@@ -37,6 +37,16 @@ class EvenReplies(Task):
 
     def evaluate(self, conversation: dict, reply: str) -> bool:
         return len(reply) % 2 == 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The depth-2 model decodes fastest on one thread, and on a shared machine two threads that wait for each
+    other's turn at a core make the engine many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +178,14 @@ def test_one_step_is_the_reinforce_loss_computed_by_hand(checkpoint, tmp_path):
     assert any(g.abs().max() > 0 for g in grads.values())
 
 
-def test_std_normalised_advantages_scale_each_prompt_by_its_spread(checkpoint, tmp_path):
-    tokenizer = rl_module(checkpoint).tokenizer
+def test_advantages_are_centred_per_prompt_and_optionally_scaled_by_their_spread():
     rewards = [1.0, 0.0, 0.0, 0.0]
-    _, plain, _ = one_step(checkpoint, tmp_path, fixed_rollouts(tokenizer, [rewards]))
-    _, grpo, _ = one_step(checkpoint, tmp_path, fixed_rollouts(tokenizer, [rewards]), std_advantages=True)
-    spread = torch.tensor(rewards).std().item() + 1e-4
-    scale = max(g.abs().max().item() for g in plain.values())
-    for name, grad in plain.items():
-        torch.testing.assert_close(grpo[name] * spread, grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    assert advantages(rewards).tolist() == [0.75, -0.25, -0.25, -0.25]
+    spread = torch.tensor(rewards).std().item() + 1e-4  # GRPO's z-score (unbiased std, TRL's epsilon)
+    assert advantages(rewards, std_normalized=True).tolist() == pytest.approx(
+        [a / spread for a in (0.75, -0.25, -0.25, -0.25)]
+    )
+    assert advantages([0.5] * 4, std_normalized=True).tolist() == [0.0] * 4
 
 
 def test_forced_tokens_prompt_and_padding_get_no_gradient(checkpoint, tmp_path):
@@ -206,16 +215,12 @@ def test_forced_tokens_prompt_and_padding_get_no_gradient(checkpoint, tmp_path):
 
 
 def test_a_prompt_whose_samples_all_score_alike_contributes_nothing(checkpoint, tmp_path):
+    """Its advantages are all 0, so its loss and every gradient it adds are exactly 0 (it still counts among the
+    step's passes in the normalisation, as in nanochat)."""
     tokenizer = rl_module(checkpoint).tokenizer
-    alike = fixed_rollouts(tokenizer, [[1.0] * NUM_SAMPLES])[0]
-    _, grads, loss = one_step(checkpoint, tmp_path, [alike])
+    alike = fixed_rollouts(tokenizer, [[1.0] * NUM_SAMPLES])
+    _, grads, loss = one_step(checkpoint, tmp_path, alike)
     assert loss == 0.0 and all(torch.count_nonzero(g) == 0 for g in grads.values())
-    # beside a prompt that teaches something, it changes nothing: any other agreeing prompt gives the same step
-    other_alike, teaching = fixed_rollouts(tokenizer, [[0.0] * NUM_SAMPLES, [1.0, 0.0, 0.0, 1.0]])
-    _, with_alike, _ = one_step(checkpoint, tmp_path, [alike, teaching])
-    _, with_other, _ = one_step(checkpoint, tmp_path, [other_alike, teaching])
-    for name, grad in with_alike.items():
-        assert torch.equal(grad, with_other[name]), name
 
 
 # ---- a real run: sampling, ranks, resume ------------------------------------------------------------------------
@@ -283,7 +288,6 @@ def test_two_gloo_processes_equal_one(checkpoint, tmp_path):
     """Each of two ranks takes one of a step's two prompts and draws the very samples one process draws for it;
     the ranks' gradients, synced once per step, equal the single process's."""
     run_ddp_script(DDP_SCRIPT, [str(checkpoint), str(tmp_path / "ddp")], tmp_path, timeout=300)
-    torch.set_num_threads(1)
     run_steps(str(checkpoint), str(tmp_path / "single"), devices=1, steps=2)
     single = torch.load(tmp_path / "single.0.pt")
     ranks = [torch.load(tmp_path / f"ddp.{rank}.pt") for rank in (0, 1)]
@@ -314,10 +318,8 @@ def test_resume_equals_an_uninterrupted_run(checkpoint, tmp_path):
     for name, value in straight["params"].items():
         assert torch.equal(value, resumed["params"][name]), name
     assert resumed["eval"] == straight["eval"]
-
-
-def test_resuming_with_other_prompts_per_step_is_refused(checkpoint, tmp_path):
-    run_steps(str(checkpoint), str(tmp_path / "run"), devices=1, steps=2)
-    module = rl_module(checkpoint)
+    # resuming with other prompts per step would not be the same run
     with pytest.raises(Exception, match="cannot resume RL exactly"):
-        tiny_trainer(tmp_path, max_steps=4).fit(module, rl_data(4), ckpt_path=tmp_path / "run.ckpt" / "step=2.ckpt")
+        tiny_trainer(tmp_path, max_steps=4).fit(
+            rl_module(checkpoint), rl_data(4), ckpt_path=tmp_path / "straight.ckpt" / "step=2.ckpt"
+        )
