@@ -203,9 +203,11 @@ def test_fewer_examples_than_shots_use_all_the_others_and_one_example_runs_zero_
 # ---- batched scoring ----
 
 
-def _tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
+def _tiny_gpt(vocab_size: int, seed: int = 0, **overrides) -> GPT:
+    """All of the 2026 features on (smear, value embeddings, backout, residual scalars, sliding windows)."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))
+    fields = dict(sequence_len=64, vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+    model = GPT(GPTConfig(**(fields | overrides)))
     model.init_weights()
     with torch.no_grad():
         for parameter in model.parameters():  # far from the near-uniform init, so choices and argmaxes differ
@@ -249,6 +251,7 @@ def _tasks(rng: random.Random) -> list[CoreTask]:
         }
         for _ in range(N)
     ]
+    mc[5]["choices"] = ["the", "the cat"]  # one choice a token prefix of another: an empty span, NaN mean
     for row in mc:
         row["gold"] = rng.randrange(len(row["choices"]))
     schema = [
@@ -285,24 +288,53 @@ def _greedy_lm_task(model: GPT, tokenizer: CharTokenizer, rng: random.Random) ->
     return task("greedy", LM, rows, delimiter="")  # the prompt without the continuation is the context
 
 
+# sliding windows short enough to cut the prompts (in the prefix, and across the prefix/suffix boundary), GQA
+GPT_VARIANTS = {
+    "chars": dict(window_pattern="SL", short_window=8, n_kv_head=1),
+    "bpe": dict(n_layer=3, window_pattern="SSL", short_window=5),
+}
+
+
 @pytest.mark.parametrize("tokenizer_kind", ["chars", "bpe"])
-def test_batched_scoring_equals_one_example_per_forward(tokenizer_kind):
+def test_batched_scoring_equals_one_example_per_forward(tokenizer_kind, monkeypatch):
+    """nanochat's way (whole rows, all logits, one example per forward) against: batches of several examples with
+    the logits read out at the scored positions only, by the default rule mixed with the shared-prefix path (the
+    rows' common prefix through the KV cache once), and with the shared-prefix path wherever the rows share one."""
     rng = random.Random(0)
     if tokenizer_kind == "chars":
         tokenizer = CharTokenizer()
     else:
         tokenizer = Tokenizer.train_from_iterator([" ".join(WORDS)] * 20 + [_sentence(rng, 30) for _ in range(50)], 300)
-    model = _tiny_gpt(tokenizer.vocab_size)
+    model = _tiny_gpt(tokenizer.vocab_size, **GPT_VARIANTS[tokenizer_kind])
     tasks = _tasks(rng) + ([_greedy_lm_task(model, tokenizer, rng)] if tokenizer_kind == "chars" else [])
-    expected = []
+    shared, score_shared = [], core._score_shared  # the examples that took the shared-prefix path
+
+    def recorded(model, example, *args):
+        shared.append(example)
+        return score_shared(model, example, *args)
+
+    monkeypatch.setattr(core, "_score_shared", recorded)
+    expected, nanochat = [], {}
     for t in tasks:
-        one_at_a_time = score_task(model, tokenizer, t, batch_tokens=0)
-        # several examples of different lengths per forward
+        so_far = len(shared)
+        one_at_a_time = nanochat[t.label] = score_task(model, tokenizer, t, batch_tokens=0)
+        assert len(shared) == so_far  # nanochat's way never shares
+        # several examples of different lengths per forward, some MC examples through the shared prefix
         assert score_task(model, tokenizer, t, batch_tokens=300) == one_at_a_time, t.label
         if t.task_type != LM or t.label == "greedy":
             assert 0 < sum(one_at_a_time) < len(one_at_a_time), t.label  # not a trivial all-same outcome
         accuracy = sum(one_at_a_time) / len(one_at_a_time)
         expected.append((t.label, accuracy, centered_accuracy(accuracy, t.random_baseline)))
+    by_rule = {example.index for example in shared}
+    assert len(by_rule) < N and (len(by_rule) > 0 or tokenizer_kind == "bpe")  # chars: the rule picks some, not all
+    with monkeypatch.context() as always:
+        always.setattr(core, "_worth_sharing", lambda example: example.prefix >= 1)
+        for t in tasks:
+            shared.clear()
+            assert score_task(model, tokenizer, t, batch_tokens=300) == nanochat[t.label], t.label
+            assert len(shared) == (0 if t.task_type == LM else N), t.label  # LM has one row: nothing to share
+            if t.task_type == MC:  # the prefix predicts some rows' only token; a row can be all prefix (empty span)
+                assert any(min(e.ends) - e.prefix <= 1 for e in shared) or tokenizer_kind == "bpe"
     batched = evaluate_core(model, tokenizer, tasks, batch_tokens=5000, progress=False)  # whole tasks at once
     assert [(r.label, r.accuracy, r.centered) for r in batched.tasks] == expected
 

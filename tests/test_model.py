@@ -313,3 +313,21 @@ def test_last_only_logits_are_the_last_position_of_the_full_ones():
     full = model(idx)
     assert model(idx, last_only=True).shape == (3, 1, 300)
     torch.testing.assert_close(model(idx, last_only=True), full[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_readout_of_hidden_states_at_some_positions_equals_those_full_logits():
+    model = make_model(tiny_config())
+    idx = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(4))
+    rows, positions = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 7, 19, 3, 12])
+    with torch.no_grad():
+        full = model(idx)
+        hidden = model(idx, hidden_only=True)
+        assert hidden.shape == (3, 20, 64)
+        torch.testing.assert_close(model.readout(hidden), full, rtol=0, atol=0)  # forward's own readout
+        torch.testing.assert_close(model.readout(hidden[rows, positions]), full[rows, positions], rtol=1e-5, atol=1e-5)
+        cache = model.new_kv_cache(3, 20)  # with a cache too: a prefix, then the rest
+        cached = [
+            model(idx[:, :9], kv_cache=cache, hidden_only=True),
+            model(idx[:, 9:], kv_cache=cache, hidden_only=True),
+        ]
+    torch.testing.assert_close(torch.cat(cached, dim=1), hidden, rtol=1e-5, atol=1e-5)

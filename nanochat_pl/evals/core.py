@@ -18,11 +18,16 @@ The same as nanochat (core_eval.py and base_eval.py, the same at dfc8833 and HEA
 Different:
 - several examples per forward (nanochat runs one, its rows = the choices; nanochat #526): examples are tokenized
   a window at a time, sorted by length, and packed into right-padded batches of at most `batch_tokens` tokens
-  (rows x longest row); `batch_tokens=0` runs nanochat's way, one example per forward, in order. Both give the same
-  per-example results (tests/test_eval_core.py checks it) up to float rounding of the forward itself, which can
-  differ with the batch's shape;
+  (rows x longest row); `batch_tokens=0` runs nanochat's way, one example per forward, in order, whole rows, all
+  logits. All ways give the same per-example results (tests/test_eval_core.py checks it) up to float rounding of
+  the forward itself, which can differ with the batch's shape;
 - the cross-entropy and the argmax are taken at the scored positions only and read back once per forward (nanochat
-  takes them at every position and reads each choice's mean with its own .item(), a device sync each);
+  takes them at every position and reads each choice's mean with its own .item(), a device sync each); batched, a
+  model that splits its forward as our GPT does (`hidden_only=True`, then `readout`) reads the logits out at those
+  positions only: the B x T x V logits are most of a small model's forward (any other model gives all logits);
+- batched, an example whose rows (choices, context options) share a long token prefix (the few-shot examples and
+  the query) runs it once through the model's KV cache and then only the rows' suffixes (`_score_shared`; nanochat
+  runs it once per row); `_worth_sharing` says when;
 - k > n - 1 few-shot examples (nanochat crashes, #550) take all n - 1 others; a task of one item runs zero-shot;
 - a row longer than the model takes (`model.max_seq_len` as nanochat checks, else the rotary table of our GPT,
   10 x sequence_len) is left-cropped as nanochat crops for such models; a continuation alone too long is an error;
@@ -139,6 +144,7 @@ class _Example:
     starts: list[int]
     ends: list[int]
     gold: int | None  # None for LM
+    prefix: int = 0  # tokens every row starts with, none of them scored (0: none, or a row was cropped)
 
     @property
     def longest(self) -> int:
@@ -171,6 +177,7 @@ def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, 
                 f"task {task.label}: the prompt without the continuation is not a token prefix of the prompt with it"
             )
         rows, starts, ends, gold = [with_], [len(without)], [len(with_)], None
+    prefix = min(_common_length(rows, from_end=False), *starts) if len(rows) > 1 else 0
     if limit is not None:
         for r, row in enumerate(rows):
             crop = len(row) - limit
@@ -178,7 +185,27 @@ def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, 
                 if starts[r] - crop < 1:
                     raise UserError(f"task {task.label}: a continuation longer than the model's {limit} positions")
                 rows[r], starts[r], ends[r] = row[crop:], starts[r] - crop, ends[r] - crop
-    return _Example(index, rows, starts, ends, gold)
+                prefix = 0  # the rows no longer line up
+    return _Example(index, rows, starts, ends, gold, prefix)
+
+
+# When `_score_shared` runs an example rather than the batches. Measured on CPU (fp32, one thread, depth-4 model
+# 256 wide, 32k vocabulary): it costs about as much as the tokens it runs (prefix + rows x suffix) plus a fixed
+# ~100 tokens' worth (a second forward, the cache and its copies), and it forgoes batching with other examples,
+# which is worth ~1.3x. hellaswag 10-shot (4 rows of ~1,600 tokens, 1,550 shared): 3.4 s -> 0.9 s an example;
+# hellaswag zero-shot (4 rows of ~140, 82 shared): 0.60 -> 0.45 s. Untimed on GPUs.
+SHARE_OVERHEAD_TOKENS = 100
+BATCHING_GAIN = 1.3
+
+
+def _worth_sharing(example: _Example) -> bool:
+    """Whether running the rows' common prefix once (`_score_shared`: prefix + rows x suffix tokens, two forwards
+    of this example alone) is cheaper than its whole rows (rows x longest) batched with other examples."""
+    if example.prefix < 1:
+        return False
+    width = max(0, max(example.ends) - 1 - example.prefix)
+    shared, whole = example.prefix + len(example.rows) * width, len(example.rows) * example.longest
+    return shared + SHARE_OVERHEAD_TOKENS <= whole / BATCHING_GAIN
 
 
 def _batches(examples: list[_Example], batch_tokens: int) -> Iterator[list[_Example]]:
@@ -200,29 +227,21 @@ def _batches(examples: list[_Example], batch_tokens: int) -> Iterator[list[_Exam
         yield group
 
 
-@torch.no_grad()
-def _score(
-    model: torch.nn.Module, group: list[_Example], pad_id: int, device: torch.device, autocast
-) -> list[tuple[int, bool]]:
-    """(index, whether it comes out correct) for each example of `group`, from one forward of all their rows.
+def _spans(group: list[_Example]) -> tuple[list[int], list[int]]:
+    """Row (numbered over the whole group) and token position of every scored token, example by example."""
+    row_of, position_of, r = [], [], 0
+    for example in group:
+        for start, end in zip(example.starts, example.ends, strict=True):
+            row_of += [r] * (end - start)
+            position_of += range(start, end)
+            r += 1
+    return row_of, position_of
 
-    Position t - 1 predicts token t. Only the scored positions are gathered (nanochat takes the cross-entropy and
-    argmax at every position, then slices them: the same values), and read back in one transfer."""
-    rows = [row for example in group for row in example.rows]
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
-    row_of, position_of = [], []
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-    spans = [span for example in group for span in zip(example.starts, example.ends, strict=True)]
-    for r, (start, end) in enumerate(spans):
-        row_of += [r] * (end - start)
-        position_of += range(start, end)
-    row_of, position_of = torch.tensor(row_of), torch.tensor(position_of, dtype=torch.long)
-    targets = ids[row_of, position_of]
-    with autocast:
-        logits = model(ids.to(device))
-    scored = logits[row_of.to(device), position_of.to(device) - 1].float()  # (scored positions, vocab)
-    losses = F.cross_entropy(scored, targets.to(device), reduction="none").cpu()
+
+def _judge(group: list[_Example], scored: torch.Tensor, targets: torch.Tensor) -> list[tuple[int, bool]]:
+    """(index, whether it comes out correct) for each example of `group`, from the logits (fp32) predicting its
+    scored tokens `targets`, in `_spans` order: cross-entropy and argmax there, read back in one transfer."""
+    losses = F.cross_entropy(scored, targets.to(scored.device), reduction="none").cpu()
     hits = (scored.argmax(dim=-1).cpu() == targets).tolist()
     results, offset = [], 0
     for example in group:
@@ -237,6 +256,70 @@ def _score(
             offset += length
         results.append((example.index, means.index(min(means)) == example.gold))
     return results
+
+
+def _reads_out(model: torch.nn.Module) -> bool:
+    """Whether the model splits its forward as our GPT does: `model(ids, hidden_only=True)` gives the final
+    hidden states and `model.readout(h)` the logits at any of them. Other models give the logits of every position."""
+    return callable(getattr(model, "readout", None))
+
+
+@torch.no_grad()
+def _score(
+    model: torch.nn.Module, group: list[_Example], pad_id: int, device: torch.device, autocast, readout: bool
+) -> list[tuple[int, bool]]:
+    """Results of the examples of `group` from one forward of all their rows, right-padded with `pad_id`.
+
+    Position t - 1 predicts token t. Only the scored positions are gathered (nanochat takes the cross-entropy and
+    argmax at every position, then slices them: the same values). With `readout`, only they are read out too
+    (lm_head, softcap): the rest of the B x T x V logits are never made."""
+    rows = [row for example in group for row in example.rows]
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    row_of, position_of = map(torch.tensor, _spans(group))
+    targets = ids[row_of, position_of]
+    row_of, before = row_of.to(device), (position_of - 1).to(device)
+    with autocast:
+        if readout:
+            scored = model.readout(model(ids.to(device), hidden_only=True)[row_of, before])
+        else:
+            scored = model(ids.to(device))[row_of, before]
+    return _judge(group, scored.float(), targets)
+
+
+@torch.no_grad()
+def _score_shared(
+    model: torch.nn.Module, example: _Example, pad_id: int, device: torch.device, autocast, cache_dtype
+) -> list[tuple[int, bool]]:
+    """One example's result, its rows' common prefix run once: the prefix (batch 1) fills a KV cache, replicated to
+    every row, then the rows' suffixes, right-padded, run on top of it (causal: the padding after a row's scored
+    tokens changes nothing before it). The prefix's last position predicts every row's first suffix token.
+
+    The cache carries what the rows' later tokens need of the prefix: keys and values of every layer (sliding
+    windows cut them by position as in a full forward), the last token's embedding for smear; value embeddings
+    and positions (rotary) follow from the token ids and the cache's position. The same results as `_score` up to
+    float rounding."""
+    P, num_rows = example.prefix, len(example.rows)
+    width = max(example.ends) - 1 - P  # suffix positions whose outputs are needed: P .. end - 2
+    row_of, position_of = _spans([example])
+    targets = torch.tensor([example.rows[r][t] for r, t in zip(row_of, position_of, strict=True)], dtype=torch.long)
+    # the hidden state predicting token t: the prefix's last (t == P), else row r's suffix output t - 1 - P
+    source = [0 if t == P else 1 + r * width + (t - 1 - P) for r, t in zip(row_of, position_of, strict=True)]
+    cache = model.new_kv_cache(1, P + width, dtype=cache_dtype)
+    with autocast:
+        prefix = torch.tensor([example.rows[0][:P]], device=device)
+        hidden = model(prefix, kv_cache=cache, last_only=True, hidden_only=True)[0]
+        if width > 0:
+            suffixes = torch.full((num_rows, width), pad_id, dtype=torch.long)
+            for r, row in enumerate(example.rows):
+                suffix = row[P : P + width]
+                suffixes[r, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            rows_cache = cache.replicate(num_rows)
+            out = model(suffixes.to(device), kv_cache=rows_cache, hidden_only=True)
+            hidden = torch.cat([hidden, out.reshape(num_rows * width, -1)])
+        scored = model.readout(hidden[torch.tensor(source, device=device)])
+    return _judge([example], scored.float(), targets)
 
 
 def _max_positions(model: torch.nn.Module) -> int | None:
@@ -293,8 +376,20 @@ def _score_task(
         for idx, group in zip(window, prompts, strict=True):
             prepared.append(_prepare(task, idx, flat[offset : offset + len(group)], examples[idx], limit))
             offset += len(group)
-        for batch in _batches(prepared, batch_tokens):
-            yield _score(model, batch, tokenizer.bos_token_id, device, autocast)
+        if batch_tokens <= 0:  # nanochat's way: whole rows, all logits
+            for batch in _batches(prepared, 0):
+                yield _score(model, batch, tokenizer.bos_token_id, device, autocast, readout=False)
+            continue
+        readout = _reads_out(model)
+        shares = readout and callable(getattr(model, "new_kv_cache", None))
+        rest = []
+        for example in prepared:
+            if shares and _worth_sharing(example):
+                yield _score_shared(model, example, tokenizer.bos_token_id, device, autocast, dtype)
+            else:
+                rest.append(example)
+        for batch in _batches(rest, batch_tokens):
+            yield _score(model, batch, tokenizer.bos_token_id, device, autocast, readout)
 
 
 def evaluate_core(

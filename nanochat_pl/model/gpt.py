@@ -357,6 +357,7 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         loss_reduction: str = "mean",
         last_only: bool = False,
+        hidden_only: bool = False,
     ) -> Tensor:
         """Token ids idx (B, T) -> fp32 logits (B, T, vocab_size), or with `targets` (B, T) the cross-entropy
         (targets -1 are ignored): a scalar for loss_reduction "mean"/"sum", (B, T) per-token losses for
@@ -369,6 +370,10 @@ class GPT(nn.Module):
 
         `last_only` (without targets): logits of the last position only, (B, 1, vocab_size). Generation needs
         nothing else, and for a long prompt the readout (T x C x V) costs more than the blocks of a small model.
+
+        `hidden_only` (without targets): the final normed hidden states (B, T, n_embd) instead of the logits;
+        `readout` turns any of them into the logits forward would give there. CORE scores a few positions
+        per row and reads out only those.
         """
         B, T = idx.shape
         if kv_cache is not None and kv_cache.batch_size != B:
@@ -397,15 +402,22 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         if last_only and targets is None:
             x = x[:, -1:]
+        if hidden_only and targets is None:
+            return x
 
-        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        logits = self.readout(x)
         if targets is None:
             return logits
         loss = F.cross_entropy(
             logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=loss_reduction
         )
         return loss.view(B, T) if loss_reduction == "none" else loss
+
+    def readout(self, x: Tensor) -> Tensor:
+        """Final normed hidden states (..., n_embd) -> fp32 logits (..., vocab_size): lm_head, cut back to the
+        true vocabulary, soft-capped to 15·tanh(z/15) in fp32. The one place of the readout formula."""
+        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
+        return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
     def _smear(self, x: Tensor, kv_cache: KVCache | None) -> Tensor:
         """x[t] += λ·sigmoid(W·x[t, :24])·x[t-1] on the normed embeddings (nanochat HEAD smear, a cheap
