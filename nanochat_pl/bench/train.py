@@ -118,8 +118,9 @@ def bench_train(
 
 
 def _report(result: dict) -> dict:
+    width = max(map(len, result)) + 2
     for key, value in result.items():
-        print(f"{key:<16}{value}")
+        print(f"{key:<{width}}{value}")
     print(json.dumps(result))
     return result
 
