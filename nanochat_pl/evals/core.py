@@ -402,7 +402,8 @@ def evaluate_core(
     progress: bool = True,
     skipped: Sequence[str] = (),
 ) -> CoreResult:
-    """Score `model` (ids (B, T) -> logits (B, T, V)) on `tasks`; every rank returns the same result.
+    """Score `model` (ids (B, T) -> logits (B, T, V); batched, our GPT's `hidden_only` + `readout` and KV cache are
+    used where it has them) on `tasks`; every rank returns the same result.
 
     `max_per_task`: examples per task after the shuffle (None: all). `batch_tokens`: the size of one forward in
     tokens (rows x padded length); 0 scores one example per forward, as nanochat does. `skipped`: reasons for tasks
