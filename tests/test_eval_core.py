@@ -339,6 +339,26 @@ def test_batched_scoring_equals_one_example_per_forward(tokenizer_kind, monkeypa
     assert [(r.label, r.accuracy, r.centered) for r in batched.tasks] == expected
 
 
+def test_rows_cropped_alike_still_share_their_prefix(monkeypatch):
+    rng = random.Random(3)
+    model = _tiny_gpt(128, **GPT_VARIANTS["chars"])
+    model.max_seq_len = 30  # every row is left-cropped; one-letter choices crop alike
+    rows = [{"query": _sentence(rng, 6), "choices": ["a", "b", "c"], "gold": rng.randrange(3)} for _ in range(N)]
+    mc = task("mc", MC, rows, k=2)
+    shared, score_shared = [], core._score_shared
+
+    def recorded(model, example, *args):
+        shared.append(example)
+        return score_shared(model, example, *args)
+
+    monkeypatch.setattr(core, "_score_shared", recorded)
+    monkeypatch.setattr(core, "_worth_sharing", lambda example: example.prefix >= 1)
+    nanochat = score_task(model, CharTokenizer(), mc, batch_tokens=0)
+    assert score_task(model, CharTokenizer(), mc, batch_tokens=300) == nanochat
+    assert 0 < sum(nanochat) < N and len(shared) == N
+    assert all(len(row) == 30 and e.prefix == 29 for e in shared for row in e.rows)
+
+
 def test_rows_longer_than_the_model_takes_are_left_cropped():
     model = BigramModel({"t": " ", " ": "y", "y": "e", "e": "s"})
     model.max_seq_len = 6  # as nanochat's check for models with a context limit

@@ -144,7 +144,7 @@ class _Example:
     starts: list[int]
     ends: list[int]
     gold: int | None  # None for LM
-    prefix: int = 0  # tokens every row starts with, none of them scored (0: none, or a row was cropped)
+    prefix: int = 0  # tokens every row starts with, none of them scored
 
     @property
     def longest(self) -> int:
@@ -177,7 +177,6 @@ def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, 
                 f"task {task.label}: the prompt without the continuation is not a token prefix of the prompt with it"
             )
         rows, starts, ends, gold = [with_], [len(without)], [len(with_)], None
-    prefix = min(_common_length(rows, from_end=False), *starts) if len(rows) > 1 else 0
     if limit is not None:
         for r, row in enumerate(rows):
             crop = len(row) - limit
@@ -185,7 +184,8 @@ def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, 
                 if starts[r] - crop < 1:
                     raise UserError(f"task {task.label}: a continuation longer than the model's {limit} positions")
                 rows[r], starts[r], ends[r] = row[crop:], starts[r] - crop, ends[r] - crop
-                prefix = 0  # the rows no longer line up
+    # of the rows as they run (cropped alike, e.g. one-token choices, they still share what is left of the context)
+    prefix = min(_common_length(rows, from_end=False), *starts) if len(rows) > 1 else 0
     return _Example(index, rows, starts, ends, gold, prefix)
 
 
