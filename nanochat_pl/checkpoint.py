@@ -3,25 +3,30 @@
 Lightning writes the checkpoint; `AtomicCheckpointIO` (installed by the CLI) makes that write a temporary file
 beside the target renamed onto it, so a crash mid-save leaves the previous checkpoint intact, and records a checksum
 of the weights that every load verifies (Lightning's resume and `read_checkpoint`). Every stage adds
-`checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer_dir"}` so the engine, evals, `chat` and `serve`
-can load the model without the LightningModule that trained it.
+`checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer", "tokenizer_dir", ...}` so the engine, evals,
+`chat` and `serve` can load the model without the LightningModule that trained it. The tokenizer itself rides
+along, so a checkpoint copied anywhere is whole; checkpoints from before it did name a directory instead.
+
+Wherever a checkpoint is taken, nanochat's own layout is too (nanochat_format.py): `read_checkpoint` returns it in
+the same form as ours.
 """
 
 from __future__ import annotations
 
 import zipfile
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nanochat_pl.common import UserError, atomic_path
+from nanochat_pl import nanochat_format
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
+from nanochat_pl.tokenizer import Tokenizer, carried_tokenizer, get_tokenizer
 
-CHECKPOINT_KEY = "nanochat_pl"
 MODEL_PREFIX = "model."  # the stages hold the GPT as `self.model`
 # CRC-32 of the weights (see weights_checksum), beside Lightning's "state_dict", so any module's checkpoint has one
 CHECKSUM_KEY = "state_dict_crc32"
@@ -81,8 +86,11 @@ def verify_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's dict, loaded with torch's weights-only unpickler (no code runs from the file), its weights
-    verified against their checksum."""
+    verified against their checksum. A nanochat checkpoint (a folder, or a model_<step>.pt) comes back in the same
+    form: "state_dict" under our `model.` prefix, "global_step", and our metadata entry with its tokenizer."""
     path = Path(path)
+    if nanochat_format.is_nanochat_checkpoint(path):
+        return _read_nanochat(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
@@ -95,11 +103,50 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _read_nanochat(path: Path) -> dict[str, Any]:
+    config, state, meta, model_file = nanochat_format.read_model(path)
+    ours = meta.get(nanochat_format.OUR_META_KEY, {})
+    pickled = nanochat_format.find_tokenizer_pickle(model_file)
+    stage = ours.get("stage") or next(
+        (stage for stage, folder in nanochat_format.STAGE_FOLDERS.items() if folder == model_file.parent.parent.name),
+        "base",
+    )
+    entry = {
+        "stage": stage,
+        "gpt_config": asdict(config),
+        "tokenizer": None if pickled is None else Tokenizer.from_nanochat(pickled).to_state(),
+        "tokenizer_dir": None,
+        # the pretraining recipe a chat stage after it inherits: October's for October's model, else HEAD's
+        "recipe": "2026" if config.value_embeds else "oct",
+        "source": str(model_file),
+    }
+    if isinstance(meta.get("device_batch_size"), int):
+        entry["device_batch_size"] = meta["device_batch_size"]
+    step = meta.get("step")
+    return {
+        "state_dict": {MODEL_PREFIX + k: v for k, v in state.items()},
+        "global_step": step if isinstance(step, int) else 0,
+        CHECKPOINT_KEY: entry,
+    }
+
+
+def checkpoint_tokenizer(checkpoint: dict[str, Any], path: str | Path, tokenizer_dir: str | Path | None) -> Tokenizer:
+    """The tokenizer for a checkpoint read by `read_checkpoint`: `tokenizer_dir` when given, else the one it
+    carries, else (a checkpoint from before they carried one) the directory it names."""
+    if tokenizer_dir is not None:
+        return get_tokenizer(tokenizer_dir)
+    return carried_tokenizer(checkpoint[CHECKPOINT_KEY], path)
+
+
 def check_checkpoint_file(path: str | Path) -> None:
     """Fail early, in one line, on a missing or truncated checkpoint file, without reading it.
 
-    torch.save writes a zip archive whose directory is at the end, so a truncated file has none."""
+    torch.save writes a zip archive whose directory is at the end, so a truncated file has none. A nanochat
+    checkpoint is checked for its model file."""
     path = Path(path)
+    if nanochat_format.is_nanochat_checkpoint(path):
+        nanochat_format.find_model_file(path)
+        return
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     if not zipfile.is_zipfile(path):
@@ -118,13 +165,14 @@ def check_vocab_matches(checkpoint: dict[str, Any], tokenizer: Tokenizer) -> Non
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", tokenizer_dir: str | Path | None = None
 ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Rebuild any stage's GPT (eval mode, fp32 weights on `device`), its tokenizer, and the stage's metadata.
+    """Rebuild any stage's GPT (eval mode, fp32 weights on `device`), its tokenizer, and the stage's metadata, from
+    a checkpoint of ours or of nanochat's.
 
-    `tokenizer_dir` overrides the tokenizer location recorded in the checkpoint.
+    `tokenizer_dir` overrides the tokenizer the checkpoint carries (any location `get_tokenizer` takes).
     """
     checkpoint = read_checkpoint(path)
     meta = checkpoint[CHECKPOINT_KEY]
-    tokenizer = get_tokenizer(tokenizer_dir or meta["tokenizer_dir"])
+    tokenizer = checkpoint_tokenizer(checkpoint, path, tokenizer_dir)
     check_vocab_matches(checkpoint, tokenizer)
     config = GPTConfig(**meta["gpt_config"])
     state = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}

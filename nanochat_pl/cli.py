@@ -45,6 +45,10 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
             "ChatCORE of a chat model: ARC, MMLU, GSM8K, HumanEval, spelling",
         ),
     },
+    "export": {
+        "hf": ("nanochat_pl.commands.export:hf", "a checkpoint as a Hugging Face model (transformers, lm-eval, vLLM)"),
+        "nanochat": ("nanochat_pl.commands.export:nanochat", "a checkpoint in nanochat's own layout"),
+    },
     "bench": {
         "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),
         "train": ("nanochat_pl.bench.train:bench_train", "training tokens/s, step time, MFU, peak memory"),

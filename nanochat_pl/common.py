@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# the entry every checkpoint of ours adds beside Lightning's: the stage, the model config, the tokenizer
+CHECKPOINT_KEY = "nanochat_pl"
+
 
 class UserError(Exception):
     """Bad input from the user (a config, a file, a flag). The CLI prints it as one line and exits 1."""

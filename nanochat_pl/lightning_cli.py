@@ -7,7 +7,7 @@
 - Checkpoints are written by `AtomicCheckpointIO` (a temporary file beside the target, then a rename) unless
   the config chooses another checkpoint plugin.
 - `--ckpt_path last` is the newest run's last.ckpt. With it or a path, the checkpoint's model settings win over the
-  config's, and each one they override is said in one line.
+  config's, and each one they override is said in one line; the tokenizer is the one the checkpoint carries.
 - A `UserError` raised while a module is built is printed as its one line, not as jsonargparse's tree.
 - The stage builds its own optimizer (one MuonAdamW with per-group settings), so LightningCLI must not inject one
   over `model.parameters()` (that would silently drop the Muon/AdamW grouping).
@@ -29,7 +29,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, latest_last_checkpoint
-from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, home_dir
+from nanochat_pl.nanochat_format import is_nanochat_checkpoint
 
 
 class NanochatCLI(LightningCLI):
@@ -57,6 +58,8 @@ class NanochatCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             config.ckpt_path = str(latest_last_checkpoint(Path(config.trainer.default_root_dir)))
         elif config.get("ckpt_path") and config.ckpt_path not in ("best", "hpc") and ":" not in config.ckpt_path:
+            if is_nanochat_checkpoint(config.ckpt_path):
+                raise UserError(f"{config.ckpt_path} is a nanochat checkpoint: start a stage from it (model.init_from)")
             check_checkpoint_file(config.ckpt_path)
 
     def _parse_ckpt_path(self) -> None:
@@ -69,6 +72,13 @@ class NanochatCLI(LightningCLI):
             for line in _overridden_settings(ckpt_path, self.config[subcommand].model):
                 _print_rank_zero(line)
         super()._parse_ckpt_path()
+        if ckpt_path and Path(ckpt_path).is_file() and _carries_tokenizer(ckpt_path):
+            # the run goes on with the tokenizer its weights were trained with, which the checkpoint carries: a
+            # checkpoint copied to another machine resumes there (its recorded directory may not exist)
+            for part in ("model", "data"):
+                init_args = self.config[subcommand][part].get("init_args")
+                if init_args is not None and "tokenizer_dir" in init_args:
+                    init_args.tokenizer_dir = ckpt_path
 
     def instantiate_classes(self) -> None:
         try:
@@ -147,6 +157,11 @@ def _overridden_settings(ckpt_path: str, model: Namespace) -> list[str]:
             name = key.removeprefix("_")
             lines.append(f"model.{name}: config {given[key]!r}, checkpoint {value!r} -> using the checkpoint's")
     return lines
+
+
+def _carries_tokenizer(ckpt_path: str) -> bool:
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return "tokenizer" in checkpoint.get(CHECKPOINT_KEY, {})
 
 
 def _print_rank_zero(line: str) -> None:

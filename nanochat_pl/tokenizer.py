@@ -26,8 +26,9 @@ from typing import Any
 import tiktoken
 import torch
 
+from nanochat_pl import nanochat_format
 from nanochat_pl._rustbpe import Tokenizer as RustBPETrainer
-from nanochat_pl.common import UserError, atomic_write_text, home_dir
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_write_text, home_dir
 
 # nanochat's 9 special tokens, in id order right after the merges (nanochat tokenizer.py@dfc8833)
 SPECIAL_TOKENS = (
@@ -98,9 +99,7 @@ class Tokenizer:
     def save(self, directory: str | Path) -> Path:
         """Write the tokenizer's three files into `directory` (created if needed); return the directory."""
         directory = Path(directory)
-        tokens = sorted(self.mergeable_ranks, key=self.mergeable_ranks.__getitem__)
-        ranks_text = "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokens))
-        atomic_write_text(directory / RANKS_FILE, ranks_text)
+        atomic_write_text(directory / RANKS_FILE, _ranks_text(self.mergeable_ranks))
         atomic_write_text(directory / TOKEN_BYTES_FILE, "".join(f"{n}\n" for n in self.token_bytes().tolist()))
         config = {
             "pattern": self.pattern,
@@ -120,18 +119,50 @@ class Tokenizer:
                 raise UserError(f"no tokenizer at {directory} (no {name}): run `nanochat-pl tokenizer train` first")
         config = _read_config(directory / CONFIG_FILE)
         ranks = _read_ranks(directory / RANKS_FILE)
-        tokenizer = cls(config["pattern"], ranks)
-        if config["vocab_size"] != tokenizer.vocab_size:
+        vocab_size = len(ranks) + len(SPECIAL_TOKENS)
+        if config["vocab_size"] != vocab_size:
             raise UserError(
-                f"{directory / RANKS_FILE} makes a vocabulary of {tokenizer.vocab_size} but {CONFIG_FILE} "
+                f"{directory / RANKS_FILE} makes a vocabulary of {vocab_size} but {CONFIG_FILE} "
                 f"says vocab_size {config['vocab_size']} (truncated or mismatched files?)"
             )
-        if config["special_tokens"] != tokenizer.special_tokens:
+        tokenizer = cls._checked(config["pattern"], ranks, config["special_tokens"], str(directory / CONFIG_FILE))
+        _check_token_bytes(directory / TOKEN_BYTES_FILE, tokenizer.token_bytes().tolist())
+        return tokenizer
+
+    def to_state(self) -> dict[str, Any]:
+        """The tokenizer as plain data (about 1 MB at 65,536 tokens): checkpoints carry it, so a checkpoint
+        copied to another machine still has its tokenizer. The merge table is the ranks file's text."""
+        return {
+            "pattern": self.pattern,
+            "ranks": _ranks_text(self.mergeable_ranks),
+            "special_tokens": self.special_tokens,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], where: str) -> Tokenizer:
+        """The tokenizer `to_state` gave, checked as a saved one is; `where` names its source in errors."""
+        if not isinstance(state, Mapping) or not all(isinstance(state.get(k), str) for k in ("pattern", "ranks")):
+            raise UserError(f"{where}: the tokenizer it carries is malformed (no pattern or merge table)")
+        ranks = _parse_ranks(state["ranks"].splitlines(), where)
+        return cls._checked(state["pattern"], ranks, state.get("special_tokens"), where)
+
+    @classmethod
+    def from_nanochat(cls, path: str | Path) -> Tokenizer:
+        """nanochat's tokenizer.pkl (a pickled tiktoken.Encoding), read without running pickled code."""
+        pattern, ranks, specials = nanochat_format.read_tokenizer_pickle(path)
+        tokens = sorted(ranks, key=ranks.__getitem__)
+        if [ranks[t] for t in tokens] != list(range(len(tokens))):
+            raise UserError(f"{path}: the merge table's ranks must be 0, 1, 2, ... without gaps")
+        return cls._checked(pattern, _check_ranks(tokens, str(path)), specials, str(path))
+
+    @classmethod
+    def _checked(cls, pattern: str, ranks: dict[bytes, int], specials: Any, where: str) -> Tokenizer:
+        tokenizer = cls(pattern, ranks)
+        if specials != tokenizer.special_tokens:
             raise UserError(
-                f"{directory / CONFIG_FILE}: special tokens must be {', '.join(SPECIAL_TOKENS)} "
+                f"{where}: special tokens must be {', '.join(SPECIAL_TOKENS)} "
                 f"with ids {len(ranks)}..{tokenizer.vocab_size - 1} in that order"
             )
-        _check_token_bytes(directory / TOKEN_BYTES_FILE, tokenizer.token_bytes().tolist())
         return tokenizer
 
     # ---- the vocabulary ----
@@ -258,9 +289,41 @@ def tokenizer_location(directory: str | Path | None = None) -> Path:
     return (home_dir() / "tokenizer" if directory is None else Path(directory)).expanduser().resolve()
 
 
-def get_tokenizer(directory: str | Path | None = None) -> Tokenizer:
-    """The tokenizer in `directory`; by default the one `nanochat-pl tokenizer train` wrote to the home."""
-    return Tokenizer.load(tokenizer_location(directory))
+def get_tokenizer(location: str | Path | None = None) -> Tokenizer:
+    """The tokenizer at `location`; by default the one `nanochat-pl tokenizer train` wrote to the home.
+
+    `location` may be a tokenizer directory of ours, nanochat's tokenizer.pkl (any .pkl) or a directory holding one, a
+    nanochat checkpoint (its tokenizer is found as nanochat keeps it), or a checkpoint of ours, which carries its
+    tokenizer (checkpoints written before they did name a directory, which is read instead)."""
+    path = tokenizer_location(location)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return Tokenizer.load(path)
+    if (path.is_file() and path.suffix == ".pkl") or (path / nanochat_format.TOKENIZER_PICKLE).is_file():
+        return Tokenizer.from_nanochat(path if path.is_file() else path / nanochat_format.TOKENIZER_PICKLE)
+    if nanochat_format.is_nanochat_checkpoint(path) and (path.is_file() or any(path.glob("**/model_*.pt"))):
+        pickled = nanochat_format.find_tokenizer_pickle(nanochat_format.find_model_file(path))
+        if pickled is None:
+            raise UserError(f"no nanochat tokenizer.pkl beside {path} or in its base directory's tokenizer/")
+        return Tokenizer.from_nanochat(pickled)
+    if path.is_file():
+        try:  # memory-mapped: the weights are not read
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[CHECKPOINT_KEY]
+        except Exception as error:  # a foreign or truncated file raises many kinds
+            raise UserError(
+                f"{path} is neither a tokenizer nor a nanochat-pl checkpoint: {str(error)[:200]}"
+            ) from error
+        return carried_tokenizer(meta, path)
+    return Tokenizer.load(path)  # says what is missing
+
+
+def carried_tokenizer(meta: Mapping[str, Any], path: str | Path) -> Tokenizer:
+    """The tokenizer a checkpoint's metadata entry (`meta`, from checkpoint `path`) carries, or for a checkpoint
+    written before they carried one, the directory it names."""
+    if meta.get("tokenizer") is not None:
+        return Tokenizer.from_state(meta["tokenizer"], str(path))
+    if meta.get("tokenizer_dir") is None:
+        raise UserError(f"{path} has no tokenizer with it or beside it: give one with --tokenizer_dir")
+    return get_tokenizer(meta["tokenizer_dir"])
 
 
 # ---- checking the chat format ----
@@ -324,34 +387,52 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _ranks_text(ranks: Mapping[bytes, int]) -> str:
+    """The merge table as tiktoken's file format: one "base64(token) rank" line per token, in rank order."""
+    tokens = sorted(ranks, key=ranks.__getitem__)
+    return "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for rank, token in enumerate(tokens))
+
+
 def _read_ranks(path: Path) -> dict[bytes, int]:
-    """Parse and check a merge table: ranks 0..n-1 in order, the first 256 the single bytes, and every
-    later token the concatenation of two earlier ones (what BPE training produces)."""
     try:
         lines = path.read_bytes().decode("ascii").splitlines()
     except UnicodeDecodeError as e:
         raise UserError(f"{path} must be ASCII 'base64 rank' lines ({e})") from e
-    ranks: dict[bytes, int] = {}
+    return _parse_ranks(lines, str(path))
+
+
+def _parse_ranks(lines: list[str], where: str) -> dict[bytes, int]:
+    """Parse "base64 rank" lines whose ranks are 0, 1, 2, ... in order, then check the table (`_check_ranks`)."""
+    tokens = []
     for rank, line in enumerate(lines):
-        where = f"{path}:{rank + 1}"
         fields = line.split()
         if len(fields) != 2:
-            raise UserError(f"{where}: expected 'base64-token rank', got {line!r:.80}")
+            raise UserError(f"{where}:{rank + 1}: expected 'base64-token rank', got {line!r:.80}")
         try:
-            token = base64.b64decode(fields[0], validate=True)
+            tokens.append(base64.b64decode(fields[0], validate=True))
         except binascii.Error as e:
-            raise UserError(f"{where}: invalid base64 {fields[0]!r:.80} ({e})") from e
+            raise UserError(f"{where}:{rank + 1}: invalid base64 {fields[0]!r:.80} ({e})") from e
         if fields[1] != str(rank):
-            raise UserError(f"{where}: expected rank {rank} (ranks are 0, 1, 2, ... in order), got {fields[1]!r}")
+            raise UserError(
+                f"{where}:{rank + 1}: expected rank {rank} (ranks are 0, 1, 2, ... in order), got {fields[1]!r}"
+            )
+    return _check_ranks(tokens, where)
+
+
+def _check_ranks(tokens: list[bytes], where: str) -> dict[bytes, int]:
+    """The merge table of `tokens` in rank order, checked: the first 256 the single bytes, and every later token
+    the concatenation of two earlier ones (what BPE training produces)."""
+    ranks: dict[bytes, int] = {}
+    for rank, token in enumerate(tokens):
         if not token or token in ranks:
-            raise UserError(f"{where}: token {token!r} is empty or repeated")
+            raise UserError(f"{where}:{rank + 1}: token {token!r} is empty or repeated")
         if rank < 256 and len(token) != 1:
-            raise UserError(f"{where}: ranks 0..255 must be the 256 single bytes, got {token!r}")
+            raise UserError(f"{where}:{rank + 1}: ranks 0..255 must be the 256 single bytes, got {token!r}")
         if rank >= 256 and not _is_merge_of_earlier(token, rank, ranks):
-            raise UserError(f"{where}: token {token!r} is not a merge of two earlier tokens")
+            raise UserError(f"{where}:{rank + 1}: token {token!r} is not a merge of two earlier tokens")
         ranks[token] = rank
     if len(ranks) < 256:
-        raise UserError(f"{path} has {len(ranks)} tokens; it needs at least the 256 single bytes (truncated?)")
+        raise UserError(f"{where} has {len(ranks)} tokens; it needs at least the 256 single bytes (truncated?)")
     return ranks
 
 

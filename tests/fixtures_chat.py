@@ -25,7 +25,6 @@ TRAINING_TEXT = ["hello world, the answer is 42. café, naïve, 日本語, € a
 def make_checkpoint(directory: Path) -> Path:
     """A tiny random GPT (depth 2) and its tokenizer, saved the way the stages save them."""
     tokenizer = Tokenizer.train_from_iterator(TRAINING_TEXT, vocab_size=320)
-    tokenizer_dir = tokenizer.save(directory / "tokenizer")
     torch.manual_seed(0)
     config = GPTConfig.from_depth(2, vocab_size=tokenizer.vocab_size, sequence_len=128, head_dim=32)
     model = GPT(config)
@@ -33,7 +32,7 @@ def make_checkpoint(directory: Path) -> Path:
     with torch.no_grad():  # nanochat's init zeroes the output projections; make the model say varied things
         model.lm_head.weight.normal_(std=0.5)
     state = {"model." + name: tensor for name, tensor in model.state_dict().items()}
-    meta = {"stage": "sft", "gpt_config": dataclasses.asdict(config), "tokenizer_dir": str(tokenizer_dir)}
+    meta = {"stage": "sft", "gpt_config": dataclasses.asdict(config), "tokenizer": tokenizer.to_state()}
     path = directory / "tiny.ckpt"
     torch.save({"state_dict": state, "nanochat_pl": meta}, path)
     return path

@@ -2,6 +2,7 @@
 that every load verifies, and throughput totals that go on across a resume."""
 
 import os
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from lightning.pytorch.loggers import Logger
 from nanochat_pl import common
 from nanochat_pl.checkpoint import CHECKSUM_KEY, AtomicCheckpointIO, latest_last_checkpoint, load_model, read_checkpoint
 from nanochat_pl.common import UserError, atomic_write_bytes
+from nanochat_pl.engine import load_engine
+from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 from tests.stage_helpers import T, tiny_data, tiny_module, tiny_trainer
 
 torch.set_num_threads(1)
@@ -156,3 +159,53 @@ def test_throughput_totals_go_on_across_a_resume(corpus, tmp_path):
     assert straight["train/lengths"][-1][1] == 8 * 4 * T  # 8 micro-batches of 4 rows of T tokens
     time_at_step_2 = straight["train/time"][1][1]
     assert time_at_step_2 < resumed["train/time"][0][1] < time_at_step_2 + straight["train/time"][-1][1]
+
+
+def test_a_checkpoint_carries_its_tokenizer_anywhere(corpus, tmp_path):
+    """Trained with a tokenizer directory that is then gone, and copied elsewhere: the checkpoint alone loads,
+    chats (the engine's load), and resumes training; an explicit tokenizer still overrides what it carries."""
+    shards, tokenizer_dir = corpus
+    moved = tmp_path / "tokenizer"
+    shutil.copytree(tokenizer_dir, moved)
+    L.seed_everything(0)
+    trainer = tiny_trainer(tmp_path / "run")
+    trainer.fit(tiny_module(moved, num_iterations=2), tiny_data(shards, moved))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    shutil.rmtree(moved)
+    copied = tmp_path / "elsewhere" / "run.ckpt"
+    copied.parent.mkdir()
+    shutil.copy(tmp_path / "run.ckpt", copied)
+
+    expected = Tokenizer.load(tokenizer_dir)
+    model, tokenizer, meta = load_model(copied)
+    assert tokenizer.to_state() == expected.to_state() and meta["tokenizer"] == expected.to_state()
+    assert get_tokenizer(copied).to_state() == expected.to_state()  # any `tokenizer_dir` may name a checkpoint
+    engine, _ = load_engine(copied, torch.device("cpu"))
+    assert engine.tokenizer.to_state() == expected.to_state()
+
+    # resume: the module and the data take their tokenizer from the checkpoint (the CLI sets this; see
+    # test_fit_cli), and the run goes on from step 2
+    module, data = tiny_module(copied, num_iterations=4), tiny_data(shards, copied)
+    resumed = tiny_trainer(tmp_path / "resumed")
+    resumed.fit(module, data, ckpt_path=copied)
+    assert resumed.global_step == 4
+
+    # an explicit tokenizer wins: one of another vocabulary is refused as not the model's
+    digits = " ".join(map(str, range(2000)))
+    other = Tokenizer.train_from_iterator([digits], vocab_size=280).save(tmp_path / "other")
+    with pytest.raises(UserError, match="vocabulary"):
+        load_model(copied, tokenizer_dir=other)
+
+
+def test_an_older_checkpoint_that_names_its_tokenizer_directory_still_loads(corpus, trained_checkpoint, tmp_path):
+    _, tokenizer_dir = corpus
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    del checkpoint["nanochat_pl"]["tokenizer"]
+    checkpoint["nanochat_pl"]["tokenizer_dir"] = str(tokenizer_dir)
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    _, tokenizer, _ = load_model(tmp_path / "older.ckpt")
+    assert tokenizer.to_state() == Tokenizer.load(tokenizer_dir).to_state()
+    checkpoint["nanochat_pl"]["tokenizer_dir"] = None  # and one with neither: a one-line error that says what to do
+    torch.save(checkpoint, tmp_path / "neither.ckpt")
+    with pytest.raises(UserError, match="has no tokenizer with it or beside it: give one with --tokenizer_dir"):
+        load_model(tmp_path / "neither.ckpt")

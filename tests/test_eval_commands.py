@@ -64,7 +64,7 @@ def write_bundle(root: Path) -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     (run / "checkpoints").mkdir()
-    return make_checkpoint(run / "checkpoints")  # run/checkpoints/tiny.ckpt, its tokenizer in run/checkpoints
+    return make_checkpoint(run / "checkpoints")  # run/checkpoints/tiny.ckpt, carrying its tokenizer
 
 
 def last_json(text: str) -> dict:

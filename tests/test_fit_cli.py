@@ -7,6 +7,7 @@ The real run and `validate` go through a subprocess (the installed console scrip
 import inspect
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.lightning_cli import run_lightning_cli
 from nanochat_pl.stages.base import BaseTraining
+from nanochat_pl.tokenizer import Tokenizer
 from tests.stage_helpers import B, T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,3 +317,18 @@ def test_a_corrupt_row_group_met_while_training_is_a_one_line_error(corpus, tmp_
     lines = error_lines(err)
     assert len(lines) == 1 and f"{corrupt}: corrupt parquet row group 1" in lines[0], lines
     assert err.rstrip().endswith(lines[0]), "the error is one line and the last one"
+
+
+def test_validate_from_a_checkpoint_whose_tokenizer_directory_is_gone(corpus, tmp_path, home):
+    """The checkpoint carries its tokenizer: with `--ckpt_path`, the model and the data take it from there, so a
+    checkpoint copied to a machine without the directory its config names still validates (and resumes)."""
+    shards, tokenizer = corpus
+    moved = tmp_path / "tokenizer"
+    shutil.copytree(tokenizer, moved)
+    config = write_config(tmp_path / "tiny.yaml", shards, moved)
+    main(["fit", "--config", str(config)])
+    last = home / "runs" / "base" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    shutil.rmtree(moved)
+    cli = run_lightning_cli(["validate", "--config", str(config), "--ckpt_path", str(last)])
+    assert cli.model.tokenizer.to_state() == Tokenizer.load(tokenizer).to_state()
+    assert Path(cli.datamodule.tokenizer_dir) == last

@@ -53,7 +53,7 @@ def bench_eval(
         generative_problems: Problems per generative task.
         max_tokens: New tokens per generated reply at most.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
-        tokenizer_dir: The tokenizer's directory, if not where the checkpoint (or the data home) says.
+        tokenizer_dir: A tokenizer instead of the checkpoint's (or, for a random model, the data home's).
     """
     from nanochat_pl.evals.chat import evaluate_chat
     from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, count_examples, evaluate_core

@@ -29,15 +29,15 @@ def chat(
     Type `clear` to start a new conversation and `quit` (or Ctrl-D) to leave; Ctrl-C stops a reply.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one.
+        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
         prompt: Answer this one prompt, print the answer and exit (no interactive loop).
         temperature: Sampling temperature; 0 always picks the most likely token.
         top_k: Sample among the k most likely tokens only; 0 turns the cut off.
         max_tokens: At most this many new tokens per reply.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         seed: Seed of the sampler; each reply of a conversation uses the next one.
-        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says (a checkpoint copied
-            from another machine).
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries (a directory, or
+            nanochat's tokenizer.pkl).
     """
     check_sampling(temperature, top_k, max_tokens, seed=seed)  # before the model loads, which takes a while
     engine, _ = load_engine(checkpoint, resolve_device(device), tokenizer_dir)

@@ -40,7 +40,7 @@ def core(
     """CORE of a (base) model: the 22 DCLM tasks, centered accuracy each, and their mean (GPT-2: 0.2565).
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt).
+        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
         max_per_task: Score at most this many examples of each task (nanochat: all at the end of pretraining, 500
             during it); the few-shot examples are drawn from the same cropped list, as nanochat does.
         bundle: nanochat's eval bundle, a directory or its .zip; default: the cached copy in eval/ of the data
@@ -50,7 +50,7 @@ def core(
         devices: Processes, one per GPU (or CPU processes); default: every GPU of this node, else 1.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
         output: Directory for the CSV and JSON; default: eval/ in the checkpoint's run.
-        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says.
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
     """
     if max_per_task is not None and max_per_task < 1:
         raise UserError(f"max_per_task must be at least 1, got {max_per_task}")
@@ -78,7 +78,7 @@ def chat(
     HumanEval, SpellingBee (by sampling with the engine), and the mean of their centered accuracies.
 
     Args:
-        checkpoint: A chat stage's checkpoint (.ckpt).
+        checkpoint: A chat stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
         tasks: Some of the tasks, separated by | or commas (-a "GSM8K|MMLU"); default: all six.
         max_problems: Score at most the first N problems of each task.
         num_samples: Replies per generative problem; a problem counts as solved when any is right (pass@N).
@@ -89,7 +89,7 @@ def chat(
         devices: Processes, one per GPU (or CPU processes); default: every GPU of this node, else 1.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
         output: Directory for the CSV and JSON; default: eval/ in the checkpoint's run.
-        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says.
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
         allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them (code you trust).
     """
     from nanochat_pl.evals.chat import CHATCORE_TASKS

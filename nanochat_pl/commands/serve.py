@@ -22,13 +22,13 @@ def serve(
     (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one.
+        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
         host: Address to listen on; 0.0.0.0 to accept connections from other machines.
         port: Port to listen on.
         replicas: Copies of the model answering requests side by side; default one per CUDA device, or one
             on the CPU. Replicas take the CUDA devices in turn.
         device: "auto" (every CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
-        tokenizer_dir: The tokenizer's directory, if not where the checkpoint says.
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
     """
     import uvicorn
 

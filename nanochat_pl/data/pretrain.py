@@ -195,7 +195,8 @@ class PretrainDataModule(ResumableStreamModule):
 
     Args:
         source: "fineweb", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
-        tokenizer_dir: Directory of the tokenizer; default: the data home's tokenizer/.
+        tokenizer_dir: Tokenizer (a directory, or a checkpoint, which carries one); default: the data home's
+            tokenizer/.
         sequence_len: Tokens per row given to the model (T).
         device_batch_size: Rows per batch on each device (B).
         num_workers: DataLoader worker processes per rank for training, each reading its own row groups;

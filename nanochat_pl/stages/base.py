@@ -29,7 +29,8 @@ class BaseTraining(LanguageModelStage):
         depth: Number of transformer layers; sets the width (depth·aspect_ratio) and, unless overridden, the
             token horizon, total batch, learning rates and weight decay.
         sequence_len: Context length T (also given to the data module).
-        tokenizer_dir: Tokenizer directory; default: the data home's tokenizer/ (also given to the data module).
+        tokenizer_dir: Tokenizer (a directory, or a checkpoint, which carries one); default: the data home's
+            tokenizer/ (also given to the data module).
         recipe: "2026" (nanochat HEAD: sliding windows, value embeddings, residual scalars, smear, backout,
             Polar Express + NorMuon + cautious weight decay, warmdown 65%) or "oct" (the October 2025
             architecture, optimizer groups and schedule; the horizon, batch and LR scaling still come from the

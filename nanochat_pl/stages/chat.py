@@ -19,13 +19,19 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from nanochat_pl.checkpoint import CHECKPOINT_KEY, MODEL_PREFIX, latest_last_checkpoint, read_checkpoint
+from nanochat_pl.checkpoint import (
+    CHECKPOINT_KEY,
+    MODEL_PREFIX,
+    checkpoint_tokenizer,
+    latest_last_checkpoint,
+    read_checkpoint,
+)
 from nanochat_pl.common import UserError, home_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.optim import MuonAdamW, Schedule, grad_accumulation_steps
 from nanochat_pl.optim.recipes import get_recipe
 from nanochat_pl.stages.lm import LanguageModelStage, RunPlan
-from nanochat_pl.tokenizer import get_tokenizer, tokenizer_location
+from nanochat_pl.tokenizer import tokenizer_location
 
 ChatRecipe = Literal["sft", "mid", "sft_oct"]
 # optimizer-group settings the stage sets itself; everything else of a group may come from the checkpoint
@@ -46,8 +52,8 @@ class FromCheckpoint(LanguageModelStage):
         config = GPTConfig(**meta["gpt_config"])
         if sequence_len is not None:
             config.sequence_len = sequence_len
-        tokenizer_dir = tokenizer_dir or meta["tokenizer_dir"]
-        self.set_model(config, get_tokenizer(tokenizer_dir), tokenizer_location(tokenizer_dir))
+        tokenizer = checkpoint_tokenizer(self._init_checkpoint, self.init_path, tokenizer_dir)
+        self.set_model(config, tokenizer, None if tokenizer_dir is None else tokenizer_location(tokenizer_dir))
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()  # the rotary tables, which checkpoints do not hold
@@ -79,13 +85,15 @@ class ChatTraining(FromCheckpoint):
     """Train a checkpoint's GPT on conversations (the data module yields (inputs, targets), -1 where no loss).
 
     Args:
-        init_from: The checkpoint to start from: any stage's `.ckpt`, or "base" / "chat" for the newest run's
-            last.ckpt under the home's runs/base or runs/chat.
+        init_from: The checkpoint to start from: any stage's `.ckpt`, a nanochat checkpoint (a folder of
+            model_<step>.pt and meta_<step>.json, e.g. a published base model), or "base" / "chat" for the newest
+            run's last.ckpt under the home's runs/base or runs/chat.
         recipe: "sft" (nanochat HEAD: 0.8 of the base learning rates, the second half of the data decaying to 0),
             "mid" (October's midtraining: the base rates, the last 20% decaying) or "sft_oct" (October's SFT
             after midtraining: 0.02 of the base rates, decaying to 0 over the whole run).
         sequence_len: Context length T; default the checkpoint's (also given to the data module).
-        tokenizer_dir: Tokenizer directory; default the checkpoint's (also given to the data module).
+        tokenizer_dir: Tokenizer (a directory, or anything `get_tokenizer` reads); default the one the checkpoint
+            carries (also given to the data module).
         total_batch_tokens: Tokens per optimizer step over all devices; default the checkpoint's.
         device_batch_size: Rows per micro-batch on each device; default the checkpoint's (the data module's
             own setting wins).

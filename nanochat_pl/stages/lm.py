@@ -65,7 +65,7 @@ class LanguageModelStage(L.LightningModule, ABC):
     stage_name = "run"
     chat_samples = False  # sample replies to chat prompts rather than continuations of text
 
-    def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path) -> None:
+    def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path | None) -> None:
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
         self.gpt_config = gpt_config
         self.tokenizer = tokenizer
@@ -231,7 +231,8 @@ class LanguageModelStage(L.LightningModule, ABC):
         checkpoint[CHECKPOINT_KEY] = {
             "stage": self.stage_name,
             "gpt_config": asdict(self.gpt_config),
-            "tokenizer_dir": str(self.tokenizer_dir),
+            "tokenizer": self.tokenizer.to_state(),  # the checkpoint is whole wherever it is copied
+            "tokenizer_dir": None if self.tokenizer_dir is None else str(self.tokenizer_dir),
             **self.checkpoint_metadata(),
         }
 

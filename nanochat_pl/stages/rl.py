@@ -114,7 +114,7 @@ class RLTraining(FromCheckpoint):
 
     Args:
         init_from: The checkpoint to start from: a `.ckpt`, or "chat" for the newest chat run's last.ckpt (SFT).
-        tokenizer_dir: Tokenizer directory; default the checkpoint's.
+        tokenizer_dir: Tokenizer (a directory, or anything `get_tokenizer` reads); default the checkpoint's.
         num_samples: Replies sampled per prompt (a multiple of device_batch_size).
         device_batch_size: Replies sampled together, and trained on in one forward/backward pass.
         max_new_tokens: Most tokens per reply.

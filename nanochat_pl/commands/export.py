@@ -1,0 +1,75 @@
+"""`nanochat-pl export hf|nanochat`: a checkpoint as a Hugging Face model directory, or in nanochat's own layout.
+
+Both take any checkpoint the other commands take (ours, or a nanochat checkpoint folder), so a nanochat model can
+go to Hugging Face through here too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanochat_pl.checkpoint import MODEL_PREFIX, check_vocab_matches, checkpoint_tokenizer, load_model, read_checkpoint
+from nanochat_pl.common import CHECKPOINT_KEY, UserError
+from nanochat_pl.export.hf import export_hf, native_blockers
+from nanochat_pl.model.gpt import GPTConfig
+from nanochat_pl.nanochat_format import write_checkpoint
+
+
+def hf(
+    checkpoint: str,
+    output: str,
+    target: str = "auto",
+    dtype: str = "float32",
+    tokenizer_dir: str | None = None,
+) -> None:
+    """Write a checkpoint as a Hugging Face transformers model directory (config, safetensors, tokenizer, chat
+    template), for transformers, lm-eval and vLLM.
+
+    Args:
+        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        output: The directory to create (it must not exist, or be empty).
+        target: "native" (transformers' own NanoChatForCausalLM: the October 2025 architecture only), "remote"
+            (this project's model code, loaded with trust_remote_code=True) or "auto" (native when it fits).
+        dtype: What the weights are stored in: "float32" (exact), "bfloat16" or "float16".
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
+    """
+    model, tokenizer, _ = load_model(checkpoint, "cpu", tokenizer_dir)
+    blockers = native_blockers(model.config)
+    path = export_hf(model, tokenizer, output, target=target, dtype=dtype)
+    if target == "auto" and blockers:
+        print(f"transformers' NanoChatForCausalLM cannot hold {', '.join(blockers)}: exported as remote code")
+    if blockers or target == "remote":
+        print(f"wrote {path}; load it with trust_remote_code=True (transformers, lm_eval --model_args)")
+    else:
+        print(f"wrote {path} as transformers' NanoChatForCausalLM")
+
+
+def nanochat(checkpoint: str, output: str, tokenizer_dir: str | None = None) -> None:
+    """Write a checkpoint in nanochat's own layout, as a base directory nanochat's scripts read with
+    NANOCHAT_BASE_DIR=<output>: tokenizer/{tokenizer.pkl,token_bytes.pt} and
+    <stage>_checkpoints/d<depth>/{model,meta}_<step>.
+
+    Args:
+        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        output: nanochat's base directory to write into (created if missing); an existing checkpoint of the
+            same stage, depth and step is replaced.
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
+    """
+    read = read_checkpoint(checkpoint)
+    meta = read[CHECKPOINT_KEY]
+    tokenizer = checkpoint_tokenizer(read, checkpoint, tokenizer_dir)
+    check_vocab_matches(read, tokenizer)
+    state = {k[len(MODEL_PREFIX) :]: v for k, v in read["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    if not state:
+        raise UserError(f"{checkpoint} holds no GPT weights")
+    extra = {"device_batch_size": meta["device_batch_size"]} if "device_batch_size" in meta else {}
+    folder = write_checkpoint(
+        Path(output).expanduser(),
+        state,
+        GPTConfig(**meta["gpt_config"]),
+        tokenizer,
+        stage=meta["stage"],
+        step=int(read.get("global_step", 0)),
+        extra_meta=extra,
+    )
+    print(f"wrote {folder} (and the tokenizer in {Path(output).expanduser() / 'tokenizer'})")

@@ -1,0 +1,1 @@
+"""Exporting a model to other ecosystems: `hf` writes a Hugging Face transformers model directory."""
