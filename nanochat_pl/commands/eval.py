@@ -79,7 +79,8 @@ def chat(
 
     Args:
         checkpoint: A chat stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
-        tasks: Some of the tasks, separated by | or commas (-a "GSM8K|MMLU"); default: all six.
+        tasks: Some of the tasks, separated by | or commas (-a "GSM8K|MMLU"); default: all six. "Arithmetic"
+            (offline word problems in GSM8K's format, outside ChatCORE) may be added.
         max_problems: Score at most the first N problems of each task.
         num_samples: Replies per generative problem; a problem counts as solved when any is right (pass@N).
         max_tokens: At most this many new tokens per reply.
@@ -92,13 +93,13 @@ def chat(
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
         allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them (code you trust).
     """
-    from nanochat_pl.evals.chat import CHATCORE_TASKS
+    from nanochat_pl.evals.chat import CHANCE, CHATCORE_TASKS
     from nanochat_pl.limits import check_sampling
 
     names = list(CHATCORE_TASKS) if tasks is None else [n.strip() for n in tasks.replace(",", "|").split("|")]
-    unknown = [name for name in names if name not in CHATCORE_TASKS]
+    unknown = [name for name in names if name not in CHANCE]
     if unknown or not names:
-        raise UserError(f"unknown task {', '.join(unknown) or '(none)'}; the tasks are {', '.join(CHATCORE_TASKS)}")
+        raise UserError(f"unknown task {', '.join(unknown) or '(none)'}; the tasks are {', '.join(CHANCE)}")
     if max_problems is not None and max_problems < 1:
         raise UserError(f"max_problems must be at least 1, got {max_problems}")
     if num_samples < 1 or batch_size < 1:

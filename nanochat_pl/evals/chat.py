@@ -10,6 +10,9 @@ The six tasks and their evaluation splits (nanochat scripts/chat_eval.py@dfc8833
 | HumanEval | the 164 problems | the code of a generated reply passing the tests | 0 |
 | SpellingBee | test, 256 generated problems | the `#### n` of a generated reply | 0 |
 
+One more task can be scored beside them, outside ChatCORE: Arithmetic (test split, 256 generated word problems in
+GSM8K's format, tasks/arithmetic.py), the offline stand-in for GSM8K that the CPU demo is trained on.
+
 - Categorical tasks (multiple choice) need no generation: each prompt (the conversation up to
   `<|assistant_start|>`) goes through one forward pass, `batch_size` prompts at a time, right-padded with BOS;
   attention is causal, so the padding after a prompt cannot change the logits at its last position, which are
@@ -46,6 +49,7 @@ from nanochat_pl.evals.common import rank_and_world, rank_share, sample_correct,
 from nanochat_pl.precision import fast_compute_dtype
 from nanochat_pl.sandbox import run_program
 from nanochat_pl.tasks.arc import ARC
+from nanochat_pl.tasks.arithmetic import Arithmetic
 from nanochat_pl.tasks.common import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.hub import DatasetTask
@@ -62,7 +66,11 @@ CHATCORE_TASKS: dict[str, float] = {
     "HumanEval": 0.0,
     "SpellingBee": 0.0,
 }
+# tasks `eval chat` also scores, outside ChatCORE, with their chance accuracy
+EXTRA_TASKS: dict[str, float] = {"Arithmetic": 0.0}
+CHANCE = {**CHATCORE_TASKS, **EXTRA_TASKS}
 SPELLING_BEE_SIZE = 256  # nanochat chat_eval.py: SpellingBee(size=256, split="test")
+ARITHMETIC_SIZE = 256  # as SpellingBee's
 
 
 def build_chat_task(name: str, *, allow_unconfined: bool = False) -> Task:
@@ -77,7 +85,9 @@ def build_chat_task(name: str, *, allow_unconfined: bool = False) -> Task:
         return HumanEval(allow_unconfined=allow_unconfined)
     if name == "SpellingBee":
         return SpellingBee(size=SPELLING_BEE_SIZE, split="test")
-    raise UserError(f"unknown ChatCORE task {name!r}; the tasks are {', '.join(CHATCORE_TASKS)}")
+    if name == "Arithmetic":
+        return Arithmetic(size=ARITHMETIC_SIZE, split="test")
+    raise UserError(f"unknown chat task {name!r}; the tasks are {', '.join(CHANCE)}")
 
 
 def task_origin(task: Task) -> str:
@@ -88,7 +98,7 @@ def task_origin(task: Task) -> str:
         return task.origin
     if isinstance(task, SpellingBee):
         return f"generated from the {task.words} word list ({len(load_words(task.words)):,} words)"
-    return "generated"
+    return "generated (offline)"
 
 
 @dataclass
@@ -140,11 +150,11 @@ def evaluate_chat(
     progress: bool = True,
     allow_unconfined: bool = False,
 ) -> ChatResult:
-    """Score `engine`'s model on the ChatCORE tasks `names` (see the module's docstring); every rank must call it.
+    """Score `engine`'s model on the chat tasks `names` (see the module's docstring); every rank must call it.
 
     Args:
         engine: An `Engine` (its model, tokenizer, device and precision are used for both kinds of task).
-        names: Tasks of CHATCORE_TASKS, scored in this order.
+        names: Tasks of CHATCORE_TASKS and EXTRA_TASKS, scored in this order.
         max_problems: Score only the first this many problems of each task (in the task's seed-42 order, as
             nanochat's `-x`); a mapping {"categorical": n, "generative": m} caps each kind on its own
             (a kind missing or None: all). None: all.
@@ -154,9 +164,9 @@ def evaluate_chat(
         progress: Show a progress bar per task (on rank 0).
         allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them.
     """
-    unknown = [name for name in names if name not in CHATCORE_TASKS]
+    unknown = [name for name in names if name not in CHANCE]
     if unknown:
-        raise UserError(f"unknown ChatCORE task {', '.join(unknown)}; the tasks are {', '.join(CHATCORE_TASKS)}")
+        raise UserError(f"unknown chat task {', '.join(unknown)}; the tasks are {', '.join(CHANCE)}")
     model = engine.model
     was_training = model.training
     model.eval()
@@ -192,7 +202,7 @@ def evaluate_chat(
                 ChatTaskResult(
                     name=name,
                     accuracy=accuracy,
-                    centered=centered(accuracy, CHATCORE_TASKS[name]),
+                    centered=centered(accuracy, CHANCE[name]),
                     num_problems=int(total),
                     source=task_origin(task),
                     kind=task.eval_type,
@@ -201,8 +211,8 @@ def evaluate_chat(
             )
     finally:
         model.train(was_training)
-    ran = {result.name for result in results}
-    chatcore = sum(r.centered for r in results) / len(results) if ran == set(CHATCORE_TASKS) else None
+    core = [result for result in results if result.name in CHATCORE_TASKS]
+    chatcore = sum(r.centered for r in core) / len(core) if {r.name for r in core} == set(CHATCORE_TASKS) else None
     return ChatResult(results, skipped, chatcore)
 
 
