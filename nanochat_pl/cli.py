@@ -24,6 +24,8 @@ LIGHTNING_COMMANDS = {
 SINGLE_COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("nanochat_pl.commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
     "serve": ("nanochat_pl.commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
+    "speedrun": ("nanochat_pl.commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
+    "report": ("nanochat_pl.commands.report:report", "the report card (report/report.md) of the runs in the home"),
 }
 COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {
