@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from nanochat_pl.cli import main
+from nanochat_pl.commands import speedrun
 from nanochat_pl.commands.speedrun import REPO, Stage, check_stages, resolve_config
 from nanochat_pl.common import UserError
 from tests.stage_helpers import B, T, write_corpus
@@ -190,7 +191,10 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(home, tmp_path, c
     assert (home / "speedrun" / "logs" / "tokenizer.log").read_text().count("==== ") == 1  # not run again
 
 
-def test_a_failing_stage_stops_the_run_with_its_error_and_log(home, tmp_path, capfd):
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "pseudo-terminal"])
+def test_a_failing_stage_stops_the_run_with_its_error_and_log(terminal, home, tmp_path, capfd, monkeypatch):
+    """On a terminal the child writes to a pseudo-terminal (rich draws its progress bars only on one)."""
+    monkeypatch.setattr(speedrun, "use_terminal", lambda: terminal)
     config = write_yaml(
         tmp_path / "speedrun.yaml",
         {
@@ -208,6 +212,7 @@ def test_a_failing_stage_stops_the_run_with_its_error_and_log(home, tmp_path, ca
     assert len(errors) == 1 and errors[0].startswith("error: stage tokenizer failed after 0m")
     assert "(exit code 1): " in errors[0] and str(tmp_path / "none") in errors[0]
     assert errors[0].endswith(f"(log: {log})") and "error: " in log.read_text()
+    assert ("\r\n" in log.read_bytes().decode()) == terminal  # a terminal's line discipline ends lines with \r\n
     statuses = [record["status"] for record in state(home)["stages"]]
     assert statuses == ["failed", "pending"]
 

@@ -7,6 +7,7 @@ tiktoken's own `load_tiktoken_bpe` for the ranks file, and hand-built token sequ
 from __future__ import annotations
 
 import base64
+import json
 import random
 import re
 import shutil
@@ -480,9 +481,13 @@ def test_eval_command_table(saved_dir, tmp_path, capsys, monkeypatch):
     n_bytes, n_tokens = len(val_text.encode()), len(tok.encode(val_text))
     assert rows[f"{source}-val"] == [f"{n_bytes:,}", f"{n_tokens:,}", f"{n_bytes / n_tokens:.2f}"]
     assert f"skipping {tmp_path / 'nowhere'}-val" in printed
+    last = json.loads(printed.splitlines()[-1])  # the same figures, as one JSON object
+    assert last["vocab_size"] == tok.vocab_size and set(last["bytes_per_token"]) == {"ours"}
+    code = commands.SAMPLE_TEXTS["code"]
+    assert last["bytes_per_token"]["ours"]["code"] == round(len(code.encode()) / len(tok.encode(code)), 4)
 
     # with the comparison encodings available, each gets its own columns
     monkeypatch.setattr(commands.tiktoken, "get_encoding", lambda name: tok.encoding)
     commands.evaluate(tokenizer_dir=str(saved_dir), val_sources=())
-    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[:-1]}
     assert len(rows["code"]) == 7 and rows["code"][1:3] == rows["code"][3:5] == rows["code"][5:7]

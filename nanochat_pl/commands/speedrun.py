@@ -22,11 +22,18 @@ writes the report card.
 from __future__ import annotations
 
 import collections
+import errno
+import fcntl
 import json
 import os
+import pty
+import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,27 +298,33 @@ class Pipeline:
                 )
 
     def _run_in_foreground(self, argv: list[str], log: Path) -> tuple[int, list[str]]:
-        """Run the command with its output on the terminal and in the log: (exit code, its last lines)."""
+        """Run the command with its output on the terminal and in the log: (exit code, its last lines).
+
+        On a terminal the child gets a terminal of its own (a pseudo-terminal of the same size): Lightning's rich
+        progress bar draws only on one, and the stage's progress is what a user watches."""
         tail: collections.deque[str] = collections.deque(maxlen=50)
         partial = b""
+        reader, writer = output_channel()
         with log.open("ab") as f:
-            child = subprocess.Popen(
-                child_command(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env()
-            )
+            child = subprocess.Popen(child_command(argv), stdout=writer, stderr=writer, env=child_env())
+            os.close(writer)  # the child holds it now; the reader ends when the child's last copy closes
             try:
-                while chunk := os.read(child.stdout.fileno(), 65536):
+                while chunk := read_some(reader):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                     f.write(chunk)
+                    f.flush()  # the log is whole up to here, whatever happens to this process
                     *lines, partial = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
                     tail.extend(line.decode("utf-8", "replace") for line in lines if line.strip())
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it stop as it does
                 child.wait()
                 raise
+            finally:
+                os.close(reader)
             code = child.wait()
         if partial.strip():
             tail.append(partial.decode("utf-8", "replace"))
-        return code, list(tail)
+        return code, [strip_ansi(line) for line in tail]
 
     def _wait_for(self, name: str) -> None:
         child = self.background.pop(name, None)
@@ -360,6 +373,39 @@ class Pipeline:
             self.records[name]["status"] = "failed" if child.returncode else "done"
         self.background.clear()
         self.save()
+
+
+def use_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def output_channel() -> tuple[int, int]:
+    """(read end, write end) for a child's output: a pseudo-terminal the size of ours when we are on a terminal,
+    else a pipe."""
+    if not use_terminal():
+        return os.pipe()
+    reader, writer = pty.openpty()
+    size = shutil.get_terminal_size()
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", size.lines, size.columns, 0, 0))
+    return reader, writer
+
+
+def read_some(reader: int) -> bytes:
+    """The next output of a child; b"" at its end (a pseudo-terminal says EIO where a pipe says EOF)."""
+    try:
+        return os.read(reader, 65536)
+    except OSError as error:
+        if error.errno == errno.EIO:
+            return b""
+        raise
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(line: str) -> str:
+    """A terminal line without its colour and cursor codes (rich writes them on a terminal)."""
+    return ANSI_ESCAPE.sub("", line).strip()
 
 
 def child_command(argv: list[str]) -> list[str]:

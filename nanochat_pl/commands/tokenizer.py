@@ -4,6 +4,7 @@ tok_eval.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,7 +62,8 @@ def evaluate(
     val_sources: tuple[str, ...] = ("fineweb", "offline"),
     val_chars: int = 1_000_000,
 ) -> None:
-    """Print bytes per token (higher: better compression) on several kinds of text, beside GPT-2 and GPT-4.
+    """Print bytes per token (higher: better compression) on several kinds of text, beside GPT-2 and GPT-4, and
+    last, the same as one JSON object (the speedrun's report reads it).
 
     Args:
         tokenizer_dir: Directory of the tokenizer to evaluate; default: the data home's tokenizer/.
@@ -88,13 +90,16 @@ def evaluate(
     header = f"{'text':<14}{'bytes':>10}{columns}"
     print(header)
     print("-" * len(header))
+    ratios: dict[str, dict[str, float]] = {label: {} for label in encoders}
     for kind, text in texts.items():
         n_bytes = len(text.encode("utf-8"))
         row = f"{kind:<14}{n_bytes:>10,}"
-        for encode in encoders.values():
+        for label, encode in encoders.items():
             n_tokens = len(encode(text))
+            ratios[label][kind] = round(n_bytes / max(n_tokens, 1), 4)
             row += f"{n_tokens:>14,}{n_bytes / max(n_tokens, 1):>10.2f}"
         print(row)
+    print(json.dumps({"vocab_size": tokenizer.vocab_size, "bytes_per_token": ratios}))
 
 
 class _CharCounter:
