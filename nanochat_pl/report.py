@@ -580,17 +580,30 @@ def task_table(result: dict[str, Any]) -> str:
 
 
 def result_section(stage: Stage) -> str:
-    """A stage that is not training or evaluation (the tokenizer's), with the result it recorded."""
+    """A stage that is not training or evaluation (the tokenizer's), with the result it recorded: its plain values
+    in one table, and a value of columns ({column: {row: value}}, as `tokenizer eval`'s bytes per token per
+    encoder and text) as a table of its own."""
     lines = [f"## {stage.name}", ""]
-    if isinstance(stage.result, dict):
+    if not isinstance(stage.result, dict):
+        return "\n".join([*lines, "```", json.dumps(stage.result, indent=2), "```"])
+    plain = {key: value for key, value in stage.result.items() if not is_columns(value)}
+    if plain:
         lines += ["| | |", "|---|---|"]
         lines += [
-            f"| {key} | {value if isinstance(value, str) else json.dumps(value)} |"
-            for key, value in stage.result.items()
+            f"| {key} | {value if isinstance(value, str) else json.dumps(value)} |" for key, value in plain.items()
         ]
-    else:
-        lines += ["```", json.dumps(stage.result, indent=2), "```"]
+    for key, columns in stage.result.items():
+        if is_columns(columns):
+            rows = list(dict.fromkeys(row for column in columns.values() for row in column))
+            lines += ["", f"{key}:", "", f"| | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]
+            for row in rows:
+                cells = [str(column.get(row, MISSING)) for column in columns.values()]
+                lines.append(f"| {row} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def is_columns(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(column, dict) for column in value.values())
 
 
 def summary_table(fits: list[FitReport]) -> str:

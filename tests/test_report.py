@@ -69,6 +69,12 @@ def write_run(
     return checkpoint
 
 
+TOKENIZER_EVAL = {
+    "vocab_size": 8192,
+    "bytes_per_token": {"ours": {"news": 3.2, "offline-val": 3.67}, "gpt-2": {"news": 3.1}},
+}
+
+
 def write_checkpoint(run: Path, step: int, model: GPT, meta: dict) -> Path:
     path = run / "checkpoints" / f"epoch=0-step={step}.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,7 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
         "ended": 1765001800.0,
         "stages": [
             stage("tokenizer", "tokenizer train"),
-            stage("tokenizer-eval", "tokenizer eval", result={"bytes per token": 4.2}),
+            stage("tokenizer-eval", "tokenizer eval", result=TOKENIZER_EVAL),
             stage("base", "fit", config="/abs/base.yaml", run_dir=str(base.parent.parent), checkpoint=str(base)),
             stage("base-core", "eval core", checkpoint=str(base), result=base_core),
             stage("mid", "fit", status="disabled"),
@@ -222,7 +228,9 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
     assert "eval/pass@1 0.5500 (step 2)" in bullet(rl_text, "last logged during training")
 
     assert "Failed; its log: /abs/home/speedrun/logs/extra-sft.log." in section(text, "extra-sft")
-    assert "| bytes per token | 4.2 |" in section(text, "tokenizer-eval")
+    tokenizer_text = section(text, "tokenizer-eval")  # as `tokenizer eval` prints it last
+    assert "| vocab_size | 8192 |" in tokenizer_text and "| | ours | gpt-2 |" in tokenizer_text
+    assert "| news | 3.2 | 3.1 |" in tokenizer_text and "| offline-val | 3.67 | — |" in tokenizer_text
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert not any(h.startswith("## mid") for h in headings)  # disabled: it did not run
     assert "| mid |" not in section(text, "Stages")

@@ -107,7 +107,8 @@ def pipeline_config(root: Path, shards: Path, stages: tuple[str, ...] | None = N
         },
     ]
     kept = [stage for stage in all_stages if stages is None or stage["name"] in stages]
-    return write_yaml(root / "speedrun.yaml", {"stages": kept})
+    trainer = {"accelerator": "cpu", "devices": 1}  # a trainer preset: every fit stage gets it after its config
+    return write_yaml(root / "speedrun.yaml", {"trainer": trainer, "stages": kept})
 
 
 def state(home: Path) -> dict:
@@ -133,6 +134,9 @@ def test_the_stages_run_in_order_and_hand_their_checkpoints_on(home, tmp_path, c
     base, sft, evaluation = records["base"], records["sft"], records["sft-eval"]
     assert (home / "tokenizer").is_dir() and Path(base["run_dir"]).parent.parent == home / "runs" / "base"
     assert checkpoint_meta(base["checkpoint"])["global_step"] == BASE_STEPS
+    preset = home / "speedrun" / "trainer.yaml"
+    assert base["argv"][:5] == ["fit", "--config", str(tmp_path / "base.yaml"), "--config", str(preset)]
+    assert yaml.safe_load(preset.read_text()) == {"trainer": {"accelerator": "cpu", "devices": 1}}
     # with midtraining off, SFT started from the base stage's final checkpoint, named on its command line
     assert base["checkpoint"] in sft["argv"] and "--model.init_args.init_from" in sft["argv"]
     sft_checkpoint = checkpoint_meta(sft["checkpoint"])
@@ -234,6 +238,10 @@ def test_bad_configs_are_one_line_errors():
 @pytest.mark.parametrize("config", ["configs/speedrun_d20.yaml", "configs/cpu/speedrun.yaml"])
 def test_the_shipped_speedrun_configs_parse_and_name_real_configs(config, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
+    if config == "configs/speedrun_d20.yaml":  # a trainer preset after it swaps the 8 GPUs for one, as for `fit`
+        with pytest.raises(SystemExit):
+            main(["speedrun", "--config", config, "--config", "configs/trainer/gpu1.yaml", "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out)["trainer"]["devices"] == 1
     with pytest.raises(SystemExit) as exit_info:
         main(["speedrun", "--config", config, "--print_config"])
     assert exit_info.value.code in (0, None)
