@@ -16,6 +16,7 @@ reaches the model's context length. The sampling settings are checked against `l
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
 from nanochat_pl.limits import check_sampling
-from nanochat_pl.precision import fast_compute_dtype
+from nanochat_pl.precision import PrecisionChoice, choose_precision, model_width
 from nanochat_pl.sandbox import calculator
 
 
@@ -75,14 +76,18 @@ class Engine:
     windows, value embeddings, GQA, ...) live in the model and its KV cache; the engine does not see them."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None):
-        """`compute_dtype`: what the matmuls and the KV cache run in. None picks bf16 autocast where bf16
-        matmuls are native (CUDA, as nanochat; CPUs with AVX512-BF16 or AMX), else fp32. On 2 cores of an
-        AVX512-BF16 EPYC, depth 4, 512-token prompt (`nanochat-pl bench infer`): first token 179 vs 190 ms,
-        batch-1 decode 5.0 vs 6.5 ms/token, batch 8 12.1 vs 13.3 ms; batch 32 31.1 vs 28.5 ms."""
+        """`compute_dtype`: what the matmuls and the KV cache run in. None: bf16 autocast on CUDA (as nanochat),
+        and on a CPU whichever of bf16 and fp32 a short measurement finds faster (precision.py): on 2 cores of an
+        AVX512-BF16 EPYC bf16 won (depth 4, 512-token prompt, `nanochat-pl bench infer`: first token 179 vs 190 ms,
+        batch-1 decode 5.0 vs 6.5 ms/token), on an AVX512-BF16 Xeon without AMX fp32 decoded twice as fast."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.compute_dtype = compute_dtype or fast_compute_dtype(self.device)
+        if compute_dtype is None:
+            choice = choose_precision(self.device, model_width(model))
+        else:
+            choice = PrecisionChoice(compute_dtype, f"{compute_dtype} (given)")
+        self.compute_dtype, self.precision = choice.dtype, choice.reason
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -192,9 +197,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_engine(
-    checkpoint: str, device: torch.device, tokenizer_dir: str | None = None
+    checkpoint: str, device: torch.device, tokenizer_dir: str | None = None, precision: str = "auto"
 ) -> tuple[Engine, dict[str, Any]]:
-    """An Engine for `checkpoint` (any stage's) on `device` and the checkpoint's metadata. The engine picks the
-    precision: bf16 autocast where bf16 matmuls are native (CUDA, CPUs with AVX512-BF16 or AMX), else fp32."""
+    """An Engine for `checkpoint` (any stage's) on `device` and the checkpoint's metadata, and a line on stderr
+    saying the precision it runs in: `precision` "bf16" or "fp32", or "auto" (bf16 on CUDA; on a CPU the faster
+    of the two, measured)."""
     model, tokenizer, meta = load_model(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
-    return Engine(model, tokenizer), meta
+    choice = choose_precision(device, model_width(model), precision)
+    print(f"engine: {device.type}, {choice.reason}", file=sys.stderr)
+    return Engine(model, tokenizer, compute_dtype=choice.dtype), meta

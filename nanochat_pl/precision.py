@@ -1,22 +1,91 @@
-"""Which dtype makes matmuls fast on a device: the CPU paths measure bf16 against fp32 and use the faster."""
+"""Which dtype makes a model's matmuls fast on a device: bf16 autocast or fp32.
+
+On CUDA bf16 (nanochat's choice) wherever the card has it. On a CPU no flag tells: oneDNN runs bf16 matmuls
+natively with AVX512-BF16 or AMX and emulates them elsewhere, and even with AVX512-BF16 and no AMX, autocast's cast
+of every fp32 weight to bf16 can cost more than the matmul saves (an Intel Xeon decoded d4 at 255 tokens/s in bf16
+against 509 in fp32 at batch 1). So the CPU choice is measured: at first use, the model's own kind of matmul (an
+MLP's input projection at its width, fp32 weights as the model holds them, at the row counts of decoding and of a
+short prefill) is timed in both, and the faster is kept for the process. "bf16" or "fp32" forces either.
+"""
 
 from __future__ import annotations
 
 import functools
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from nanochat_pl.common import UserError
+
+PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+MEASURED_ROWS = (1, 8, 64)  # decoding at batch 1 and 8, and a short prefill
+MEASURE_SECONDS = 0.02  # per dtype and row count: ~0.15 s in all at first use
+MLP_EXPANSION = 4  # the MLP's input projection is width x 4·width (model/gpt.py)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The compute dtype and why, in one line (the engine says it at start)."""
+
+    dtype: torch.dtype
+    reason: str
+
+
+def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
+    """The compute dtype for a model of hidden size `width` on `device`: `precision` "bf16" or "fp32" as given,
+    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if PRECISIONS[precision] is not None:
+        return PrecisionChoice(PRECISIONS[precision], f"{precision} (asked for)")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, "bf16 (CUDA)")
+        return PrecisionChoice(torch.float32, "fp32 (this CUDA device has no bf16)")
+    if device.type != "cpu":
+        return PrecisionChoice(torch.float32, f"fp32 ({device.type})")
+    fp32, bf16 = measured_cpu_seconds(width)
+    faster = "bf16" if bf16 < fp32 else "fp32"
+    reason = f"{faster} (measured on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
+    return PrecisionChoice(PRECISIONS[faster], reason)
+
+
+def fast_compute_dtype(device: torch.device, width: int) -> torch.dtype:
+    """`choose_precision(device, width)`'s dtype: what the evals and the engine run in by default."""
+    return choose_precision(device, width).dtype
+
+
+def model_width(model: torch.nn.Module) -> int:
+    """The hidden size the measurement uses: our GPT's n_embd, else the input size of the model's first Linear."""
+    config = getattr(model, "config", None)
+    if isinstance(getattr(config, "n_embd", None), int):
+        return config.n_embd
+    linear = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+    return linear.in_features if linear is not None else 512
 
 
 @functools.cache
-def _cpu_has_fast_bf16() -> bool:
-    # oneDNN runs bf16 matmuls natively on AVX512-BF16 / AMX CPUs; elsewhere bf16 is emulated and slow
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def fast_compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where its matmuls run natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and _cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
+def measured_cpu_seconds(width: int) -> tuple[float, float]:
+    """(fp32, bf16 autocast) seconds of one MLP input projection at each of MEASURED_ROWS, summed: the median of
+    timed calls after a warm-up. Cached: measured once per process and width."""
+    torch.manual_seed(0)
+    weight = torch.randn(MLP_EXPANSION * width, width) / width**0.5
+    inputs = [torch.randn(rows, width) for rows in MEASURED_ROWS]
+    totals = []
+    for dtype in (torch.float32, torch.bfloat16):
+        autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+        total = 0.0
+        with torch.inference_mode(), autocast:
+            for x in inputs:
+                F.linear(x, weight)  # warm-up: oneDNN picks and caches its kernel
+                times, started = [], time.perf_counter()
+                while time.perf_counter() - started < MEASURE_SECONDS or len(times) < 3:
+                    tick = time.perf_counter()
+                    F.linear(x, weight)
+                    times.append(time.perf_counter() - tick)
+                total += statistics.median(times)
+        totals.append(total)
+    return totals[0], totals[1]

@@ -21,7 +21,7 @@ def tokenizer():
 
 def test_one_shot_prompt_prints_the_answer(tokenizer, monkeypatch, capsys):
     engine = ScriptedEngine(tokenizer, SCRIPT)
-    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir: (engine, {}))
+    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir, precision: (engine, {}))
     chat("unused.ckpt", prompt="what is 2+3?")
     assert capsys.readouterr().out == f"Assistant: {INLINE}\n"
     assert tokenizer.decode(engine.prompts[0][2:-2]) == "what is 2+3?"
@@ -40,7 +40,7 @@ def test_one_shot_with_a_real_checkpoint(tmp_path, capsys):
 
 def test_interactive_history_clear_and_quit(tokenizer, monkeypatch, capsys):
     engine = ScriptedEngine(tokenizer, SCRIPT)
-    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir: (engine, {}))
+    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir, precision: (engine, {}))
     lines = iter(["hello", "", "more", "clear", "again", "quit", "never read"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     chat("unused.ckpt")
@@ -56,7 +56,7 @@ def test_interactive_history_clear_and_quit(tokenizer, monkeypatch, capsys):
 
 def test_interactive_ends_at_end_of_input(tokenizer, monkeypatch):
     engine = ScriptedEngine(tokenizer, SCRIPT)
-    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir: (engine, {}))
+    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir, precision: (engine, {}))
 
     def no_more_input(prompt=""):
         raise EOFError
@@ -91,7 +91,7 @@ def test_ctrl_c_stops_a_reply_and_drops_the_turn(tokenizer, monkeypatch, capsys)
         yield from stream
 
     engine.generate = interrupted_once
-    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir: (engine, {}))
+    monkeypatch.setattr(chat_command, "load_engine", lambda checkpoint, device, tokenizer_dir, precision: (engine, {}))
     lines = iter(["hello", "again", "quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     chat("unused.ckpt")

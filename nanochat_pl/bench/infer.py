@@ -26,6 +26,7 @@ from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, resolve_device
 from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.precision import choose_precision
 from nanochat_pl.tokenizer import SPECIAL_TOKENS
 
 # Peak memory bandwidth in bytes/s from NVIDIA's data sheets, most specific name first.
@@ -123,9 +124,12 @@ def bench_infer(
                 f"{row['tpot_ms']:7.2f} ms/token, {row['tokens_per_s']:8.1f} tokens/s"
                 + (f", MBU {row['mbu']:.1%}" if peak else "")
             )
+    auto = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
+    print(f"auto precision: {auto.reason}")
     result = {
         "device": name,
         "threads": torch.get_num_threads() if torch_device.type == "cpu" else None,
+        "auto_precision": "bf16" if auto.dtype == torch.bfloat16 else "fp32",
         "checkpoint": checkpoint,
         "depth": config.n_layer,
         "params": model.num_params(),

@@ -17,6 +17,7 @@ def serve(
     replicas: int | None = None,
     device: str = "auto",
     tokenizer_dir: str | None = None,
+    precision: str = "auto",
 ) -> None:
     """Serve a model: the Gradio chat page at `/` and an OpenAI-compatible API at `/v1/chat/completions`
     (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
@@ -29,6 +30,8 @@ def serve(
             on the CPU. Replicas take the CUDA devices in turn.
         device: "auto" (every CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
+        precision: "auto" (bf16 on CUDA; on a CPU whichever of bf16 and fp32 a short measurement finds faster),
+            "bf16" or "fp32".
     """
     import uvicorn
 
@@ -41,7 +44,7 @@ def serve(
     else:
         devices = [resolve_device(device)]
     replica_devices = [devices[i % len(devices)] for i in range(replicas or len(devices))]
-    loaded = [load_engine(checkpoint, replica_device, tokenizer_dir) for replica_device in replica_devices]
+    loaded = [load_engine(checkpoint, replica_device, tokenizer_dir, precision) for replica_device in replica_devices]
     stage = loaded[0][1].get("stage", "model")
     print(f"serving {checkpoint} with {len(loaded)} replica(s) on {', '.join(map(str, replica_devices))}")
     app = create_app([engine for engine, _ in loaded], model_name=f"nanochat-pl-{stage}")

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.common import rank_and_world, rank_share, sample_correct, sum_across_ranks
-from nanochat_pl.precision import fast_compute_dtype
+from nanochat_pl.precision import fast_compute_dtype, model_width
 from nanochat_pl.sandbox import run_program
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
@@ -272,7 +272,7 @@ def evaluate_categorical(
     `batch_size` prompts per forward pass, right-padded with BOS; `compute_dtype`: bf16 autocast or fp32
     (default: what is fast on the model's device)."""
     device = next(model.parameters()).device
-    compute_dtype = compute_dtype or fast_compute_dtype(device)
+    compute_dtype = compute_dtype or fast_compute_dtype(device, model_width(model))
     autocast = (
         contextlib.nullcontext() if compute_dtype == torch.float32 else torch.autocast(device.type, dtype=compute_dtype)
     )

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.common import rank_and_world, rank_share, sum_across_ranks
 from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
-from nanochat_pl.precision import fast_compute_dtype
+from nanochat_pl.precision import fast_compute_dtype, model_width
 
 SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)
 FEWSHOT_SEED = 1234  # nanochat core_eval.py: Random(1234 + idx)
@@ -365,7 +365,7 @@ def _score_task(
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
     device = _model_device(model)
-    dtype = fast_compute_dtype(device)
+    dtype = fast_compute_dtype(device, model_width(model))
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     limit = _max_positions(model)
     for begin in range(0, len(indices), WINDOW_EXAMPLES):
