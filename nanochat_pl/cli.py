@@ -29,7 +29,10 @@ SINGLE_COMMANDS: dict[str, tuple[str, str]] = {
 }
 COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {
-        "download": ("nanochat_pl.commands.data:download", "download FineWeb-Edu shards (resumable, atomic)"),
+        "download": (
+            "nanochat_pl.commands.data:download",
+            "download FineWeb-Edu or ClimbMix shards (resumable, atomic)",
+        ),
         "offline": ("nanochat_pl.commands.data:offline", "build the offline demo corpus from installed docs"),
         "eval-packages": (
             "nanochat_pl.commands.data:eval_packages",

@@ -1,4 +1,5 @@
-"""Downloads against a local HTTP server: FineWeb-Edu shards in the real format and single files, failures on demand."""
+"""Downloads against a local HTTP server: FineWeb-Edu and ClimbMix shards in the real format and single files,
+failures on demand."""
 
 import re
 import threading
@@ -10,10 +11,13 @@ import pytest
 
 from nanochat_pl.commands.data import download
 from nanochat_pl.common import UserError
-from nanochat_pl.data.download import download_file, download_fineweb
-from nanochat_pl.data.sources import iter_texts, resolve_shards, split_shards
+from nanochat_pl.data.download import download_file, download_shards
+from nanochat_pl.data.pretrain import PretrainDataModule
+from nanochat_pl.data.sources import DATASETS, iter_texts, resolve_shards, split_shards
+from nanochat_pl.tokenizer import Tokenizer
 
-SHARDS = (0, 1, 2, 1822)
+FINEWEB_EDU, CLIMBMIX = DATASETS["fineweb-edu"], DATASETS["climbmix"]
+SHARDS = (0, 1, 2, 1822, 6542)  # FineWeb-Edu's validation shard is 1822, ClimbMix's 6542
 
 
 class ShardServer:
@@ -45,7 +49,7 @@ class ShardServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets/fineweb"
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
@@ -55,7 +59,7 @@ class ShardServer:
 
 
 def shard_bytes(tmp_path, index):
-    """A small shard in the FineWeb-Edu format: one `text` column, row groups of 1024, zstd."""
+    """A small shard in the format of both datasets: one `text` column, row groups of 1024, zstd."""
     path = tmp_path / f"src_{index}.parquet"
     texts = [f"shard {index} document {j}. " * (j % 5 + 1) for j in range(1500)]
     pq.write_table(pa.table({"text": texts}), path, row_group_size=1024, compression="zstd")
@@ -76,7 +80,7 @@ def server(files):
 
 
 def fetch(server, out_dir, num_shards, **kwargs):
-    return download_fineweb(num_shards, data_dir=out_dir, base_url=server.url, backoff_s=0.001, **kwargs)
+    return download_shards(FINEWEB_EDU, num_shards, data_dir=out_dir, base_url=server.url, backoff_s=0.001, **kwargs)
 
 
 def listing(out_dir):
@@ -143,10 +147,12 @@ def test_corrupt_shard_on_disk_is_fetched_again(server, files, tmp_path):
     assert (tmp_path / "shard_00000.parquet").read_bytes() == files["shard_00000.parquet"]
 
 
-@pytest.mark.parametrize("num_shards", [0, -2, 1823])
-def test_number_of_shards_out_of_range(tmp_path, num_shards):
-    with pytest.raises(UserError, match=r"1\.\.1822 or -1"):
-        download_fineweb(num_shards, data_dir=tmp_path, base_url="http://127.0.0.1:9")
+@pytest.mark.parametrize(
+    "dataset, num_shards", [(FINEWEB_EDU, 0), (FINEWEB_EDU, -2), (FINEWEB_EDU, 1823), (CLIMBMIX, 0), (CLIMBMIX, 6543)]
+)
+def test_number_of_shards_out_of_range(tmp_path, dataset, num_shards):
+    with pytest.raises(UserError, match=rf"{dataset.title} shards must be 1\.\.{dataset.num_shards - 1} or -1"):
+        download_shards(dataset, num_shards, data_dir=tmp_path, base_url="http://127.0.0.1:9")
 
 
 def test_command_uses_the_data_home_and_env_url(server, files, tmp_path, monkeypatch, capsys):
@@ -161,6 +167,56 @@ def test_command_uses_the_data_home_and_env_url(server, files, tmp_path, monkeyp
     assert split_shards(shards, "train") == shards[:1]
     val = list(iter_texts("fineweb", "val"))
     assert len(val) == 1500 and val[0] == "shard 1822 document 0. "
+
+
+def test_climbmix_downloads_into_its_own_directory_resumes_and_is_a_source(
+    server, files, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path))
+    monkeypatch.setenv("NANOCHAT_PL_DATA_URL", server.url)
+    download(num_shards=2, dataset="climbmix")
+    assert "3 ClimbMix shards" in capsys.readouterr().err
+    out = tmp_path / "data" / "climbmix"
+    names = ["shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    assert listing(tmp_path / "data") == ["climbmix"] and listing(out) == names  # no .tmp file, no FineWeb-Edu
+    assert sorted(server.requests) == names and all((out / n).read_bytes() == files[n] for n in names)
+
+    server.requests.clear()
+    download(num_shards=3, dataset="climbmix", workers=1)
+    assert server.requests == ["shard_00002.parquet"]  # resumed: only what was missing
+    shards = resolve_shards("climbmix")
+    assert shards == [out / f"shard_{i:05d}.parquet" for i in (0, 1, 2, 6542)]  # training first, validation last
+    assert split_shards(shards, "val") == [out / "shard_06542.parquet"]
+    assert next(iter_texts("climbmix", "val")) == "shard 6542 document 0. "
+    assert next(iter_texts("climbmix", "train")) == "shard 0 document 0. "
+
+    # the pretraining stream reads them: training batches from shards 0..2, validation from shard 6542
+    tokenizer = Tokenizer.train_from_iterator(iter_texts("climbmix", "train"), vocab_size=300)
+    tokenizer.save(tmp_path / "tokenizer")
+    dm = PretrainDataModule(
+        source="climbmix",
+        tokenizer_dir=str(tmp_path / "tokenizer"),
+        sequence_len=64,
+        device_batch_size=2,
+        buffer_docs=8,
+        val_tokens=128,
+    )
+    dm.setup("fit")
+    inputs, targets = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert inputs.shape == targets.shape == (2, 64)
+    train_text = tokenizer.decode(inputs.flatten().tolist())
+    assert "shard 0 document" in train_text and "6542" not in train_text
+    val_batches = list(dm.val_dataloader())
+    assert len(val_batches) == 1
+    val_text = tokenizer.decode(val_batches[0][0].flatten().tolist())
+    assert "shard 6542 document" in val_text and "shard 0 " not in val_text
+
+
+def test_unknown_dataset_is_one_line_naming_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"^unknown dataset 'fineweb'; one of fineweb-edu, climbmix$"):
+        download(dataset="fineweb")
+    assert not (tmp_path / "data").exists()
 
 
 def test_single_file_download_shares_the_retries_and_the_check(server, files, tmp_path):

@@ -200,7 +200,7 @@ def test_no_shards_is_a_one_line_error(corpus, tmp_path, capsys):
     code, _, err = run_main(capsys, "fit", "--config", str(config))
     assert code == 1
     assert error_lines(err) == [
-        f"error: no .parquet, .txt, .jsonl files at '{empty}' (nor is it 'fineweb' or 'offline')"
+        f"error: no .parquet, .txt, .jsonl files at '{empty}' (nor is it 'fineweb', 'climbmix', 'offline')"
     ]
 
 

@@ -10,7 +10,7 @@ import pytest
 from nanochat_pl.common import UserError
 from nanochat_pl.data import offline
 from nanochat_pl.data.sources import (
-    fineweb_dir,
+    DATASETS,
     iter_texts,
     num_row_groups,
     read_row_group,
@@ -137,21 +137,33 @@ def test_resolve_directory_glob_and_file(tmp_path):
         resolve_shards(str(tmp_path / "missing" / "*.txt"))
 
 
-def test_fineweb_needs_downloaded_shards_with_the_val_shard(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "source, directory, val_shard, title, command",
+    [
+        ("fineweb", "fineweb-edu", 1822, "FineWeb-Edu", "nanochat-pl data download -n 8 --dataset fineweb-edu"),
+        ("climbmix", "climbmix", 6542, "ClimbMix", "nanochat-pl data download -n 8 --dataset climbmix"),
+    ],
+)
+def test_downloaded_sources_need_their_shards_with_the_val_shard(
+    tmp_path, monkeypatch, source, directory, val_shard, title, command
+):
     monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path))
-    assert fineweb_dir() == tmp_path / "data" / "fineweb-edu"
-    with pytest.raises(UserError, match="nanochat-pl data download"):
-        resolve_shards("fineweb")
-    fineweb_dir().mkdir(parents=True)
+    data_dir = tmp_path / "data" / directory
+    assert DATASETS[directory].default_dir() == data_dir
+    with pytest.raises(UserError) as error:
+        resolve_shards(source)
+    assert str(error.value) == f"no {title} shards in {data_dir}: run `{command}` first"
+    data_dir.mkdir(parents=True)
     for i in (1, 0):
-        write_parquet(fineweb_dir() / f"shard_{i:05d}.parquet", [f"train {i}"])
-    with pytest.raises(UserError, match="shard_01822.parquet is missing"):
-        resolve_shards("fineweb")
-    write_parquet(fineweb_dir() / "shard_01822.parquet", ["val"])
-    shards = resolve_shards("fineweb")
-    assert [p.name for p in shards] == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
-    assert list(iter_texts("fineweb", "val")) == ["val"]
-    assert list(iter_texts("fineweb", "train")) == ["train 0", "train 1"]
+        write_parquet(data_dir / f"shard_{i:05d}.parquet", [f"train {i}"])
+    with pytest.raises(UserError, match=f"shard_{val_shard:05d}.parquet is missing") as error:
+        resolve_shards(source)
+    assert str(error.value).endswith(f"run `{command.replace(' -n 8', '')}`")
+    write_parquet(data_dir / f"shard_{val_shard:05d}.parquet", ["val"])
+    shards = resolve_shards(source)
+    assert [p.name for p in shards] == ["shard_00000.parquet", "shard_00001.parquet", f"shard_{val_shard:05d}.parquet"]
+    assert list(iter_texts(source, "val")) == ["val"]
+    assert list(iter_texts(source, "train")) == ["train 0", "train 1"]
 
 
 def test_split_shards(tmp_path):

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-from nanochat_pl.data.download import download_fineweb
+from nanochat_pl.data.download import download_shards
 from nanochat_pl.data.offline import offline_shards, read_manifest
+from nanochat_pl.data.sources import dataset_named
 
 
 def download(
     num_shards: int = 8,
+    dataset: str = "fineweb-edu",
     data_dir: str | None = None,
     base_url: str | None = None,
     workers: int = 4,
 ) -> None:
-    """Download FineWeb-Edu shards (~100 MB each); an interrupted download resumes where it stopped.
+    """Download pretraining shards (~100 MB each); an interrupted download resumes where it stopped.
 
     Args:
-        num_shards: Download training shards 0..num_shards-1 (1 to 1822, or -1 for all) and the validation
-            shard; each holds ~250M characters (nanochat's speedrun: 8 for the tokenizer, ~216 for d20).
-        data_dir: Directory to download into; default: data/fineweb-edu in the data home.
-        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else
-            karpathy/fineweb-edu-100b-shuffle on Hugging Face.
+        num_shards: Download training shards 0..num_shards-1 (-1 for all: 1822 of FineWeb-Edu, 6542 of
+            ClimbMix) and the validation shard; each holds ~250M characters (nanochat's speedrun: 8 for the
+            tokenizer; ~216 for d20 on FineWeb-Edu, ~150 for the GPT-2 grade run on ClimbMix).
+        dataset: "fineweb-edu" (karpathy/fineweb-edu-100b-shuffle, source "fineweb") or "climbmix"
+            (karpathy/climbmix-400b-shuffle, source "climbmix", nanochat's since 2026-03: GPT-2 grade 27%
+            sooner).
+        data_dir: Directory to download into; default: data/<dataset> in the data home.
+        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else the
+            dataset on Hugging Face.
         workers: How many shards to download at once.
     """
-    download_fineweb(num_shards, data_dir=data_dir, base_url=base_url, workers=workers)
+    download_shards(dataset_named(dataset), num_shards, data_dir=data_dir, base_url=base_url, workers=workers)
 
 
 def offline(data_dir: str | None = None) -> None:

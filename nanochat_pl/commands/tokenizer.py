@@ -27,7 +27,7 @@ def train(
     """Train the BPE tokenizer and write it to a directory.
 
     Args:
-        source: Training text: "fineweb" (the downloaded FineWeb-Edu shards), "offline" (the corpus built
+        source: Training text: "fineweb" or "climbmix" (the downloaded shards), "offline" (the corpus built
             from the installed Python modules' docs), or a directory or glob of .txt/.parquet/.jsonl files.
             The last file of a source is its validation split; training reads the others.
         vocab_size: Size of the whole vocabulary: 256 bytes + merges + the 9 special tokens

@@ -1,6 +1,7 @@
-"""Downloads: FineWeb-Edu shards and single files (task data, word lists), retried, checked, written atomically.
+"""Downloads: a dataset's shards (FineWeb-Edu, ClimbMix) and single files (task data, word lists), retried,
+checked, written atomically.
 
-nanochat dataset.py: `-n N` fetches shards 0..N-1 plus the last shard (validation); 5 attempts with 2^k s
+nanochat dataset.py@92d63d4: `-n N` fetches shards 0..N-1 plus the last shard (validation); 5 attempts with 2^k s
 backoff; a temporary name, then rename. Here threads do the parallel work (the job waits on the network,
 not the CPU), each finished file must be a readable parquet file with a `text` column, and a shard already
 on disk and readable is skipped, so an interrupted download resumes where it stopped. A single file
@@ -22,15 +23,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError, atomic_path
-from nanochat_pl.data.sources import (
-    FINEWEB_REPO,
-    FINEWEB_VAL_SHARD,
-    fineweb_dir,
-    fineweb_shard_name,
-    open_parquet,
-)
+from nanochat_pl.data.sources import ShardedDataset, open_parquet, shard_name
 
-DEFAULT_BASE_URL = f"https://huggingface.co/datasets/{FINEWEB_REPO}/resolve/main"
 BASE_URL_ENV = "NANOCHAT_PL_DATA_URL"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60  # per blocking socket operation, not per file
@@ -40,7 +34,8 @@ class _Cancelled(Exception):
     """The user pressed Ctrl-C: the other threads stop too, leaving no partial file."""
 
 
-def download_fineweb(
+def download_shards(
+    dataset: ShardedDataset,
     num_shards: int,
     data_dir: str | os.PathLike | None = None,
     base_url: str | None = None,
@@ -48,25 +43,28 @@ def download_fineweb(
     attempts: int = 5,
     backoff_s: float = 1.0,
 ) -> list[Path]:
-    """Make shards 0..num_shards-1 and the validation shard present in `data_dir`; return their paths.
+    """Make `dataset`'s shards 0..num_shards-1 and its validation shard present in `data_dir`; return their paths.
 
-    `num_shards` -1 means all 1822 training shards. The base URL is `base_url`, else $NANOCHAT_PL_DATA_URL,
-    else Hugging Face. A failed attempt is retried after backoff_s * 2^k seconds, except for HTTP errors
-    that say the file is not there (4xx), which are reported at once.
+    `num_shards` -1 means all the training shards. `data_dir` defaults to the dataset's directory in the data
+    home. The base URL is `base_url`, else $NANOCHAT_PL_DATA_URL, else the dataset's on Hugging Face. A failed
+    attempt is retried after backoff_s * 2^k seconds, except for HTTP errors that say the file is not there
+    (4xx), which are reported at once.
     """
-    num_train = FINEWEB_VAL_SHARD if num_shards == -1 else num_shards
-    if not 1 <= num_train <= FINEWEB_VAL_SHARD:
-        raise UserError(f"number of shards must be 1..{FINEWEB_VAL_SHARD} or -1 for all, got {num_shards}")
+    num_train = dataset.val_shard if num_shards == -1 else num_shards
+    if not 1 <= num_train <= dataset.val_shard:
+        raise UserError(
+            f"number of {dataset.title} shards must be 1..{dataset.val_shard} or -1 for all, got {num_shards}"
+        )
     if workers < 1 or attempts < 1:
         raise UserError(f"workers and attempts must be at least 1, got {workers} and {attempts}")
-    out_dir = Path(data_dir) if data_dir is not None else fineweb_dir()
-    base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
-    indices = [*range(num_train), FINEWEB_VAL_SHARD]
-    paths = [out_dir / fineweb_shard_name(i) for i in indices]
+    out_dir = Path(data_dir) if data_dir is not None else dataset.default_dir()
+    base_url = (base_url or os.environ.get(BASE_URL_ENV) or dataset.url).rstrip("/")
+    indices = [*range(num_train), dataset.val_shard]
+    paths = [out_dir / shard_name(i) for i in indices]
     missing = [path for path in paths if not _is_valid_shard(path)]
 
     stop = threading.Event()
-    progress = _ByteProgress(desc=f"fineweb-edu: {len(missing)} shards")
+    progress = _ByteProgress(desc=f"{dataset.name}: {len(missing)} shards")
     with progress, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [
             pool.submit(_download, f"{base_url}/{p.name}", p, attempts, backoff_s, stop, progress, _check_shard)
@@ -83,7 +81,7 @@ def download_fineweb(
     if failures:
         raise failures[0]
     print(
-        f"{len(paths)} FineWeb-Edu shards in {out_dir} ({len(missing)} downloaded, "
+        f"{len(paths)} {dataset.title} shards in {out_dir} ({len(missing)} downloaded, "
         f"{len(paths) - len(missing)} already there)",
         file=sys.stderr,
     )

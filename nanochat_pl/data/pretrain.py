@@ -194,7 +194,7 @@ class PretrainDataModule(ResumableStreamModule):
     `rank` and `world_size` before `setup()` to play another rank).
 
     Args:
-        source: "fineweb", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
+        source: "fineweb", "climbmix", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
         tokenizer_dir: Tokenizer (a directory, or a checkpoint, which carries one); default: the data home's
             tokenizer/.
         sequence_len: Tokens per row given to the model (T).
@@ -203,7 +203,7 @@ class PretrainDataModule(ResumableStreamModule):
             0 reads in the training process. Validation always reads in the training process.
         buffer_docs: Documents the best-fit packer chooses from (nanochat: 1000).
         val_tokens: Tokens per validation over all ranks (nanochat base_train.py@92d63d4: 80 x 524,288).
-        data_dir: Where "fineweb" or "offline" data lives; default: under the data home.
+        data_dir: Where "fineweb", "climbmix" or "offline" data lives; default: under the data home.
         tokenizer_threads: Threads of each tokenizer batch call (per worker).
     """
 

@@ -1,9 +1,9 @@
-"""Where text comes from: FineWeb-Edu shards, the offline corpus, or the user's own files.
+"""Where text comes from: FineWeb-Edu or ClimbMix shards, the offline corpus, or the user's own files.
 
 A source is a list of files, read in groups of documents: a parquet file's real row groups, or fixed groups of
 ROW_GROUP_SIZE documents of a .txt or .jsonl file. The group is the unit the pretraining loader shards across
 ranks and workers and records in its state, so a resumed run continues exactly where it stopped. The last
-file of a source is its validation split (as nanochat does with FineWeb-Edu's last shard).
+file of a source is its validation split (as nanochat does with its datasets' last shard).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,21 +24,60 @@ import pyarrow.parquet as pq
 from nanochat_pl.common import UserError, home_dir
 from nanochat_pl.data.offline import ROW_GROUP_SIZE, offline_shards
 
-# nanochat dataset.py (Oct 2025): karpathy/fineweb-edu-100b-shuffle, shards 0..1822, the last for validation
-FINEWEB_REPO = "karpathy/fineweb-edu-100b-shuffle"
-FINEWEB_NUM_SHARDS = 1823
-FINEWEB_VAL_SHARD = FINEWEB_NUM_SHARDS - 1
 SUFFIXES = (".parquet", ".txt", ".jsonl")
 SPLITS = ("train", "val")
 # .txt files: documents are separated by one or more blank lines (two or more newlines)
 BLANK_LINES = re.compile(r"\n[^\S\n]*\n\s*")
 
 
-def fineweb_dir() -> Path:
-    return home_dir() / "data" / "fineweb-edu"
+@dataclass(frozen=True)
+class ShardedDataset:
+    """A Hugging Face dataset of parquet shards shard_00000.parquet, shard_00001.parquet, ..., each a single
+    `text` column in row groups of 1024 documents; the last shard is the validation split."""
+
+    source: str  # the source spec that reads it (`data.init_args.source`, `tokenizer train --source`)
+    name: str  # `nanochat-pl data download --dataset NAME`, and its directory under data/ in the data home
+    title: str  # for messages
+    repo: str
+    num_shards: int
+
+    @property
+    def val_shard(self) -> int:
+        return self.num_shards - 1
+
+    @property
+    def url(self) -> str:
+        """Where the shards are: `{url}/shard_XXXXX.parquet`."""
+        return f"https://huggingface.co/datasets/{self.repo}/resolve/main"
+
+    def default_dir(self) -> Path:
+        return home_dir() / "data" / self.name
+
+    def download_command(self, num_shards: int | None = None) -> str:
+        count = f" -n {num_shards}" if num_shards is not None else ""
+        return f"nanochat-pl data download{count} --dataset {self.name}"
 
 
-def fineweb_shard_name(index: int) -> str:
+# nanochat dataset.py@dfc8833 (Oct 2025): FineWeb-Edu sample-100BT, shards 0..1822. dataset.py@92d63d4 (switched
+# in 324e69c): NVIDIA Nemotron-ClimbMix decoded to text, shards 0..6542; ~150 of them (~7B tokens) for GPT-2 grade.
+DATASETS = {
+    dataset.name: dataset
+    for dataset in (
+        ShardedDataset("fineweb", "fineweb-edu", "FineWeb-Edu", "karpathy/fineweb-edu-100b-shuffle", 1823),
+        ShardedDataset("climbmix", "climbmix", "ClimbMix", "karpathy/climbmix-400b-shuffle", 6543),
+    )
+}
+SHARDED_SOURCES = {dataset.source: dataset for dataset in DATASETS.values()}
+
+
+def dataset_named(name: str) -> ShardedDataset:
+    """The dataset `nanochat-pl data download --dataset NAME` fetches."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def shard_name(index: int) -> str:
     return f"shard_{index:05d}.parquet"
 
 
@@ -45,14 +85,16 @@ def resolve_shards(spec: str, data_dir: str | os.PathLike | None = None) -> list
     """The files of a source, in order (validation last).
 
     Args:
-        spec: "fineweb" (the downloaded FineWeb-Edu shards), "offline" (the corpus built from the installed
-            Python modules' docs, built once and cached), or a file, directory or glob of local .parquet,
-            .txt and .jsonl files (sorted by path; a directory's files, not its subdirectories').
-        data_dir: Where "fineweb" or "offline" lives; default: data/fineweb-edu or data/offline in the
-            data home.
+        spec: "fineweb" or "climbmix" (the downloaded FineWeb-Edu or ClimbMix shards), "offline" (the corpus
+            built from the installed Python modules' docs, built once and cached), or a file, directory or glob
+            of local .parquet, .txt and .jsonl files (sorted by path; a directory's files, not its
+            subdirectories').
+        data_dir: Where "fineweb", "climbmix" or "offline" lives; default: data/fineweb-edu, data/climbmix or
+            data/offline in the data home.
     """
-    if spec == "fineweb":
-        return _fineweb_shards(Path(data_dir) if data_dir is not None else fineweb_dir())
+    if spec in SHARDED_SOURCES:
+        dataset = SHARDED_SOURCES[spec]
+        return _downloaded_shards(dataset, Path(data_dir) if data_dir is not None else dataset.default_dir())
     if spec == "offline":
         return offline_shards(data_dir)
     path = Path(spec).expanduser()
@@ -66,18 +108,19 @@ def resolve_shards(spec: str, data_dir: str | os.PathLike | None = None) -> list
         files = [Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p)]
     files = sorted(p for p in files if p.suffix in SUFFIXES)
     if not files:
-        raise UserError(f"no {', '.join(SUFFIXES)} files at {spec!r} (nor is it 'fineweb' or 'offline')")
+        named = ", ".join(repr(name) for name in (*SHARDED_SOURCES, "offline"))
+        raise UserError(f"no {', '.join(SUFFIXES)} files at {spec!r} (nor is it {named})")
     return files
 
 
-def _fineweb_shards(data_dir: Path) -> list[Path]:
+def _downloaded_shards(dataset: ShardedDataset, data_dir: Path) -> list[Path]:
     files = sorted(data_dir.glob("shard_*.parquet"))
     if not files:
-        raise UserError(f"no FineWeb-Edu shards in {data_dir}: run `nanochat-pl data download -n 8` first")
-    if files[-1].name != fineweb_shard_name(FINEWEB_VAL_SHARD):
+        raise UserError(f"no {dataset.title} shards in {data_dir}: run `{dataset.download_command(8)}` first")
+    if files[-1].name != shard_name(dataset.val_shard):
         raise UserError(
-            f"the validation shard {fineweb_shard_name(FINEWEB_VAL_SHARD)} is missing from {data_dir}: "
-            "run `nanochat-pl data download`"
+            f"the validation shard {shard_name(dataset.val_shard)} is missing from {data_dir}: "
+            f"run `{dataset.download_command()}`"
         )
     return files
 
