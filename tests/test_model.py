@@ -8,7 +8,7 @@ import torch
 
 from nanochat_pl.common import UserError
 from nanochat_pl.model import GPT, OCT_2025, GPTConfig, KVCache
-from nanochat_pl.model.gpt import attention, banded_attention
+from nanochat_pl.model.attention import attention, banded_attention
 
 # ----------------------------------------------------------------------------------------------------------
 # d20 on the meta device: shapes, parameter counts and FLOPs as nanochat computes them

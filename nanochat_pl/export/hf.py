@@ -6,8 +6,8 @@ Two targets (reference chat-stages.md §5):
   vLLM without remote code. Its rope_theta is configurable, so any `rope_base` fits.
 - "remote": everything else (the 2026 recipe). transformers' class has no value embeddings, residual scalars,
   smear, backout, sliding windows or qk_scale (its own converter drops those weights without a word), so the
-  directory ships this project's model code (`gpt.py`, `rotary.py`, `kv_cache.py`, imports rewritten to be
-  relative) behind a thin transformers wrapper (`hf_remote/`), loaded with `trust_remote_code=True`.
+  directory ships this project's model code (`gpt.py`, `attention.py`, `rotary.py`, `kv_cache.py`, imports
+  rewritten to be relative) behind a thin transformers wrapper (`hf_remote/`), loaded with `trust_remote_code=True`.
 "auto" picks native when the model fits it. Both get the same tokenizer files (tokenizer.json,
 tokenizer_config.json, chat_template.jinja) and generation_config.json.
 
@@ -55,7 +55,7 @@ _NATIVE_BLOCK_NAMES = {
 
 # The remote-code files: our model sources, copied, and the hand-written wrapper beside this module.
 _MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
-_MODEL_SOURCES = ("gpt.py", "rotary.py", "kv_cache.py")
+_MODEL_SOURCES = ("gpt.py", "attention.py", "rotary.py", "kv_cache.py")
 _WRAPPER_DIR = Path(__file__).resolve().parent / "hf_remote"
 _WRAPPER_SOURCES = ("configuration_nanochat_pl.py", "modeling_nanochat_pl.py")
 # transformers' dynamic-module loader copies only files reached by single-dot relative imports and checks that
@@ -65,6 +65,7 @@ _WRAPPER_SOURCES = ("configuration_nanochat_pl.py", "modeling_nanochat_pl.py")
 _IMPORT_REWRITES = {
     "gpt.py": {
         "from nanochat_pl.common import UserError": "UserError = ValueError  # nanochat_pl.common is not shipped",
+        "from nanochat_pl.model.attention import KERNELS, attention": "from .attention import KERNELS, attention",
         "from nanochat_pl.model.kv_cache import KVCache": "from .kv_cache import KVCache",
         "from nanochat_pl.model.rotary import apply_rotary, rotary_tables": (
             "from .rotary import apply_rotary, rotary_tables"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nanochat_pl.common import UserError
+from nanochat_pl.model.attention import KERNELS, attention
 from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.model.rotary import apply_rotary, rotary_tables
 
@@ -36,9 +37,6 @@ LOGIT_SOFTCAP = 15.0  # 15·tanh(z/15): both recipes (HEAD went to 20 in aba30cb
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of the block's normed input
 SMEAR_CHANNELS = 24  # the smear gate reads the first 24 channels of the token's normed embedding
 ROTARY_LEN_FACTOR = 10  # rotary tables cover 10x sequence_len positions, as nanochat (cheap; room to decode)
-# The banded sliding-window path pays for padding and key-block copies; below this many windows per
-# sequence one masked SDPA call was faster on CPU (measured, see `attention`).
-BANDED_MIN_WINDOWS = 4
 
 # nanochat's October 2025 architecture (gpt.py@dfc8833) as overrides of the HEAD defaults:
 # GPTConfig.from_depth(20, vocab_size=65536, **OCT_2025) has its 560,988,160 parameters.
@@ -165,73 +163,13 @@ def norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def causal_window_mask(num_queries: int, num_keys: int, window: int | None, device) -> Tensor:
-    """(Tq, Tk) bool mask, True = attend, for queries that are the last Tq of Tk positions: query i sees
-    key j iff j <= i and (window is None or i - j <= window)."""
-    i = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
-    j = torch.arange(num_keys, device=device)[None, :]
-    mask = j <= i
-    return mask if window is None else mask & (i - j <= window)
-
-
-def banded_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """Sliding-window causal attention without a T×T mask: queries in blocks of `window`, each block
-    against the keys [block_start - window, block_end) with a (window × 2·window) band mask. Memory
-    and compute O(T·2·window) instead of O(T²). q (B, H, T, D); k, v (B, H_kv, T, D)."""
-    B, H, T, D = q.shape
-    H_kv, W = k.size(1), window
-    num_blocks = math.ceil(T / W)
-    pad = num_blocks * W - T
-    q_blocks = F.pad(q, (0, 0, 0, pad)).view(B, H, num_blocks, W, D).transpose(1, 2)
-    q_blocks = q_blocks.reshape(B * num_blocks, H, W, D)
-
-    def key_blocks(t: Tensor) -> Tensor:  # block b: positions [b·W - W, b·W + W), zero-padded at both ends
-        t = F.pad(t, (0, 0, W, pad)).unfold(2, 2 * W, W)  # (B, H_kv, blocks, D, 2W)
-        return t.permute(0, 2, 1, 4, 3).reshape(B * num_blocks, H_kv, 2 * W, D)
-
-    # query b·W + a sees key b·W - W + c iff 0 <= (a + W) - c <= W, and the key is not left padding
-    a = torch.arange(W, device=q.device)[:, None]
-    c = torch.arange(2 * W, device=q.device)[None, :]
-    b = torch.arange(num_blocks, device=q.device)[:, None, None]
-    mask = (c >= a) & (c <= a + W) & (b * W - W + c >= 0)  # (blocks, W, 2W), same for every batch row
-    mask = mask.unsqueeze(1).repeat(B, 1, 1, 1)
-    y = F.scaled_dot_product_attention(q_blocks, key_blocks(k), key_blocks(v), attn_mask=mask, enable_gqa=H_kv != H)
-    return y.view(B, num_blocks, H, W, D).transpose(1, 2).reshape(B, H, num_blocks * W, D)[:, :, :T]
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
-    """Causal (optionally sliding-window) attention of q (B, H, Tq, D), the last Tq positions, over the
-    keys/values (B, H_kv, Tk, D) of all Tk positions (Tk > Tq when a KV cache holds earlier tokens).
-
-    Paths, cheapest first: a single decoded token attends to every key left in its window (no mask); a
-    whole sequence whose window covers it takes is_causal (flash / memory-efficient kernels); a sequence of
-    at least BANDED_MIN_WINDOWS windows takes `banded_attention`; anything else (a short sequence, a prefill
-    after earlier cached tokens) one SDPA call with an explicit mask. Measured on CPU (2 busy cores, fwd+bwd,
-    B=8, H=4, D=64, fp32, mask vs banded): T/W=2 99 vs 214 ms (W=128), 664 vs 957 (W=512); T/W=3 108 vs
-    196 (W=128); T/W=4 234 vs 234 (W=128), 2266 vs 1292 (W=512, T=2048); T/W=8 567 vs 279 (W=128). bf16
-    alike. From 4 windows on banded is as fast or faster, and its memory is O(T·2W) rather than O(T²).
-    """
-    num_queries, num_keys = q.size(2), k.size(2)
-    gqa = q.size(1) != k.size(1)
-    if window is not None and num_keys - num_queries > window:  # keys before the first query's window
-        k, v = k[:, :, num_keys - num_queries - window :], v[:, :, num_keys - num_queries - window :]
-        num_keys = k.size(2)
-    if num_queries == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    if num_queries == num_keys and (window is None or window >= num_queries - 1):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if num_queries == num_keys and num_queries >= BANDED_MIN_WINDOWS * window:
-        return banded_attention(q, k, v, window)
-    mask = causal_window_mask(num_queries, num_keys, window, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.window = config.layer_windows()[layer_idx]
+        self.kernel = "auto"  # the attention kernel (attention.py); GPT.set_attention_kernel sets every layer's
         self.qk_scale = config.qk_scale
         kv_dim = config.n_kv_head * config.head_dim
         self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
@@ -252,11 +190,14 @@ class CausalSelfAttention(nn.Module):
             v = v + (gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)).to(v.dtype)
         v = v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k = norm(q) * self.qk_scale, norm(k) * self.qk_scale
+        # back to the activations' dtype: CUDA autocast runs rms_norm in fp32, and fp32 q, k would make decoding
+        # convert every layer's whole bf16 cache to fp32 each step (and training pad and copy fp32 q, k)
+        q, k = (norm(q) * self.qk_scale).to(v.dtype), (norm(k) * self.qk_scale).to(v.dtype)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may hold another dtype than the activations
-        y = attention(q, k, v, self.window)
+            # a no-op when the cache is allocated in the compute dtype (the engine's); converts any other
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = attention(q, k, v, self.window, self.kernel)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -313,6 +254,15 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(ROTARY_LEN_FACTOR * config.sequence_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)  # derived from the config: not checkpointed
         self.register_buffer("sin", sin, persistent=False)
+
+    def set_attention_kernel(self, kernel: str) -> None:
+        """Which attention kernel every layer uses (attention.py): "auto" (default: flash_attn / flex_attention
+        for CUDA's sliding windows, the measured SDPA paths elsewhere), "flex" (flex_attention for every
+        sliding window) or "sdpa". A run-time choice, not part of the architecture: the outputs are the same."""
+        if kernel not in KERNELS:
+            raise UserError(f"attention kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        for block in self.transformer.h:
+            block.attn.kernel = kernel
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -11,16 +11,24 @@ Muon step (nanochat optim.py@92d63d4), on each stack of same-shape matrices:
 with the learning rate multiplied by max(1, rows/cols)^0.5. Bracketed steps are group switches, so the plain
 Muon of nanochat's October 2025 release (and of torch.optim.Muon) is the same class with them off.
 
-Gradients are used as they arrive: under Lightning's DDP they are already averaged, so nothing here
-communicates, and every rank computes the same update.
+Gradients are used as they arrive: under Lightning's DDP they are already averaged, so nothing here averages
+them again. What is shared out is the work and the state (ZeRO-1, as nanochat's DistMuonAdamW shards both): with
+several ranks each parameter has one owner (a contiguous share of every same-shape Muon stack, AdamW tensors
+balanced by size), only the owner keeps its optimizer state and computes its update, and the updated parameters
+are then broadcast from their owners. Every rank ends the step with the same weights, as without sharding, while
+holding 1/world of the optimizer state and doing 1/world of the orthogonalisations. `state_dict()` gathers the
+shards into one (every rank must call it, as Lightning's checkpointing does), so a checkpoint is the same whatever
+the world size it was written at, and `load_state_dict` keeps each rank's share.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from nanochat_pl.common import UserError
@@ -71,9 +79,12 @@ class MuonAdamW(torch.optim.Optimizer):
             beta2, cautious_wd, ortho_dtype ("auto"|"bfloat16"|"float32", see resolve_ortho_dtype).
             A Muon group may mix shapes; same-shape matrices are orthogonalised together in one batched
             matmul. Each group's starting weight decay is kept as `initial_weight_decay` for schedules.
+        shard: Under torch.distributed with several ranks, share the state and the work out (see the module's
+            docstring); False has every rank compute every update.
     """
 
-    def __init__(self, param_groups: Iterable[dict]):
+    def __init__(self, param_groups: Iterable[dict], shard: bool = True):
+        self.shard = shard
         super().__init__(list(param_groups), defaults={})
 
     def add_param_group(self, param_group: dict) -> None:
@@ -105,19 +116,89 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        rank, world = self._rank_and_world()
+        owners = self._owners(world)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and owners[p] == rank]
             if not params:
                 continue
             if group["kind"] == "adamw":
                 self._adamw_step(group, params)
             else:
-                by_shape: dict[torch.Size, list[Tensor]] = defaultdict(list)
-                for p in params:
-                    by_shape[p.shape].append(p)
-                for same_shape in by_shape.values():
+                for same_shape in _by_shape(params).values():
                     self._muon_step(group, same_shape)
+        if world > 1:
+            self._broadcast_from_owners(owners, rank, world)
         return loss
+
+    # ---- sharing the work out across ranks -----------------------------------------------------------------
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.shard and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _owners(self, world: int) -> dict[Tensor, int]:
+        """The rank that updates each parameter: a contiguous share of every same-shape Muon stack (nanochat
+        splits its stacks so), and AdamW tensors largest first to the least-loaded rank. The same on every rank:
+        it depends on the groups and the world size only."""
+        owners: dict[Tensor, int] = {}
+        load = [0] * world
+        for group in self.param_groups:
+            if group["kind"] == "muon":
+                for stack in _by_shape(group["params"]).values():
+                    share = -(-len(stack) // world)
+                    for index, p in enumerate(stack):
+                        owners[p] = index // share
+                        load[index // share] += p.numel()
+        adamw = [p for group in self.param_groups if group["kind"] == "adamw" for p in group["params"]]
+        for p in sorted(adamw, key=lambda p: -p.numel()):  # stable: ties keep the groups' order
+            owners[p] = min(range(world), key=lambda r: load[r])
+            load[owners[p]] += p.numel()
+        return owners
+
+    def _broadcast_from_owners(self, owners: dict[Tensor, int], rank: int, world: int) -> None:
+        """Every parameter from its owner to all ranks: one flat buffer per (owner, dtype)."""
+        for owner in range(world):
+            by_dtype: dict[torch.dtype, list[Tensor]] = defaultdict(list)
+            for p, r in owners.items():
+                if r == owner:
+                    by_dtype[p.dtype].append(p)
+            for params in by_dtype.values():
+                if rank == owner:
+                    flat = torch.cat([p.detach().reshape(-1) for p in params])
+                else:
+                    flat = params[0].new_empty(sum(p.numel() for p in params))
+                dist.broadcast(flat, src=owner)
+                if rank != owner:
+                    pieces = flat.split([p.numel() for p in params])
+                    torch._foreach_copy_(params, [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole optimizer's state: under sharding, every rank's share gathered on rank 0 (a collective:
+        every rank calls it, as Lightning's checkpointing does; the other ranks get their own share back)."""
+        local = super().state_dict()
+        rank, world = self._rank_and_world()
+        if world == 1:
+            return local
+        share = {
+            index: {k: v.cpu() if isinstance(v, Tensor) else v for k, v in state.items()}
+            for index, state in local["state"].items()
+        }
+        shares = [None] * world if rank == 0 else None
+        dist.gather_object(share, shares, dst=0)
+        if rank == 0:
+            local["state"] = {index: state for rank_share in shares for index, state in rank_share.items()}
+        return local
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a whole state (from a checkpoint written at any world size), then keep this rank's share."""
+        super().load_state_dict(state_dict)
+        rank, world = self._rank_and_world()
+        if world > 1:
+            for p, owner in self._owners(world).items():
+                if owner != rank:
+                    self.state.pop(p, None)
 
     def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
         """Bias-corrected AdamW with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101).
@@ -219,6 +300,14 @@ class MuonAdamW(torch.optim.Optimizer):
         scaled = U * V.clamp_min(1e-10).rsqrt()
         norm_before = U.norm(dim=(-2, -1), keepdim=True)
         return scaled * (norm_before / scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10))
+
+
+def _by_shape(params: list[Tensor]) -> dict[torch.Size, list[Tensor]]:
+    """Same-shape matrices stacked together (in the order given), as the Muon step takes them."""
+    stacks: dict[torch.Size, list[Tensor]] = defaultdict(list)
+    for p in params:
+        stacks[p.shape].append(p)
+    return stacks
 
 
 def _copy_back_if_cast(originals: list[Tensor], updated: list[Tensor]) -> None:
