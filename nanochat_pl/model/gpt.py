@@ -163,6 +163,14 @@ def norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose weight meets its input's dtype, as nanochat HEAD's (gpt.py@92d63d4): fp32 master weights
+    serve bf16 activations without autocast (stages/precision.py); when the dtypes match it is nn.Linear."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -172,13 +180,13 @@ class CausalSelfAttention(nn.Module):
         self.kernel = "auto"  # the attention kernel (attention.py); GPT.set_attention_kernel sets every layer's
         self.qk_scale = config.qk_scale
         kv_dim = config.n_kv_head * config.head_dim
-        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.c_k = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_v = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_q = Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_k = Linear(config.n_embd, kv_dim, bias=False)
+        self.c_v = Linear(config.n_embd, kv_dim, bias=False)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=False)
         # one gate per kv head, read from the first channels of the block's normed input (gpt.py@92d63d4)
         has_ve = config.has_value_embed(layer_idx)
-        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, config.n_kv_head, bias=False) if has_ve else None
+        self.ve_gate = Linear(VE_GATE_CHANNELS, config.n_kv_head, bias=False) if has_ve else None
 
     def forward(self, x: Tensor, ve: Tensor | None, cos: Tensor, sin: Tensor, kv_cache: KVCache | None):
         B, T, C = x.shape
@@ -204,8 +212,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU² (nanochat, both versions)
@@ -236,7 +244,7 @@ class GPT(nn.Module):
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             )
         )
-        self.lm_head = nn.Linear(C, V, bias=False)
+        self.lm_head = Linear(C, V, bias=False)
         kv_dim = config.n_kv_head * config.head_dim
         self.value_embeds = nn.ModuleDict(
             {str(i): nn.Embedding(V, kv_dim) for i in range(config.n_layer) if config.has_value_embed(i)}
@@ -246,7 +254,7 @@ class GPT(nn.Module):
             self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         if config.smear:
-            self.smear_gate = nn.Linear(SMEAR_CHANNELS, 1, bias=False)
+            self.smear_gate = Linear(SMEAR_CHANNELS, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if config.backout:
             self.backout_lambda = nn.Parameter(torch.zeros(1))
@@ -346,7 +354,7 @@ class GPT(nn.Module):
             if i == self.backout_layer:
                 x_mid = x
         if self.config.backout:  # remove the low-level features of the middle layer before the readout
-            x = x - self.backout_lambda * x_mid
+            x = x - self.backout_lambda.to(x.dtype) * x_mid
         x = norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
@@ -378,7 +386,7 @@ class GPT(nn.Module):
             if kv_cache.prev_embedding is not None:
                 prev = torch.cat([kv_cache.prev_embedding.to(x.dtype), x[:, :-1]], dim=1)
             kv_cache.prev_embedding = x[:, -1:]
-        gate = self.smear_lambda * torch.sigmoid(self.smear_gate(x[..., :SMEAR_CHANNELS]))
+        gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[..., :SMEAR_CHANNELS]))
         return x + gate * prev
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
