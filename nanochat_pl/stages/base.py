@@ -50,6 +50,8 @@ class BaseTraining(LanguageModelStage):
         sample_every: Optimizer steps between samples from fixed prompts (0: never); at validation time.
         compile: torch.compile the GPT's training forward (faster on GPUs and CPUs alike; the first steps then
             take a minute or more).
+        fp8: Train the large linears in float8, tensorwise (nanochat's --fp8, model/fp8.py): for GPUs with fp8
+            matmuls (H100 on), with compile; validation and samples run in the usual precision.
     """
 
     stage_name = "base"
@@ -72,6 +74,7 @@ class BaseTraining(LanguageModelStage):
         eval_every: int = 250,
         sample_every: int = 2000,
         compile: bool = False,
+        fp8: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from nanochat_pl.checkpoint import CHECKPOINT_KEY, check_vocab_matches
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.bpb import BitsPerByte
+from nanochat_pl.model.fp8 import convert_to_float8
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.optim import MuonAdamW, Schedule, apply_muon_schedules, build_param_groups
 from nanochat_pl.stages.callbacks import FinalCheckpoint, TokenThroughputMonitor
@@ -110,6 +111,8 @@ class LanguageModelStage(L.LightningModule, ABC):
         model = meta_model(self.gpt_config)
         model.to_empty(device=self.trainer.strategy.root_device if self._trainer else "cpu")
         self.init_model(model)
+        if self.hparams.get("fp8", False):  # before compiling, as nanochat converts before torch.compile
+            convert_to_float8(model)
         # Training and validation go through the compiled forward (fixed shapes, compiled once); samples use the
         # eager model, whose KV-cached calls change shape every token and would recompile each time. Compiling
         # the bound method keeps the state-dict keys free of `_orig_mod.`.

@@ -1,0 +1,88 @@
+"""FP8 training of the large linears, tensorwise (nanochat's `--fp8`, fp8.py@92d63d4; torchao's Float8Linear with
+its "tensorwise" recipe).
+
+In a training forward, a converted Linear quantises its input and its fp32 master weight to float8 e4m3 and the
+gradient coming back to e5m2, each tensor with one dynamic scale (its absolute maximum onto the format's largest
+value), and runs the three matmuls (output, input gradient, weight gradient) as `torch._scaled_mm` with fp32
+accumulation. Anything else (validation, sampling, a row count `_scaled_mm` cannot take) runs the plain Linear,
+as nanochat evaluates with fp8 switched off. Which linears: both sizes multiples of 16 and the smaller at least
+128 (nanochat's rule); compile the model for speed (eager fp8 was 4x slower in nanochat's measurements). On an
+H100, d26: +17% tokens/s against bf16 and ~9 GB less memory (nanochat LOG 2026-02-02).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nanochat_pl.model.gpt import Linear
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+ALIGNMENT = 16  # _scaled_mm needs every size a multiple of 16
+MIN_SIZE = 128  # smaller linears gain nothing from fp8 (nanochat)
+
+
+def quantize(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(x in `dtype`, the fp32 scale that undoes it): x · (fmax / amax(x)), saturated, then cast."""
+    fmax = torch.finfo(dtype).max
+    amax = x.detach().abs().amax().float().clamp_min(1e-12)
+    scale = fmax / amax
+    return (x.float() * scale).clamp(-fmax, fmax).to(dtype), scale.reciprocal()
+
+
+def column_major(x: Tensor) -> Tensor:
+    """The same matrix laid out column-major, as `_scaled_mm`'s second operand must be."""
+    return x.t().contiguous().t()
+
+
+class _Float8Matmul(torch.autograd.Function):
+    """x (N, in) @ w (out, in)ᵀ with float8 operands, fp32 accumulation, out in x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        x8, x_scale = quantize(x, E4M3)
+        w8, w_scale = quantize(weight, E4M3)
+        ctx.save_for_backward(x8, x_scale, w8, w_scale)
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+        return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x8, x_scale, w8, w_scale = ctx.saved_tensors
+        g8, g_scale = quantize(grad, E5M2)
+        grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype)
+        grad_w = torch._scaled_mm(
+            g8.t().contiguous(), column_major(x8), scale_a=g_scale, scale_b=x_scale, out_dtype=ctx.w_dtype
+        )
+        return grad_x, grad_w
+
+
+class Float8Linear(Linear):
+    """A bias-free Linear whose training matmuls run in float8 (see the module's docstring); same parameters and
+    state-dict keys as the Linear it replaces."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.size(-1)
+        if not (self.training and torch.is_grad_enabled()) or rows % ALIGNMENT:
+            return super().forward(x)
+        out = _Float8Matmul.apply(x.reshape(rows, x.size(-1)), self.weight)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def convertible(module: nn.Module) -> bool:
+    """nanochat's rule: a bias-free Linear with both sizes multiples of 16 and the smaller at least 128."""
+    if not isinstance(module, nn.Linear) or module.bias is not None:
+        return False
+    sizes = (module.in_features, module.out_features)
+    return all(size % ALIGNMENT == 0 for size in sizes) and min(sizes) >= MIN_SIZE
+
+
+def convert_to_float8(model: nn.Module) -> int:
+    """Swap every convertible Linear of `model` for a Float8Linear in place (the weights are kept: the module's
+    class changes, not its tensors); returns how many."""
+    converted = 0
+    for module in model.modules():
+        if convertible(module) and not isinstance(module, Float8Linear):
+            module.__class__ = Float8Linear
+            converted += 1
+    return converted
