@@ -22,6 +22,7 @@ import time
 import torch
 from torch import nn
 
+from nanochat_pl.bench import peak_memory_mb
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, resolve_device
@@ -137,6 +138,7 @@ def bench_infer(
         "decode_len": decode_len,
         "repeats": repeats,
         "results": results,
+        "peak_memory_mb": round(peak_memory_mb(torch_device), 1),
     }
     print(json.dumps(result))
     return result

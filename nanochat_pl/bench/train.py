@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from yaml import safe_load
 
-from nanochat_pl.bench import peak_rss_mb
+from nanochat_pl.bench import peak_memory_mb
 from nanochat_pl.bench.infer import NeverStopping, time_generation
 from nanochat_pl.engine import Engine
 from nanochat_pl.lightning_cli import run_lightning_cli
@@ -56,12 +56,27 @@ class StepTimer(L.Callback):
         self._last, self._last_step = now, trainer.global_step
 
 
+class RunSwitches(L.Callback):
+    """Run-time choices that are not settings of the config, applied once the model and optimizer exist: the
+    attention kernel (model/attention.py) and whether MuonAdamW shares its work out across ranks."""
+
+    def __init__(self, attention: str, shard_optimizer: bool) -> None:
+        self.attention, self.shard_optimizer = attention, shard_optimizer
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.model.set_attention_kernel(self.attention)
+        for optimizer in trainer.optimizers:
+            optimizer.shard = self.shard_optimizer
+
+
 def bench_train(
     yaml: str = "configs/cpu/base_tiny.yaml",
     depth: int | None = None,
     steps: int = 20,
     warmup: int = 5,
     overrides: list[str] | None = None,
+    attention: str = "auto",
+    shard_optimizer: bool = True,
 ) -> dict:
     """Measure training throughput of a config.
 
@@ -70,7 +85,13 @@ def bench_train(
         depth: Override the model depth.
         steps: Optimizer steps to run, including the warm-up.
         warmup: Leading steps left out of the figures.
-        overrides: More `fit` arguments, e.g. ["--data.init_args.device_batch_size=8"].
+        overrides: More `fit` arguments, e.g. ["--data.init_args.device_batch_size=8",
+            "--model.init_args.fp8=true", "--trainer.precision=null",
+            '--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]'].
+        attention: The attention kernel: "auto" (flex_attention / flash for CUDA's sliding windows), "sdpa" (the
+            band-masked SDPA paths everywhere, as before flex) or "flex" (CUDA: flex_attention has no CPU backward).
+        shard_optimizer: Share MuonAdamW's state and work out across ranks (several GPUs); false: every rank
+            computes every update.
     """
     timer = StepTimer()
     args = ["fit", "--config", yaml]
@@ -89,7 +110,7 @@ def bench_train(
         "--model.init_args.sample_every=0",
         *(overrides or []),
     ]
-    cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer]})
+    cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer, RunSwitches(attention, shard_optimizer)]})
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
     if not measured:
@@ -107,11 +128,13 @@ def bench_train(
         "depth": module.gpt_config.n_layer,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": str(trainer.precision),
+        "attention": attention,
+        "shard_optimizer": shard_optimizer and trainer.world_size > 1,
         "tokens_per_step": tokens_per_step,
         "step_time_s": round(step_time, 4),
         "tokens_per_s": round(tokens_per_step / step_time, 1),
         "mfu": round(flops_per_step / step_time / (peak * trainer.world_size), 4) if peak else None,
-        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
         "steps_measured": len(measured),
     }
     return _report(result)
@@ -162,13 +185,7 @@ def _rl_result(module: RLTraining, trainer: L.Trainer, timer: StepTimer, warmup:
         "engine_tokens_per_s": round(rows / time_per_token, 1),
         "mean_prompt_tokens": prompt_len,
         "mean_decode_steps": decode_len,
-        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
         "steps_measured": len(timer.step_times) - warmup,
     }
     return _report(result)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
