@@ -16,6 +16,7 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+from nanochat_pl.cli import main
 from nanochat_pl.commands.eval import _Job
 from nanochat_pl.commands.report import report
 from nanochat_pl.common import UserError
@@ -181,7 +182,7 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
     (home / "speedrun" / "state.json").write_text(json.dumps(state))
     capsys.readouterr()
 
-    report(hourly_rate=24.0)
+    main(["report", "--hourly-rate", "24"])  # the command, as a user types it
     out = capsys.readouterr().out
     path = home / "report" / "report.md"
     assert out.splitlines()[-1] == f"wrote {path}"
@@ -285,9 +286,13 @@ def test_a_pipeline_run_by_hand(home, tokenizer_state):
     assert png_size(home / "report" / "base.png") == (1200, 350)
 
 
-def test_nothing_to_report_and_a_corrupt_state_are_one_line_errors(home):
+def test_nothing_to_report_and_a_corrupt_state_are_one_line_errors(home, capsys):
     with pytest.raises(UserError, match="nothing to report: no speedrun state"):
         write_report()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 1 and len(errors) == 1 and "nothing to report" in errors[0]
     (home / "speedrun").mkdir(parents=True)
     for corrupt in ('{"stages": [', '{"stages": 3}', "[]"):
         (home / "speedrun" / "state.json").write_text(corrupt)
