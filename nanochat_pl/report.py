@@ -42,7 +42,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import nanochat_pl
 from nanochat_pl.commands.eval import run_eval_dir
-from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path, atomic_write_text, home_dir
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path, atomic_write_text, format_duration, home_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
 
 STATE_FILE = Path("speedrun") / "state.json"  # in the data home, written by `nanochat-pl speedrun`
@@ -638,11 +638,7 @@ def number(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return MISSING
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+    return MISSING if seconds is None else format_duration(seconds)
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------

@@ -14,15 +14,7 @@ from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.sandbox import calculator
 from nanochat_pl.tokenizer import MIN_VOCAB_SIZE, Tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is fastest, and on a busy 2-core machine two threads wait on each
-    other (measured 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,9 @@ from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_evals import arrow_stream
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 MC, SCHEMA, LM = "multiple_choice", "schema", "language_modeling"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards: a second intra-op thread only adds waiting (20x slower measured on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class CharTokenizer:

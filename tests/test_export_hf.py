@@ -25,6 +25,8 @@ from nanochat_pl.export.hf import export_hf, native_blockers
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.tokenizer import SPECIAL_TOKENS, Tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 transformers = pytest.importorskip("transformers", minversion="5.0")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -32,15 +34,6 @@ DOCS = [module.__doc__ for module in (json, csv, argparse, heapq)]  # real text,
 T = 60  # tokens per row: several 8-token windows, within the 64-token context
 WINDOW = 8
 MAX_NEW_TOKENS = 30
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a busy 2-core machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from nanochat_pl.nanochat_format import read_tokenizer_pickle
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 from tests.fixtures_chat import TRAINING_TEXT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SEQUENCE_LEN = 64
 STEP = 1234
 # nanochat's GPTConfig fields in its meta files: October's, and HEAD's with the window pattern
@@ -33,14 +35,6 @@ OCT_FIELDS = ["sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n
 HEAD_FIELDS = [*OCT_FIELDS, "window_pattern"]
 # nanochat HEAD: RoPE base 100k, q.k scale 1.2, every 2026 part, windows derived from sequence_len
 HEAD = dict(rope_base=100_000.0, qk_scale=1.2, value_embeds=True, residual_scalars=True, smear=True, backout=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import make_checkpoint
 from tests.stage_helpers import GradientRecorder, model_parameters, run_ddp_script, tiny_trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 NUM_SAMPLES, CHUNK = 4, 2  # samples per prompt, samples per forward/backward pass
 
 
@@ -37,16 +39,6 @@ class EvenReplies(Task):
 
     def evaluate(self, conversation: dict, reply: str) -> bool:
         return len(reply) % 2 == 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The depth-2 model decodes fastest on one thread, and on a shared machine two threads that wait for each
-    other's turn at a core make the engine many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

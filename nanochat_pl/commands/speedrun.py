@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.common import UserError, atomic_write_text, home_dir
+from nanochat_pl.common import UserError, atomic_write_text, format_duration, home_dir
 
 REPO = Path(__file__).resolve().parents[2]  # a clone's root: where configs/ is
 STATUSES = ("pending", "running", "done", "failed", "disabled")
@@ -133,12 +133,6 @@ def resolve_config(path: str) -> Path:
     raise UserError(f"no config at {path} (nor at {REPO / path})")
 
 
-def format_seconds(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 class Pipeline:
     """The stages of one speedrun and what they have done (the state file), run in order."""
 
@@ -200,7 +194,9 @@ class Pipeline:
                 self.say(f"{number}/{total} {stage.name}: skipped ({reason})")
                 continue
             if record["status"] == "done":
-                self.say(f"{number}/{total} {stage.name}: done in an earlier run ({format_seconds(record['seconds'])})")
+                self.say(
+                    f"{number}/{total} {stage.name}: done in an earlier run ({format_duration(record['seconds'])})"
+                )
                 continue
             for name in stage.after:
                 self._wait_for(name)
@@ -215,7 +211,7 @@ class Pipeline:
             self._wait_for(name)
         self.state["ended"] = time.time()
         self.save()
-        self.say(f"all stages done in {format_seconds(self.state['ended'] - self.state['started'])}")
+        self.say(f"all stages done in {format_duration(self.state['ended'] - self.state['started'])}")
 
     def _disabled_because(self, stage: Stage) -> str | None:
         if not stage.enabled:
@@ -349,7 +345,7 @@ class Pipeline:
             self.stop_background()
             error = next((line for line in reversed(tail) if line.startswith("error:")), tail[-1] if tail else "")
             raise UserError(
-                f"stage {stage.name} failed after {format_seconds(record['seconds'])} (exit code {code}): "
+                f"stage {stage.name} failed after {format_duration(record['seconds'])} (exit code {code}): "
                 f"{error.removeprefix('error: ')} (log: {record['log']})"
             )
         if stage.command == "fit":
@@ -363,7 +359,7 @@ class Pipeline:
         record["status"] = "done"
         self.save()
         kept = f" (checkpoint: {record['checkpoint']})" if stage.command == "fit" else ""
-        self.say(f"{stage.name} done in {format_seconds(record['seconds'])}{kept}")
+        self.say(f"{stage.name} done in {format_duration(record['seconds'])}{kept}")
 
     def stop_background(self) -> None:
         for name, child in self.background.items():

@@ -85,6 +85,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, param_groups: Iterable[dict], shard: bool = True):
         self.shard = shard
+        self._owners_by_world: dict[int, dict[Tensor, int]] = {}  # computed once per world size (and groups)
         super().__init__(list(param_groups), defaults={})
 
     def add_param_group(self, param_group: dict) -> None:
@@ -108,6 +109,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise UserError(str(error)) from None
         group.setdefault("initial_weight_decay", group["weight_decay"])
         super().add_param_group(group)
+        self._owners_by_world.clear()  # ownership depends on the groups
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -117,9 +119,9 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rank, world = self._rank_and_world()
-        owners = self._owners(world)
+        owners = self._owners(world) if world > 1 else None
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None and owners[p] == rank]
+            params = [p for p in group["params"] if p.grad is not None and (owners is None or owners[p] == rank)]
             if not params:
                 continue
             if group["kind"] == "adamw":
@@ -142,6 +144,8 @@ class MuonAdamW(torch.optim.Optimizer):
         """The rank that updates each parameter: a contiguous share of every same-shape Muon stack (nanochat
         splits its stacks so), and AdamW tensors largest first to the least-loaded rank. The same on every rank:
         it depends on the groups and the world size only."""
+        if world in self._owners_by_world:
+            return self._owners_by_world[world]
         owners: dict[Tensor, int] = {}
         load = [0] * world
         for group in self.param_groups:
@@ -155,6 +159,7 @@ class MuonAdamW(torch.optim.Optimizer):
         for p in sorted(adamw, key=lambda p: -p.numel()):  # stable: ties keep the groups' order
             owners[p] = min(range(world), key=lambda r: load[r])
             load[owners[p]] += p.numel()
+        self._owners_by_world[world] = owners
         return owners
 
     def _broadcast_from_owners(self, owners: dict[Tensor, int], rank: int, world: int) -> None:
