@@ -160,7 +160,19 @@ def test_the_stages_run_in_order_and_hand_their_checkpoints_on(home, tmp_path, c
     assert "Trainer.fit` stopped" in out  # the stages' own output passes through
     log = (home / "speedrun" / "logs" / "sft-eval.log").read_text()
     assert "Arithmetic" in log and log.rstrip().splitlines()[-1] == json.dumps(evaluation["result"])
-    assert (home / "report" / "report.md").is_file()
+    # the report card of this run, from its state and TensorBoard logs: stages, figures, summary, curves
+    report = (home / "report" / "report.md").read_text()
+    assert "| base | fit | done |" in report and "| sft-eval | eval chat | done |" in report
+    assert "| mid |" not in report  # disabled: no row, no section
+    assert "## base (BASE)" in report and "## sft (SFT)" in report
+    assert f"- steps: {BASE_STEPS}" in report.split("## base (BASE)")[1].split("## ")[0]
+    assert f"- tokens: {BASE_STEPS * B * T:,} ({BASE_STEPS} steps" in report
+    summary = report.split("## Summary")[1]
+    arithmetic = evaluation["result"]["tasks"][0]["accuracy"]
+    assert f"| Arithmetic | — | — | {arithmetic:.4f} | — |" in summary and "| CORE | — | — | — | — |" in summary
+    for stage in ("base", "sft"):
+        png = home / "report" / f"{stage}.png"
+        assert f"![{stage}]({stage}.png)" in report and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # run again: every stage is done and skipped, nothing is started
     main(["speedrun", "--config", str(tmp_path / "speedrun.yaml")])
