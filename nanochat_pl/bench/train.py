@@ -110,7 +110,11 @@ def bench_train(
         "--model.init_args.sample_every=0",
         *(overrides or []),
     ]
-    cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer, RunSwitches(attention, shard_optimizer)]})
+    try:
+        cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer, RunSwitches(attention, shard_optimizer)]})
+    except torch.OutOfMemoryError as error:  # finding the largest device batch that fits is a use of this command
+        reason = str(error).split(". ")[0]
+        raise SystemExit(f"error: out of device memory: {reason} (a smaller data.init_args.device_batch_size?)") from None
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
     if not measured:

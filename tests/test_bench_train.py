@@ -1,0 +1,44 @@
+"""`nanochat-pl bench train` as typed: the figures of a real run of a config, its JSON line, and running out of
+memory as a one-line error (how the largest device batch that fits is found on a GPU)."""
+
+import json
+
+import pytest
+import torch
+
+from nanochat_pl.cli import main
+from nanochat_pl.model.gpt import GPT
+from tests.stage_helpers import B, T
+from tests.test_fit_cli import run_main, write_config
+
+pytestmark = pytest.mark.usefixtures("home")
+
+
+def test_bench_train_times_the_configs_steps_and_prints_json_last(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    # two micro-batches a step: the tokens per step count the accumulation
+    config = write_config(tmp_path / "base.yaml", shards, tokenizer, total_batch_tokens=2 * B * T)
+    main(["bench", "train", "--yaml", str(config), "--steps", "4", "--warmup", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["stage"] == "base" and result["depth"] == 1 and result["device"] == "cpu"
+    assert result["steps_measured"] == 3 and result["tokens_per_step"] == 2 * B * T
+    assert result["step_time_s"] > 0
+    assert result["tokens_per_s"] == pytest.approx(result["tokens_per_step"] / result["step_time_s"], rel=1e-2)
+    assert result["mfu"] is None  # no published peak for a CPU
+    assert result["peak_memory_mb"] > 0 and result["shard_optimizer"] is False  # one process: nothing to share
+    table = dict(line.split(maxsplit=1) for line in lines[:-1] if line.split(maxsplit=1)[0] in result)
+    assert set(table) == set(result) and table["tokens_per_step"] == str(2 * B * T)
+
+
+def test_running_out_of_device_memory_is_one_line(corpus, tmp_path, capsys, monkeypatch):
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "base.yaml", shards, tokenizer)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
+
+    monkeypatch.setattr(GPT, "forward", out_of_memory)
+    message, _, _ = run_main(capsys, "bench", "train", "--yaml", str(config), "--steps", "2", "--warmup", "0")
+    assert message.startswith("error: out of device memory: CUDA out of memory")
+    assert "device_batch_size" in message and "\n" not in message
