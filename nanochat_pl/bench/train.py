@@ -114,7 +114,8 @@ def bench_train(
         cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer, RunSwitches(attention, shard_optimizer)]})
     except torch.OutOfMemoryError as error:  # finding the largest device batch that fits is a use of this command
         reason = str(error).split(". ")[0]
-        raise SystemExit(f"error: out of device memory: {reason} (a smaller data.init_args.device_batch_size?)") from None
+        hint = "(a smaller data.init_args.device_batch_size?)"
+        raise SystemExit(f"error: out of device memory: {reason} {hint}") from None
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
     if not measured:
