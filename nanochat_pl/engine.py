@@ -10,7 +10,8 @@ why its call failed, and a bad call never stops the engine. A row ends at
 `<|assistant_end|>` or `<|bos|>`; generation ends when every row has, at `max_tokens`, or when the sequence
 reaches the model's context length. The sampling settings are checked against `limits`, as every reply's are.
 
-`load_engine` makes an engine of any stage's checkpoint, on the device `resolve_device` names.
+`load_engine` makes an engine of any stage's checkpoint, on the device `resolve_device` names, with its weights
+stored in the compute dtype (`cast_for_inference`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class Engine:
         else:
             choice = PrecisionChoice(compute_dtype, f"{compute_dtype} (given)")
         self.compute_dtype, self.precision = choice.dtype, choice.reason
+        # autocast only over wider weights: a model already held in the compute dtype (`cast_for_inference`)
+        # computes in it throughout, with nothing to cast
+        floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+        self.autocast = self.compute_dtype != torch.float32 and any(d != self.compute_dtype for d in floating)
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -97,9 +102,7 @@ class Engine:
         """Logits of the last position, (B, V) fp32. Autocast is entered around each forward only, so it never
         leaks into the caller's code between the steps of the generator."""
         autocast = (
-            contextlib.nullcontext()
-            if self.compute_dtype == torch.float32
-            else torch.autocast(self.device.type, dtype=self.compute_dtype)
+            torch.autocast(self.device.type, dtype=self.compute_dtype) if self.autocast else contextlib.nullcontext()
         )
         with autocast:
             return self.model(ids, kv_cache=kv_cache, last_only=True)[:, -1, :].float()
@@ -203,6 +206,16 @@ def load_engine(
     saying the precision it runs in: `precision` "bf16" or "fp32", or "auto" (bf16 on CUDA; on a CPU the faster
     of the two, measured)."""
     model, tokenizer, meta = load_model(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
-    choice = choose_precision(device, model_width(model), precision)
+    choice = choose_precision(device, model_width(model), precision, cast_weights=True)
     print(f"engine: {device.type}, {choice.reason}", file=sys.stderr)
-    return Engine(model, tokenizer, compute_dtype=choice.dtype), meta
+    return Engine(cast_for_inference(model, choice.dtype), tokenizer, compute_dtype=choice.dtype), meta
+
+
+def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model`, in place, with its floating-point weights and buffers stored in `dtype`, for a model that only
+    generates (never a training module's: its fp32 master weights must stay). At batch 1 decoding reads every
+    weight once per token: bf16 weights are read once (2 bytes a parameter), where autocast over fp32 weights
+    reads each, writes its bf16 copy and reads that every step (8 bytes), and they take half the memory. The
+    forward is then bf16 throughout with the logits in fp32, as nanochat HEAD computes (its Linear casts its fp32
+    master weight to bf16 at every call: the same numbers; tests/test_engine.py)."""
+    return model if dtype == torch.float32 else model.to(dtype)

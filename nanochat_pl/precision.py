@@ -6,6 +6,8 @@ of every fp32 weight to bf16 can cost more than the matmul saves (an Intel Xeon 
 against 509 in fp32 at batch 1). So the CPU choice is measured: at first use, the model's own kind of matmul (an
 MLP's input projection at its width, fp32 weights as the model holds them, at the row counts of decoding and of a
 short prefill) is timed in both, and the faster is kept for the process. "bf16" or "fp32" forces either.
+bf16 is timed as the model will run it: over bf16 weights for a model that will hold them (a loaded checkpoint's
+engine, engine.py `cast_for_inference`), else under autocast over fp32 weights, casting them at every call.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class PrecisionChoice:
     reason: str
 
 
-def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
+def choose_precision(
+    device: torch.device, width: int, precision: str = "auto", cast_weights: bool = False
+) -> PrecisionChoice:
     """The compute dtype for a model of hidden size `width` on `device`: `precision` "bf16" or "fp32" as given,
-    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster."""
+    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster. `cast_weights`: the
+    model will store its weights in the dtype chosen (an inference copy), rather than fp32 under autocast."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if PRECISIONS[precision] is not None:
@@ -47,9 +52,10 @@ def choose_precision(device: torch.device, width: int, precision: str = "auto") 
         return PrecisionChoice(torch.float32, "fp32 (this CUDA device has no bf16)")
     if device.type != "cpu":
         return PrecisionChoice(torch.float32, f"fp32 ({device.type})")
-    fp32, bf16 = measured_cpu_seconds(width)
+    fp32, bf16 = measured_cpu_seconds(width, cast_weights)
     faster = "bf16" if bf16 < fp32 else "fp32"
-    reason = f"{faster} (measured on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
+    timings = f"{'bf16' if cast_weights else 'bf16 autocast'} {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms"
+    reason = f"{faster} (measured on this CPU at width {width}: {timings})"
     return PrecisionChoice(PRECISIONS[faster], reason)
 
 
@@ -68,23 +74,26 @@ def model_width(model: torch.nn.Module) -> int:
 
 
 @functools.cache
-def measured_cpu_seconds(width: int) -> tuple[float, float]:
-    """(fp32, bf16 autocast) seconds of one MLP input projection at each of MEASURED_ROWS, summed: the median of
-    timed calls after a warm-up. Cached: measured once per process and width."""
+def measured_cpu_seconds(width: int, cast_weights: bool = False) -> tuple[float, float]:
+    """(fp32, bf16) seconds of one MLP input projection at each of MEASURED_ROWS, summed: the median of timed
+    calls after a warm-up. bf16 over bf16 weights (`cast_weights`) or under autocast over the fp32 ones. Cached:
+    measured once per process, width and kind."""
     torch.manual_seed(0)
     weight = torch.randn(MLP_EXPANSION * width, width) / width**0.5
     inputs = [torch.randn(rows, width) for rows in MEASURED_ROWS]
     totals = []
     for dtype in (torch.float32, torch.bfloat16):
-        autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+        autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32 and not cast_weights)
+        stored = weight.to(dtype) if cast_weights else weight
         total = 0.0
         with torch.inference_mode(), autocast:
             for x in inputs:
-                F.linear(x, weight)  # warm-up: oneDNN picks and caches its kernel
+                x = x.to(dtype) if cast_weights else x
+                F.linear(x, stored)  # warm-up: oneDNN picks and caches its kernel
                 times, started = [], time.perf_counter()
                 while time.perf_counter() - started < MEASURE_SECONDS or len(times) < 3:
                     tick = time.perf_counter()
-                    F.linear(x, weight)
+                    F.linear(x, stored)
                     times.append(time.perf_counter() - tick)
                 total += statistics.median(times)
         totals.append(total)

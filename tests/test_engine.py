@@ -1,17 +1,19 @@
 """The engine against two references: full forward passes of the real GPT over the growing sequence (for the
 KV cache and sampling), and a scripted model whose logits the test controls (for tool use and stopping)."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from nanochat_pl.common import UserError
-from nanochat_pl.engine import Engine, sample_next_token
+from nanochat_pl.engine import Engine, cast_for_inference, sample_next_token
 from nanochat_pl.limits import LimitError
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.sandbox import calculator
+from nanochat_pl.stages.precision import NanochatBf16
 from nanochat_pl.tokenizer import MIN_VOCAB_SIZE, Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -112,6 +114,26 @@ def test_bf16_decoding_runs_on_cpu_and_keeps_autocast_inside(tokenizer):
     assert len(columns) == 30
     # bf16 rounding may move near-ties of this random model late in the sequence, not at its start
     assert columns[:10] == naive_generate(model, tokenizer, prompt, 1, 10, temperature=0.0)
+
+
+@pytest.mark.parametrize("options", CONFIGS.values(), ids=CONFIGS.keys())
+def test_a_model_cast_for_inference_computes_as_nanochats_bf16_and_decodes_as_its_full_forward(tokenizer, options):
+    model = random_gpt(tokenizer.vocab_size, options)
+    nanochat_head = copy.deepcopy(model)  # fp32 master weights that every Linear casts to bf16 at each call
+    NanochatBf16().convert_module(SimpleNamespace(model=nanochat_head))
+    inference = cast_for_inference(model, torch.bfloat16)
+    assert inference is model and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.randint(tokenizer.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(inference(ids), nanochat_head(ids))  # the same numbers, weights cast once
+    engine = Engine(inference, tokenizer, compute_dtype=torch.bfloat16)
+    assert not engine.autocast  # nothing left to cast
+    prompt = prompt_for(tokenizer)
+    columns = [column for column, _ in engine.generate(prompt, max_tokens=30, temperature=0.0)]
+    assert len(columns) == 30
+    # bf16 rounding may move near-ties of this random model late in the sequence, not at its start
+    assert columns[:10] == naive_generate(inference, tokenizer, prompt, 1, 10, temperature=0.0)
+    assert cast_for_inference(model, torch.float32) is model
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ For each batch size, `batch_size` samples of one prompt are generated the way th
 (one batch-1 prefill shared by every sample, then one token per sample per step). Reported per precision
 and batch size: time to first token (the prefill and the first sampled token), the median time per output
 token after it, and the decode throughput, batch_size / time per token. On the CPU both fp32 and bf16
-autocast are measured; on CUDA bf16 (nanochat's), with MBU: the bytes one decode step must read (the
-weights of every matmul and the keys and values in the cache) over its time, against the device's peak
-memory bandwidth.
+are measured; on CUDA bf16 (nanochat's), with MBU: the bytes one decode step must read (the weights of every
+matmul and the keys and values in the cache) over its time, against the device's peak memory bandwidth. The
+model is held in the precision measured, as `chat` and `serve` hold it (engine.py `cast_for_inference`).
 
 The special tokens of the timing tokenizer lie past the model's vocabulary, so no sampled token can end a
 row or open a tool call: every run decodes exactly `decode_len` tokens, from a random or a trained model.
@@ -25,7 +25,7 @@ from torch import nn
 from nanochat_pl.bench import peak_memory_mb
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
-from nanochat_pl.engine import Engine, resolve_device
+from nanochat_pl.engine import Engine, cast_for_inference, resolve_device
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.precision import choose_precision
 from nanochat_pl.tokenizer import SPECIAL_TOKENS
@@ -101,7 +101,8 @@ def bench_infer(
     peak = next((bandwidth for key, bandwidth in PEAK_BANDWIDTH if key in name), None)
 
     results = []
-    for precision in ["bf16"] if torch_device.type == "cuda" else ["fp32", "bf16"]:
+    for precision in ["bf16"] if torch_device.type == "cuda" else ["fp32", "bf16"]:  # in place: fp32 goes first
+        model = cast_for_inference(model, PRECISIONS[precision])  # as `chat` and `serve` hold it
         engine = Engine(model, NeverStopping(config.vocab_size), compute_dtype=PRECISIONS[precision])
         time_generation(engine, prompt[:16], 1, 4, seed)  # warm-up: kernels chosen, allocator primed
         for batch_size in batch_sizes:
@@ -125,7 +126,7 @@ def bench_infer(
                 f"{row['tpot_ms']:7.2f} ms/token, {row['tokens_per_s']:8.1f} tokens/s"
                 + (f", MBU {row['mbu']:.1%}" if peak else "")
             )
-    auto = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
+    auto = choose_precision(torch_device, config.n_embd, cast_weights=True)  # what `chat` and `serve` run in
     print(f"auto precision: {auto.reason}")
     result = {
         "device": name,
