@@ -103,6 +103,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def peek_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file's dict, memory-mapped: its metadata can be read without reading its weights (weights-only
+    unpickler; one line for a file torch cannot read)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many kinds for a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+
+
 def _read_nanochat(path: Path) -> dict[str, Any]:
     config, state, meta, model_file = nanochat_format.read_model(path)
     ours = meta.get(nanochat_format.OUR_META_KEY, {})

@@ -21,14 +21,13 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, latest_last_checkpoint
+from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, latest_last_checkpoint, peek_checkpoint
 from nanochat_pl.common import CHECKPOINT_KEY, UserError, home_dir
 from nanochat_pl.nanochat_format import is_nanochat_checkpoint
 
@@ -68,11 +67,12 @@ class NanochatCLI(LightningCLI):
         this first says, one line per setting, which of the config's it overrides."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            for line in _overridden_settings(ckpt_path, self.config[subcommand].model):
+        checkpoint = peek_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        if checkpoint is not None:
+            for line in _overridden_settings(ckpt_path, checkpoint, self.config[subcommand].model):
                 _print_rank_zero(line)
         super()._parse_ckpt_path()
-        if ckpt_path and Path(ckpt_path).is_file() and _carries_tokenizer(ckpt_path):
+        if checkpoint is not None and "tokenizer" in checkpoint.get(CHECKPOINT_KEY, {}):
             # the run goes on with the tokenizer its weights were trained with, which the checkpoint carries: a
             # checkpoint copied to another machine resumes there (its recorded directory may not exist)
             for part in ("model", "data"):
@@ -137,13 +137,11 @@ def _subcommand(args: Any) -> str:
     return arguments[0] if arguments else "fit"
 
 
-def _overridden_settings(ckpt_path: str, model: Namespace) -> list[str]:
-    """`model.KEY: config A, checkpoint B -> using the checkpoint's` for each setting the checkpoint changes; a
-    UserError if it has settings the module no longer takes (a checkpoint of an older version).
-
-    LightningCLI saves the module's class as `_class_path` beside its arguments, and its own `_instantiator`. The
-    checkpoint is memory-mapped: its weights are not read."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+def _overridden_settings(ckpt_path: str, checkpoint: dict[str, Any], model: Namespace) -> list[str]:
+    """`model.KEY: config A, checkpoint B -> using the checkpoint's` for each setting the checkpoint (its dict,
+    as `peek_checkpoint` reads it) changes; a UserError if it has settings the module no longer takes (a
+    checkpoint of an older version). LightningCLI saves the module's class as `_class_path` beside its arguments,
+    and its own `_instantiator`."""
     saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key != "_instantiator"}
     given = {"_class_path": model.class_path, **model.init_args.as_dict()}  # every argument, defaults included
     unknown = sorted(set(saved) - set(given))
@@ -157,11 +155,6 @@ def _overridden_settings(ckpt_path: str, model: Namespace) -> list[str]:
             name = key.removeprefix("_")
             lines.append(f"model.{name}: config {given[key]!r}, checkpoint {value!r} -> using the checkpoint's")
     return lines
-
-
-def _carries_tokenizer(ckpt_path: str) -> bool:
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return "tokenizer" in checkpoint.get(CHECKPOINT_KEY, {})
 
 
 def _print_rank_zero(line: str) -> None:

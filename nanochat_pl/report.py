@@ -41,6 +41,7 @@ from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nanochat_pl
+from nanochat_pl.checkpoint import peek_checkpoint
 from nanochat_pl.commands.eval import run_eval_dir
 from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path, atomic_write_text, format_duration, home_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
@@ -103,6 +104,7 @@ class Pipeline:
     stages: list[Stage]
     started: float | None = None
     ended: float | None = None
+    seconds: float | None = None  # how long the speedrun's processes ran, resumed runs added up
     hourly_rate: float | None = None
 
 
@@ -128,6 +130,7 @@ def read_state(path: Path) -> Pipeline:
             stages,
             started=state.get("started"),
             ended=state.get("ended"),
+            seconds=state.get("seconds"),
             hourly_rate=None if rate is None else float(rate),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -190,10 +193,7 @@ def run_checkpoint(run_dir: Path) -> Path | None:
 
 def read_meta(checkpoint: Path) -> tuple[int, dict[str, Any]]:
     """A checkpoint's optimizer step and our metadata entry, memory-mapped: its weights are not read."""
-    try:
-        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many kinds for a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {checkpoint}: {str(error).splitlines()[0]}") from None
+    loaded = peek_checkpoint(checkpoint)
     if CHECKPOINT_KEY not in loaded:
         raise UserError(f"{checkpoint} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
     return int(loaded.get("global_step", 0)), loaded[CHECKPOINT_KEY]
@@ -446,7 +446,10 @@ def write_report(output: str | Path | None = None, hourly_rate: float | None = N
 
 def header(pipeline: Pipeline, hourly_rate: float | None) -> str:
     root = project_root()
-    if pipeline.started is not None:
+    if pipeline.seconds is not None:
+        wall = pipeline.seconds
+        span = "the speedrun's running time" + ("" if pipeline.ended else ", unfinished")
+    elif pipeline.started is not None:  # a state from before the running time was kept
         wall = (pipeline.ended or time.time()) - pipeline.started
         span = "speedrun start to end" if pipeline.ended else "speedrun start to now: unfinished"
     else:

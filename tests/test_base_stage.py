@@ -12,13 +12,15 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from nanochat_pl.checkpoint import AtomicCheckpointIO, load_model, read_checkpoint
 from nanochat_pl.common import UserError
+from nanochat_pl.stages.callbacks import StepProgressBar
 from nanochat_pl.tokenizer import Tokenizer
 from tests.stage_helpers import (
     SENTENCES,
+    B,
     StepLosses,
     T,
     model_parameters,
@@ -157,6 +159,37 @@ def test_the_final_step_is_validated_and_checkpointed(corpus, tmp_path):
     trainer.fit(tiny_module(tokenizer, num_iterations=7, eval_every=3), datamodule=tiny_data(shards, tokenizer))
     assert [step for step, _ in losses.val_bpb] == [0, 3, 6, 7]
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 7
+
+
+class BarReading(L.Callback):
+    """What the progress bar shows while training: its description and its total."""
+
+    def on_train_batch_end(self, trainer, *args):
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, RichProgressBar):
+            description = bar._get_train_description(trainer.current_epoch).strip()
+            self.reading = (type(bar), description, bar.total_train_batches)
+        elif bar is not None:
+            self.reading = (type(bar),)
+
+
+@pytest.mark.parametrize("bar", ["rich", "tqdm", "off"])
+def test_the_progress_bar_counts_towards_the_runs_last_step(bar, corpus, tmp_path):
+    """An endless stream, max_epochs -1, 3 steps of 2 micro-batches: Lightning's rich bar would read "Epoch 0/-2"
+    and count to no total; the stage's reads "train" and counts to 6. A bar chosen otherwise, or none, is left."""
+    shards, tokenizer = corpus
+    reading = BarReading()
+    chosen = {"rich": {}, "tqdm": {"callbacks": [TQDMProgressBar(), reading]}, "off": {"enable_progress_bar": False}}
+    settings = {"enable_progress_bar": True, "max_epochs": -1, "callbacks": [reading], **chosen[bar]}
+    trainer = tiny_trainer(tmp_path, **settings)
+    module = tiny_module(tokenizer, num_iterations=3, total_batch_tokens=2 * B * T)
+    trainer.fit(module, datamodule=tiny_data(shards, tokenizer))
+    if bar == "rich":
+        assert reading.reading == (StepProgressBar, "train", 6)
+    elif bar == "tqdm":
+        assert reading.reading == (TQDMProgressBar,)
+    else:
+        assert trainer.progress_bar_callback is None
 
 
 def test_a_checkpoint_rebuilds_the_trained_model(corpus, tmp_path):

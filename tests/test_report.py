@@ -165,6 +165,7 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
         "hourly_rate": 10.0,
         "started": 1765000000.0,
         "ended": 1765001800.0,
+        "seconds": 1500.0,  # 25 minutes of running time over the 30 from start to end (it was resumed)
         "stages": [
             stage("tokenizer", "tokenizer train"),
             stage("tokenizer-eval", "tokenizer eval", result=TOKENIZER_EVAL),
@@ -192,8 +193,8 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert commit and bullet(text, "git commit").startswith(commit)
     assert f"torch {torch.__version__}" in bullet(text, "software")
-    assert bullet(text, "wall clock").startswith("30m 00s")
-    assert bullet(text, "cost").startswith("$12.00 ")  # 24 $/h (the argument wins over the state's) x 0.5 h
+    assert bullet(text, "wall clock") == "25m 00s (the speedrun's running time)"
+    assert bullet(text, "cost").startswith("$10.00 ")  # 24 $/h (the argument wins over the state's) x 25 min
     assert "| nanochat_pl/ |" in text and "| total |" in text
 
     cells = summary_cells(text)
@@ -244,7 +245,12 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
 
     # without the argument, the state's hourly rate
     path, _ = write_report()
-    assert bullet(path.read_text(), "cost").startswith("$5.00 ")
+    assert bullet(path.read_text(), "cost").startswith("$4.17 ")  # 10 $/h x 25 min
+    # a state written before speedrun kept its running time: start to end
+    del state["seconds"]
+    (home / "speedrun" / "state.json").write_text(json.dumps(state))
+    path, _ = write_report()
+    assert bullet(path.read_text(), "wall clock") == "30m 00s (speedrun start to end)"
 
 
 def test_a_pipeline_run_by_hand(home, tokenizer_state):

@@ -5,6 +5,7 @@ stages, resuming an interrupted one, and a failing stage stopping the run in one
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 from nanochat_pl.cli import main
 from nanochat_pl.commands import speedrun
 from nanochat_pl.commands.speedrun import REPO, Stage, check_stages, resolve_config
-from nanochat_pl.common import UserError
+from nanochat_pl.common import UserError, format_duration
 from tests.stage_helpers import B, T, write_corpus
 
 BASE_STEPS, SFT_STEPS = 4, 2
@@ -192,12 +193,18 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(home, tmp_path, c
     (checkpoints / "last.ckpt").symlink_to("epoch=0-step=2.ckpt")
     interrupted = state(home)
     interrupted["stages"][1].update(status="running", checkpoint=None, run_dir=None, ended=None)
+    first_run = interrupted["seconds"]
+    interrupted.update(started=interrupted["started"] - 86400, ended=None)  # resumed a day after it started
     (home / "speedrun" / "state.json").write_text(json.dumps(interrupted))
     capfd.readouterr()
 
+    started = time.time()
     main(["speedrun", "--config", pipeline_config(tmp_path, shards, ("tokenizer", "base", "mid", "sft"))])
     out = capfd.readouterr().out
     assert "1/4 tokenizer: done in an earlier run" in out
+    # the running time adds the two runs up, not the day between them
+    assert first_run < state(home)["seconds"] <= first_run + time.time() - started
+    assert f"all stages done in {format_duration(state(home)['seconds'])}" in out
     records = {record["name"]: record for record in state(home)["stages"]}
     argv = records["base"]["argv"]
     assert argv[argv.index("--ckpt_path") + 1] == str(checkpoints / "epoch=0-step=2.ckpt")

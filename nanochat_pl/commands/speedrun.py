@@ -143,6 +143,8 @@ class Pipeline:
         self.state_file = self.root / "state.json"
         self.background: dict[str, subprocess.Popen] = {}
         self.state = self._load_state(restart)
+        # the time speedrun processes ran, added up: a run resumed a day later does not count the day between
+        self.earlier_seconds, self.invocation_started = float(self.state.get("seconds") or 0.0), time.time()
         recorded = {record["name"]: record for record in self.state["stages"]}
         self.state["stages"] = [recorded.get(stage.name) or self._new_record(stage) for stage in stages]
         self.records = {record["name"]: record for record in self.state["stages"]}
@@ -176,6 +178,7 @@ class Pipeline:
         }
 
     def save(self) -> None:
+        self.state["seconds"] = self.earlier_seconds + time.time() - self.invocation_started
         atomic_write_text(self.state_file, json.dumps(self.state, indent=2) + "\n")
 
     def say(self, text: str) -> None:
@@ -211,7 +214,7 @@ class Pipeline:
             self._wait_for(name)
         self.state["ended"] = time.time()
         self.save()
-        self.say(f"all stages done in {format_duration(self.state['ended'] - self.state['started'])}")
+        self.say(f"all stages done in {format_duration(self.state['seconds'])}")
 
     def _disabled_because(self, stage: Stage) -> str | None:
         if not stage.enabled:

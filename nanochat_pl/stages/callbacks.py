@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -79,3 +79,22 @@ class FinalCheckpoint(L.Callback):
         else:  # top-k kept no file of this step (save_top_k 0, or a monitored metric got worse): last.ckpt holds it
             callback.last_model_path = callback.format_checkpoint_name(candidates, callback.CHECKPOINT_NAME_LAST)
             callback._save_checkpoint(trainer, callback.last_model_path)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar for runs that steps end. With `max_epochs: -1` (the pretraining stream has no
+    epochs) Lightning's reads "Epoch 0/-2" and counts micro-batches towards no total; this one reads "train" and,
+    when the data has no length, counts them towards max_steps x accumulation. A stage puts it in place of a
+    RichProgressBar the Trainer made (`configure_callbacks`), never where the bar is off or another one chosen."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            return super()._get_train_description(current_epoch)
+        return f"{'train':{len(self.validation_description)}}"  # as wide as "Validation": no flicker
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer
+        if trainer.num_training_batches == float("inf") and trainer.max_steps > 0:
+            return trainer.max_steps * trainer.accumulate_grad_batches
+        return super().total_train_batches

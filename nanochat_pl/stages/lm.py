@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -26,7 +26,7 @@ from nanochat_pl.evals.bpb import BitsPerByte
 from nanochat_pl.model.fp8 import convert_to_float8
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.optim import MuonAdamW, Schedule, apply_muon_schedules, build_param_groups
-from nanochat_pl.stages.callbacks import FinalCheckpoint, TokenThroughputMonitor
+from nanochat_pl.stages.callbacks import FinalCheckpoint, StepProgressBar, TokenThroughputMonitor
 from nanochat_pl.stages.samples import log_samples
 from nanochat_pl.tokenizer import Tokenizer
 
@@ -177,7 +177,8 @@ class LanguageModelStage(L.LightningModule, ABC):
     def configure_callbacks(self) -> list[L.Callback]:
         # LearningRateMonitor refuses to start without a logger (`trainer.logger: false`)
         lr_monitor = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
-        return [*lr_monitor, TokenThroughputMonitor(), FinalCheckpoint()]
+        bar = [StepProgressBar()] if type(self.trainer.progress_bar_callback) is RichProgressBar else []
+        return [*lr_monitor, *bar, TokenThroughputMonitor(), FinalCheckpoint()]
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
