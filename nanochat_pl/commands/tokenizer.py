@@ -59,7 +59,7 @@ def train(
 
 def evaluate(
     tokenizer_dir: str | None = None,
-    val_sources: tuple[str, ...] = ("fineweb", "offline"),
+    val_sources: tuple[str, ...] = ("fineweb", "climbmix", "offline"),
     val_chars: int = 1_000_000,
 ) -> None:
     """Print bytes per token (higher: better compression) on several kinds of text, beside GPT-2 and GPT-4, and
@@ -68,7 +68,7 @@ def evaluate(
     Args:
         tokenizer_dir: Directory of the tokenizer to evaluate; default: the data home's tokenizer/.
         val_sources: Validation text to measure as well, each a source spec as for `tokenizer train`;
-            a source that is not available (e.g. FineWeb-Edu not downloaded) is skipped with a note.
+            a source that is not available (e.g. FineWeb-Edu or ClimbMix not downloaded) is skipped with a note.
         val_chars: How many characters of each validation source to encode.
     """
     tokenizer = get_tokenizer(tokenizer_dir)
