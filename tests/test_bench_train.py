@@ -14,14 +14,20 @@ from tests.test_fit_cli import run_main, write_config
 pytestmark = pytest.mark.usefixtures("home")
 
 
-def test_bench_train_times_the_configs_steps_and_prints_json_last(corpus, tmp_path, capsys):
+NANOCHAT_BF16 = "--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]"
+
+
+@pytest.mark.parametrize("precision", ["32-true", "NanochatBf16"])
+def test_bench_train_times_the_configs_steps_and_prints_json_last(precision, corpus, tmp_path, capsys):
     shards, tokenizer = corpus
     # two micro-batches a step: the tokens per step count the accumulation
     config = write_config(tmp_path / "base.yaml", shards, tokenizer, total_batch_tokens=2 * B * T)
-    main(["bench", "train", "--yaml", str(config), "--steps", "4", "--warmup", "1"])
+    overrides = [] if precision == "32-true" else ["--overrides", f"[--trainer.precision=null, '{NANOCHAT_BF16}']"]
+    main(["bench", "train", "--yaml", str(config), "--steps", "4", "--warmup", "1", *overrides])
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["stage"] == "base" and result["depth"] == 1 and result["device"] == "cpu"
+    assert result["precision"] == precision
     assert result["steps_measured"] == 3 and result["tokens_per_step"] == 2 * B * T
     assert result["step_time_s"] > 0
     assert result["tokens_per_s"] == pytest.approx(result["tokens_per_step"] / result["step_time_s"], rel=1e-2)

@@ -132,7 +132,7 @@ def bench_train(
         "stage": module.stage_name,
         "depth": module.gpt_config.n_layer,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": str(trainer.precision),
+        "precision": precision_name(trainer),
         "attention": attention,
         "shard_optimizer": shard_optimizer and trainer.world_size > 1,
         "tokens_per_step": tokens_per_step,
@@ -143,6 +143,13 @@ def bench_train(
         "steps_measured": len(measured),
     }
     return _report(result)
+
+
+def precision_name(trainer: L.Trainer) -> str:
+    """Lightning's precision setting, or the plugin's class where it is ours (NanochatBf16 says "bf16-mixed" to
+    Lightning, so that MFU takes the bf16 peak)."""
+    plugin = trainer.precision_plugin
+    return type(plugin).__name__ if type(plugin).__module__.startswith("nanochat_pl.") else str(trainer.precision)
 
 
 def _report(result: dict) -> dict:
@@ -179,7 +186,7 @@ def _rl_result(module: RLTraining, trainer: L.Trainer, timer: StepTimer, warmup:
         "stage": module.stage_name,
         "depth": module.gpt_config.n_layer,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": str(trainer.precision),
+        "precision": precision_name(trainer),
         "samples_per_step": data.examples_per_step * module.hparams.num_samples,
         "sample_batch": rows,
         "step_time_s": round(step_time, 4),
