@@ -57,6 +57,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
     "bench": {
         "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),
         "train": ("nanochat_pl.bench.train:bench_train", "training tokens/s, step time, MFU, peak memory"),
+        "variants": ("nanochat_pl.bench.variants:bench_variants", "bench train of a config's variants, side by side"),
         "infer": ("nanochat_pl.bench.infer:bench_infer", "time to first token, time per token, tokens/s"),
         "eval": ("nanochat_pl.bench.eval:bench_eval", "examples/s of CORE and ChatCORE scoring"),
     },

@@ -1,5 +1,5 @@
-"""`nanochat-pl bench train` as typed: the figures of a real run of a config, its JSON line, and running out of
-memory as a one-line error (how the largest device batch that fits is found on a GPU)."""
+"""`nanochat-pl bench train` and `bench variants` as typed: the figures of real runs of a config, the JSON line,
+and running out of memory as a one-line error (how the largest device batch that fits is found on a GPU)."""
 
 import json
 
@@ -48,3 +48,33 @@ def test_running_out_of_device_memory_is_one_line(corpus, tmp_path, capsys, monk
     message, _, _ = run_main(capsys, "bench", "train", "--yaml", str(config), "--steps", "2", "--warmup", "0")
     assert message.startswith("error: out of device memory: CUDA out of memory")
     assert "device_batch_size" in message and "\n" not in message
+
+
+def test_bench_variants_runs_each_in_its_own_process_and_tabulates_them(corpus, tmp_path, capsys):
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "base.yaml", shards, tokenizer)
+    variants = {
+        "as configured": {},
+        "half the rows, two micro-batches": {"overrides": ["--data.init_args.device_batch_size=2"]},
+        "broken": {"attention": "sdpa", "overrides": ["--model.init_args.no_such_setting=1"]},
+    }
+    args = ["--yaml", str(config), "--steps", "3", "--warmup", "1", "--variants", json.dumps(variants)]
+    main(["bench", "variants", *args, "--overrides", '["--data.init_args.buffer_docs=8"]'])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    rows = result["variants"]
+    assert [row["variant"] for row in rows] == list(variants)
+    assert result["overrides"] == ["--data.init_args.buffer_docs=8"]
+    for row in rows[:2]:
+        assert row["tokens_per_step"] == B * T and row["steps_measured"] == 2 and row["precision"] == "32-true"
+    assert rows[1]["overrides"] == ["--data.init_args.device_batch_size=2"]
+    assert rows[2]["error"].startswith("error:") and "no_such_setting" in rows[2]["error"]
+    table = captured.out.strip().splitlines()[:-1]
+    assert table[0].split()[:3] == ["variant", "precision", "tokens/s"]
+    assert table[1].startswith("as configured") and table[1].split()[4] == "1.00x"
+    assert table[3].startswith("broken") and "no_such_setting" in table[3]
+    assert "[3/3] broken: error:" in captured.err
+
+    code, _, err = run_main(capsys, "bench", "variants", "--variants", '{"x": {"attention": "sdpa", "lr": 1}}')
+    assert code == 1
+    assert err.strip() == "error: variant 'x': unknown lr (a variant takes attention, shard_optimizer, overrides)"
