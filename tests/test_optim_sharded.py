@@ -8,9 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.optim import MuonAdamW
+from nanochat_pl.optim.param_groups import build_param_groups
+from nanochat_pl.stages.precision import NanochatBf16
 from tests.stage_helpers import run_ddp_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +191,41 @@ def test_under_lightning_ddp_sharded_trains_checkpoints_and_resumes_as_unsharded
     for index, state in states[1]["state"].items():
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(states[0]["state"][index][key]), torch.as_tensor(value)), (index, key)
+
+
+def static_memory_per_gpu(depth: int, world: int, nanochat_bf16: bool, sharded: bool, bucket_view: bool) -> float:
+    """Bytes one GPU holds before any activation: weights, their gradients, DDP's buckets (unless the gradients
+    are views of them) and the optimizer state it owns, counted from the tensors a real step creates (on the meta
+    device: shapes and dtypes, no memory)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_depth(depth))
+    if nanochat_bf16:
+        NanochatBf16().convert_module(SimpleNamespace(model=model))
+    optimizer = MuonAdamW(build_param_groups(model.param_families(), model.config.n_embd, recipe="2026"))
+    for p in model.parameters():
+        p.grad = torch.empty_like(p)
+    optimizer.step()
+    owners = optimizer._owners(world)
+
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    weights = nbytes(model.parameters())
+    per_rank = [
+        nbytes(v for p, state in optimizer.state.items() if not sharded or owners[p] == rank for v in state.values())
+        for rank in range(world)
+    ]
+    return (weights * (2 if bucket_view else 3) + max(per_rank)) / 1e9
+
+
+def test_the_readmes_static_memory_at_d20_is_what_the_tensors_take():
+    readme = (REPO / "README.md").read_text()
+    rows = {
+        "bf16-mixed, every rank holding the whole optimizer state, DDP's defaults": (False, False, False),
+        "+ MuonAdamW sharded": (False, True, False),
+        "+ NanochatBf16 (bf16 embeddings and their state)": (True, True, False),
+        "+ gradients as bucket views (the configs as shipped, with NanochatBf16)": (True, True, True),
+    }
+    for label, (nanochat_bf16, sharded, bucket_view) in rows.items():
+        gigabytes = static_memory_per_gpu(20, 8, nanochat_bf16, sharded, bucket_view)
+        assert f"| {label} | {gigabytes:.1f} GB" in readme, (label, gigabytes)
