@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # the entry every checkpoint of ours adds beside Lightning's: the stage, the model config, the tokenizer
 CHECKPOINT_KEY = "nanochat_pl"
@@ -79,3 +82,19 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def nanochat_command(argv: list[str]) -> list[str]:
+    """`nanochat-pl ARGV` as a child process runs it: this Python, this installation."""
+    return [sys.executable, "-m", "nanochat_pl.cli", *argv]
+
+
+def last_json(lines: list[str]) -> dict[str, Any] | None:
+    """The JSON object a command printed as its last line (evals and benchmarks do), if it did."""
+    if lines and lines[-1].startswith("{"):
+        try:
+            value = json.loads(lines[-1])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+    return None

@@ -77,22 +77,29 @@ class Engine:
     windows, value embeddings, GQA, ...) live in the model and its KV cache; the engine does not see them."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None):
-        """`compute_dtype`: what the matmuls and the KV cache run in. None: bf16 autocast on CUDA (as nanochat),
-        and on a CPU whichever of bf16 and fp32 a short measurement finds faster (precision.py): on 2 cores of an
-        AVX512-BF16 EPYC bf16 won (depth 4, 512-token prompt, `nanochat-pl bench infer`: first token 179 vs 190 ms,
-        batch-1 decode 5.0 vs 6.5 ms/token), on an AVX512-BF16 Xeon without AMX fp32 decoded twice as fast."""
+        """`compute_dtype`: what the matmuls and the KV cache run in. None: a model held in bf16 (`load_engine`'s,
+        `cast_for_inference`) computes in bf16; over fp32 weights, bf16 autocast on CUDA (as nanochat) and on a CPU
+        whichever of bf16 autocast and fp32 a short measurement finds faster (precision.py). On 2 cores of an AMD
+        EPYC without native bf16 (depth 4, 128-token prompt, `nanochat-pl bench infer`), batch-1 decoding took
+        6.8-7.1 ms/token in fp32, 8.3-8.5 under bf16 autocast and 4.4-5.7 over bf16 weights, the first token
+        16-20 ms in fp32 and 53-61 in bf16; on an AVX512-BF16 Xeon without AMX fp32 decoded twice as fast as bf16
+        autocast."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        if compute_dtype is None:
+        floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        held = next(iter(floating)) if len(floating) == 1 else None  # the one dtype all weights are stored in
+        if compute_dtype is None and held is not None and held != torch.float32:
+            choice = PrecisionChoice(held, f"{held} (the dtype of the model's weights)")
+        elif compute_dtype is None:
             choice = choose_precision(self.device, model_width(model))
         else:
             choice = PrecisionChoice(compute_dtype, f"{compute_dtype} (given)")
+        if held is not None and held != torch.float32 and choice.dtype != held:
+            raise UserError(f"the model's weights are {held}: it cannot compute in {choice.dtype}")
         self.compute_dtype, self.precision = choice.dtype, choice.reason
-        # autocast only over wider weights: a model already held in the compute dtype (`cast_for_inference`)
-        # computes in it throughout, with nothing to cast
-        floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-        self.autocast = self.compute_dtype != torch.float32 and any(d != self.compute_dtype for d in floating)
+        # autocast only over wider weights: a model already held in the compute dtype computes in it throughout
+        self.autocast = self.compute_dtype != torch.float32 and held != self.compute_dtype
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -205,10 +212,12 @@ def load_engine(
     """An Engine for `checkpoint` (any stage's) on `device` and the checkpoint's metadata, and a line on stderr
     saying the precision it runs in: `precision` "bf16" or "fp32", or "auto" (bf16 on CUDA; on a CPU the faster
     of the two, measured)."""
-    model, tokenizer, meta = load_model(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
+    # read on the CPU and cast there: the device never holds the fp32 weights beside their bf16 copy
+    model, tokenizer, meta = load_model(checkpoint, device=torch.device("cpu"), tokenizer_dir=tokenizer_dir)
     choice = choose_precision(device, model_width(model), precision, cast_weights=True)
     print(f"engine: {device.type}, {choice.reason}", file=sys.stderr)
-    return Engine(cast_for_inference(model, choice.dtype), tokenizer, compute_dtype=choice.dtype), meta
+    model = cast_for_inference(model, choice.dtype).to(device)
+    return Engine(model, tokenizer, compute_dtype=choice.dtype), meta
 
 
 def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

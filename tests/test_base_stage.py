@@ -168,24 +168,32 @@ class BarReading(L.Callback):
         bar = trainer.progress_bar_callback
         if isinstance(bar, RichProgressBar):
             description = bar._get_train_description(trainer.current_epoch).strip()
-            self.reading = (type(bar), description, bar.total_train_batches)
+            self.reading = (type(bar), description, bar.total_train_batches, bar.refresh_rate, bar._leave)
         elif bar is not None:
             self.reading = (type(bar),)
 
 
-@pytest.mark.parametrize("bar", ["rich", "tqdm", "off"])
+@pytest.mark.parametrize("bar", ["rich", "rich configured", "tqdm", "off"])
 def test_the_progress_bar_counts_towards_the_runs_last_step(bar, corpus, tmp_path):
     """An endless stream, max_epochs -1, 3 steps of 2 micro-batches: Lightning's rich bar would read "Epoch 0/-2"
-    and count to no total; the stage's reads "train" and counts to 6. A bar chosen otherwise, or none, is left."""
+    and count to no total; the stage's reads "train" and counts to 6, with the settings of the rich bar it
+    replaces. A bar of another kind, or none, is left as it is."""
     shards, tokenizer = corpus
     reading = BarReading()
-    chosen = {"rich": {}, "tqdm": {"callbacks": [TQDMProgressBar(), reading]}, "off": {"enable_progress_bar": False}}
+    chosen = {
+        "rich": {},
+        "rich configured": {"callbacks": [RichProgressBar(refresh_rate=7, leave=True), reading]},
+        "tqdm": {"callbacks": [TQDMProgressBar(), reading]},
+        "off": {"enable_progress_bar": False},
+    }
     settings = {"enable_progress_bar": True, "max_epochs": -1, "callbacks": [reading], **chosen[bar]}
     trainer = tiny_trainer(tmp_path, **settings)
     module = tiny_module(tokenizer, num_iterations=3, total_batch_tokens=2 * B * T)
     trainer.fit(module, datamodule=tiny_data(shards, tokenizer))
     if bar == "rich":
-        assert reading.reading == (StepProgressBar, "train", 6)
+        assert reading.reading == (StepProgressBar, "train", 6, 100, False)  # Lightning's defaults
+    elif bar == "rich configured":
+        assert reading.reading == (StepProgressBar, "train", 6, 7, True)
     elif bar == "tqdm":
         assert reading.reading == (TQDMProgressBar,)
     else:

@@ -46,7 +46,7 @@ def test_running_out_of_device_memory_is_one_line(corpus, tmp_path, capsys, monk
 
     monkeypatch.setattr(GPT, "forward", out_of_memory)
     message, _, _ = run_main(capsys, "bench", "train", "--yaml", str(config), "--steps", "2", "--warmup", "0")
-    assert message.startswith("error: out of device memory: CUDA out of memory")
+    assert message.startswith("error: out of device memory: CUDA out of memory. Tried to allocate 20.00 GiB (")
     assert "device_batch_size" in message and "\n" not in message
 
 

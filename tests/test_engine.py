@@ -126,8 +126,10 @@ def test_a_model_cast_for_inference_computes_as_nanochats_bf16_and_decodes_as_it
     ids = torch.randint(tokenizer.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(inference(ids), nanochat_head(ids))  # the same numbers, weights cast once
-    engine = Engine(inference, tokenizer, compute_dtype=torch.bfloat16)
-    assert not engine.autocast  # nothing left to cast
+    engine = Engine(inference, tokenizer)  # the dtype of its weights
+    assert engine.compute_dtype == torch.bfloat16 and not engine.autocast  # nothing left to cast
+    with pytest.raises(UserError, match="weights are torch.bfloat16: it cannot compute in torch.float32"):
+        Engine(inference, tokenizer, compute_dtype=torch.float32)
     prompt = prompt_for(tokenizer)
     columns = [column for column, _ in engine.generate(prompt, max_tokens=30, temperature=0.0)]
     assert len(columns) == 30

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import yaml
 
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.optim import MuonAdamW
@@ -229,3 +230,18 @@ def test_the_readmes_static_memory_at_d20_is_what_the_tensors_take():
     for label, (nanochat_bf16, sharded, bucket_view) in rows.items():
         gigabytes = static_memory_per_gpu(20, 8, nanochat_bf16, sharded, bucket_view)
         assert f"| {label} | {gigabytes:.1f} GB" in readme, (label, gigabytes)
+
+
+def test_every_multi_gpu_config_keeps_gradients_in_ddps_buckets():
+    """The DDP block is written out in each config that runs on several GPUs: none may fall back to DDP's defaults
+    (`strategy: ddp`, a second copy of every gradient)."""
+    bucket_view_ddp = {
+        "class_path": "lightning.pytorch.strategies.DDPStrategy",
+        "init_args": {"gradient_as_bucket_view": True},
+    }
+    multi_gpu = []
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        strategy = (yaml.safe_load(path.read_text()).get("trainer") or {}).get("strategy")
+        assert strategy in (None, "auto", bucket_view_ddp), path
+        multi_gpu += [path.name] if strategy == bucket_view_ddp else []
+    assert "gpu8.yaml" in multi_gpu and "base_d20.yaml" in multi_gpu and len(multi_gpu) == 9

@@ -214,6 +214,17 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(home, tmp_path, c
     assert (home / "speedrun" / "logs" / "tokenizer.log").read_text().count("==== ") == 1  # not run again
 
 
+def test_a_state_from_before_the_running_time_was_kept_counts_its_stages_times(home):
+    """Such a state has no "seconds": a resumed run counts on from its stages' times, not from zero."""
+    stages = [Stage("tokenizer", "tokenizer train"), Stage("eval", "tokenizer eval")]
+    records = [{"name": "tokenizer", "status": "done", "seconds": 30.0}, {"name": "eval", "status": "pending"}]
+    (home / "speedrun").mkdir(parents=True)
+    (home / "speedrun" / "state.json").write_text(json.dumps({"started": 1.0, "ended": None, "stages": records}))
+    pipeline = speedrun.Pipeline(stages, trainer=None, hourly_rate=None, restart=False)
+    pipeline.save()
+    assert 30.0 <= state(home)["seconds"] < 40.0
+
+
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "pseudo-terminal"])
 def test_a_failing_stage_stops_the_run_with_its_error_and_log(terminal, home, tmp_path, capfd, monkeypatch):
     """On a terminal the child writes to a pseudo-terminal (rich draws its progress bars only on one)."""

@@ -103,6 +103,8 @@ def bench_infer(
     results = []
     for precision in ["bf16"] if torch_device.type == "cuda" else ["fp32", "bf16"]:  # in place: fp32 goes first
         model = cast_for_inference(model, PRECISIONS[precision])  # as `chat` and `serve` hold it
+        if torch_device.type == "cuda":  # the peak of decoding, not of the fp32 model this was cast from
+            torch.cuda.reset_peak_memory_stats(torch_device)
         engine = Engine(model, NeverStopping(config.vocab_size), compute_dtype=PRECISIONS[precision])
         time_generation(engine, prompt[:16], 1, 4, seed)  # warm-up: kernels chosen, allocator primed
         for batch_size in batch_sizes:

@@ -113,7 +113,7 @@ def bench_train(
     try:
         cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer, RunSwitches(attention, shard_optimizer)]})
     except torch.OutOfMemoryError as error:  # finding the largest device batch that fits is a use of this command
-        reason = str(error).split(". ")[0]
+        reason = ". ".join(str(error).split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2.00 GiB"
         hint = "(a smaller data.init_args.device_batch_size?)"
         raise SystemExit(f"error: out of device memory: {reason} {hint}") from None
     module, trainer = cli.model, cli.trainer
@@ -142,7 +142,7 @@ def bench_train(
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "steps_measured": len(measured),
     }
-    return _report(result)
+    return _report(result, trainer)
 
 
 def precision_name(trainer: L.Trainer) -> str:
@@ -152,7 +152,10 @@ def precision_name(trainer: L.Trainer) -> str:
     return type(plugin).__name__ if type(plugin).__module__.startswith("nanochat_pl.") else str(trainer.precision)
 
 
-def _report(result: dict) -> dict:
+def _report(result: dict, trainer: L.Trainer) -> dict:
+    """Print the result as a table and one JSON line, on global rank 0 only (every DDP rank gets here)."""
+    if not trainer.is_global_zero:
+        return result
     width = max(map(len, result)) + 2
     for key, value in result.items():
         print(f"{key:<{width}}{value}")
@@ -200,4 +203,4 @@ def _rl_result(module: RLTraining, trainer: L.Trainer, timer: StepTimer, warmup:
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "steps_measured": len(timer.step_times) - warmup,
     }
-    return _report(result)
+    return _report(result, trainer)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from nanochat_pl.common import UserError, format_duration
+from nanochat_pl.common import UserError, format_duration, last_json, nanochat_command
 
 NANOCHAT_BF16 = [
     "--trainer.precision=null",
@@ -45,6 +45,7 @@ def bench_variants(
     overrides: list[str] | None = None,
     steps: int = 20,
     warmup: int = 5,
+    timeout: float = 1800,
 ) -> dict:
     """Measure training throughput of a config in several variants, each in its own process.
 
@@ -57,6 +58,7 @@ def bench_variants(
         overrides: `fit` arguments every variant takes first, e.g. ["--config=configs/trainer/gpu1.yaml"].
         steps: Optimizer steps of each run, including the warm-up.
         warmup: Leading steps left out of each run's figures.
+        timeout: Seconds a variant may take (compilation included) before it is stopped and its row says so.
     """
     variants = DEFAULT_VARIANTS if variants is None else variants
     if not variants:
@@ -69,7 +71,7 @@ def bench_variants(
     rows = []
     for number, (name, arguments) in enumerate(variants.items(), 1):
         started = time.perf_counter()
-        row = {"variant": name, **arguments, **_run_variant(yaml, arguments, overrides or [], steps, warmup)}
+        row = {"variant": name, **arguments, **_run_variant(yaml, arguments, overrides or [], steps, warmup, timeout)}
         outcome = row["error"] if "error" in row else f"{row['tokens_per_s']:,.0f} tokens/s"
         elapsed = format_duration(time.perf_counter() - started)
         print(f"[{number}/{len(variants)}] {name}: {outcome} ({elapsed})", file=sys.stderr, flush=True)
@@ -80,25 +82,24 @@ def bench_variants(
     return result
 
 
-def _run_variant(yaml: str, arguments: dict, common: list[str], steps: int, warmup: int) -> dict:
+def _run_variant(yaml: str, arguments: dict, common: list[str], steps: int, warmup: int, timeout: float) -> dict:
     """One `bench train` process: its JSON result, or {"error": its one-line error}."""
-    command = [
-        *(sys.executable, "-m", "nanochat_pl.cli", "bench", "train", "--yaml", yaml),
-        *("--steps", str(steps), "--warmup", str(warmup)),
+    argv = [
+        *("bench", "train", "--yaml", yaml, "--steps", str(steps), "--warmup", str(warmup)),
         *("--attention", str(arguments.get("attention", "auto"))),
         *("--shard_optimizer", json.dumps(bool(arguments.get("shard_optimizer", True)))),
         *("--overrides", json.dumps([*common, *arguments.get("overrides", [])])),
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode == 0 and lines:
-        try:
-            return json.loads(lines[-1])
-        except ValueError:
-            pass
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    last = errors[-1] if errors else next(reversed([line for line in done.stderr.splitlines() if line.strip()]), "")
-    return {"error": last or f"bench train exited with code {done.returncode} and printed no result"}
+    try:
+        done = subprocess.run(nanochat_command(argv), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"error: no result after {format_duration(timeout)} (the run was stopped)"}
+    result = last_json(done.stdout.strip().splitlines()) if done.returncode == 0 else None
+    if result is not None:
+        return result
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in said if line.startswith("error:")]
+    return {"error": (errors or said or [f"bench train exited with code {done.returncode}, no result"])[-1]}
 
 
 def _table(rows: list[dict]) -> str:

@@ -41,10 +41,11 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.common import UserError, atomic_write_text, format_duration, home_dir
+from nanochat_pl.common import UserError, atomic_write_text, format_duration, home_dir, last_json, nanochat_command
 
 REPO = Path(__file__).resolve().parents[2]  # a clone's root: where configs/ is
 STATUSES = ("pending", "running", "done", "failed", "disabled")
+STATE_SAVE_SECONDS = 60  # while a stage runs, the state (its running time) is saved this often
 
 
 @dataclass
@@ -143,8 +144,12 @@ class Pipeline:
         self.state_file = self.root / "state.json"
         self.background: dict[str, subprocess.Popen] = {}
         self.state = self._load_state(restart)
-        # the time speedrun processes ran, added up: a run resumed a day later does not count the day between
-        self.earlier_seconds, self.invocation_started = float(self.state.get("seconds") or 0.0), time.time()
+        # the time speedrun processes ran, added up: a run resumed a day later does not count the day between (a
+        # state from before this was kept: its stages' times)
+        earlier = self.state.get("seconds")
+        if earlier is None:
+            earlier = sum(record.get("seconds") or 0.0 for record in self.state["stages"])
+        self.earlier_seconds, self.invocation_started = float(earlier), time.time()
         recorded = {record["name"]: record for record in self.state["stages"]}
         self.state["stages"] = [recorded.get(stage.name) or self._new_record(stage) for stage in stages]
         self.records = {record["name"]: record for record in self.state["stages"]}
@@ -293,7 +298,7 @@ class Pipeline:
         if stage.background:
             with log.open("ab") as f:
                 self.background[stage.name] = subprocess.Popen(
-                    child_command(argv), stdout=f, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+                    nanochat_command(argv), stdout=f, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
                 )
 
     def _run_in_foreground(self, argv: list[str], log: Path) -> tuple[int, list[str]]:
@@ -305,10 +310,14 @@ class Pipeline:
         partial = b""
         reader, writer = output_channel()
         with log.open("ab") as f:
-            child = subprocess.Popen(child_command(argv), stdout=writer, stderr=writer, env=child_env())
+            child = subprocess.Popen(nanochat_command(argv), stdout=writer, stderr=writer, env=child_env())
             os.close(writer)  # the child holds it now; the reader ends when the child's last copy closes
+            saved = time.monotonic()
             try:
                 while chunk := read_some(reader):
+                    if time.monotonic() - saved > STATE_SAVE_SECONDS:  # a crash loses at most this much time
+                        self.save()
+                        saved = time.monotonic()
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                     f.write(chunk)
@@ -407,20 +416,5 @@ def strip_ansi(line: str) -> str:
     return ANSI_ESCAPE.sub("", line).strip()
 
 
-def child_command(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "nanochat_pl.cli", *argv]
-
-
 def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def last_json(lines: list[str]) -> dict[str, Any] | None:
-    """The JSON object a command printed as its last line (evals and benchmarks do), if it did."""
-    if lines and lines[-1].startswith("{"):
-        try:
-            value = json.loads(lines[-1])
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-    return None

@@ -84,8 +84,13 @@ class FinalCheckpoint(L.Callback):
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar for runs that steps end. With `max_epochs: -1` (the pretraining stream has no
     epochs) Lightning's reads "Epoch 0/-2" and counts micro-batches towards no total; this one reads "train" and,
-    when the data has no length, counts them towards max_steps x accumulation. A stage puts it in place of a
-    RichProgressBar the Trainer made (`configure_callbacks`), never where the bar is off or another one chosen."""
+    when the data has no length, counts them towards max_steps x accumulation. A stage puts it in place of the
+    Trainer's RichProgressBar, with that bar's settings (`like`), never where the bar is off or of another kind."""
+
+    @classmethod
+    def like(cls, bar: RichProgressBar) -> StepProgressBar:
+        """This bar with `bar`'s settings (refresh rate, leave, theme, console), as configured or Lightning's."""
+        return cls(bar.refresh_rate, bar._leave, bar.theme, bar._console_kwargs)
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:

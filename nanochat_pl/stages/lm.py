@@ -177,7 +177,8 @@ class LanguageModelStage(L.LightningModule, ABC):
     def configure_callbacks(self) -> list[L.Callback]:
         # LearningRateMonitor refuses to start without a logger (`trainer.logger: false`)
         lr_monitor = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
-        bar = [StepProgressBar()] if type(self.trainer.progress_bar_callback) is RichProgressBar else []
+        rich = self.trainer.progress_bar_callback
+        bar = [StepProgressBar.like(rich)] if type(rich) is RichProgressBar else []
         return [*lr_monitor, *bar, TokenThroughputMonitor(), FinalCheckpoint()]
 
     # ---- steps -----------------------------------------------------------------------------------------------
