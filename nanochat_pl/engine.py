@@ -16,7 +16,6 @@ stored in the compute dtype (`cast_for_inference`).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
@@ -77,13 +77,13 @@ class Engine:
     windows, value embeddings, GQA, ...) live in the model and its KV cache; the engine does not see them."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None):
-        """`compute_dtype`: what the matmuls and the KV cache run in. None: a model held in bf16 (`load_engine`'s,
-        `cast_for_inference`) computes in bf16; over fp32 weights, bf16 autocast on CUDA (as nanochat) and on a CPU
-        whichever of bf16 autocast and fp32 a short measurement finds faster (precision.py). On 2 cores of an AMD
-        EPYC without native bf16 (depth 4, 128-token prompt, `nanochat-pl bench infer`), batch-1 decoding took
-        6.8-7.1 ms/token in fp32, 8.3-8.5 under bf16 autocast and 4.4-5.7 over bf16 weights, the first token
-        16-20 ms in fp32 and 53-61 in bf16; on an AVX512-BF16 Xeon without AMX fp32 decoded twice as fast as bf16
-        autocast."""
+        """`compute_dtype`: what the model and the KV cache compute in. None: a model held in bf16 (`load_engine`'s,
+        `cast_for_inference`) in bf16; over fp32 weights bf16 on CUDA (as nanochat) and on a CPU whichever of bf16
+        and fp32 a short measurement finds faster (precision.py). In bf16 the engine reads bf16 weights: a model
+        held in fp32 (a training module's master weights) is cast once per generation, not by autocast at every
+        step. On 2 cores of an AMD EPYC without native bf16 (depth 4, 128-token prompt, `nanochat-pl bench
+        infer`), batch-1 decoding took 6.8-7.1 ms/token in fp32, 8.3-8.5 under bf16 autocast and 4.4-5.7 over
+        bf16 weights; the first token 16-20 ms in fp32, 53-61 in bf16."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -98,21 +98,30 @@ class Engine:
         if held is not None and held != torch.float32 and choice.dtype != held:
             raise UserError(f"the model's weights are {held}: it cannot compute in {choice.dtype}")
         self.compute_dtype, self.precision = choice.dtype, choice.reason
-        # autocast only over wider weights: a model already held in the compute dtype computes in it throughout
-        self.autocast = self.compute_dtype != torch.float32 and held != self.compute_dtype
+        # weights not all in the compute dtype (fp32 under bf16, or fp32 linears beside bf16 embeddings) are cast
+        self.casts_weights = held != self.compute_dtype
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
 
-    def _forward(self, ids: torch.Tensor, kv_cache) -> torch.Tensor:
-        """Logits of the last position, (B, V) fp32. Autocast is entered around each forward only, so it never
-        leaks into the caller's code between the steps of the generator."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.compute_dtype) if self.autocast else contextlib.nullcontext()
-        )
-        with autocast:
-            return self.model(ids, kv_cache=kv_cache, last_only=True)[:, -1, :].float()
+    def _weights_for_generation(self) -> dict[str, torch.Tensor] | None:
+        """The model's floating-point parameters and buffers in the compute dtype, cast once for one generation's
+        forwards (`functional_call`), or None where the model holds them so already. Decoding at batch 1 reads
+        every weight once per token: a bf16 copy is read as it is (2 bytes a weight), where autocast over fp32
+        weights read, cast and re-read each at every step (8 bytes); its numbers are `cast_for_inference`'s."""
+        if not self.casts_weights:
+            return None
+        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        return {name: t.to(self.compute_dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+
+    def _forward(self, ids: torch.Tensor, kv_cache, weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Logits of the last position, (B, V) fp32, from the model or, given `weights`, the model over them."""
+        if weights is None:
+            logits = self.model(ids, kv_cache=kv_cache, last_only=True)
+        else:
+            logits = functional_call(self.model, weights, (ids,), {"kv_cache": kv_cache, "last_only": True})
+        return logits[:, -1, :].float()
 
     @torch.inference_mode()
     def generate(
@@ -143,7 +152,8 @@ class Engine:
         # the cache holds the prompt and every generated token but the last, which is never fed back
         prefill_cache = self.model.new_kv_cache(1, len(tokens) + steps, dtype=self.compute_dtype)
         prompt = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        logits = self._forward(prompt, prefill_cache).expand(num_samples, -1)
+        weights = self._weights_for_generation()
+        logits = self._forward(prompt, prefill_cache, weights).expand(num_samples, -1)
         kv_cache = prefill_cache.replicate(num_samples)
         del prefill_cache
 
@@ -161,7 +171,7 @@ class Engine:
             if step == steps - 1 or all(row.finished_with is not None for row in rows):
                 return
             feed = sampled if masks == [1] * num_samples else torch.tensor(column, device=self.device)
-            logits = self._forward(feed.view(num_samples, 1), kv_cache)
+            logits = self._forward(feed.view(num_samples, 1), kv_cache, weights)
 
     def _advance(self, row: _Row, token: int) -> None:
         """Move a row's state machine past `token`; a finished `<|python_end|>` runs the calculator."""
@@ -214,7 +224,7 @@ def load_engine(
     of the two, measured)."""
     # read on the CPU and cast there: the device never holds the fp32 weights beside their bf16 copy
     model, tokenizer, meta = load_model(checkpoint, device=torch.device("cpu"), tokenizer_dir=tokenizer_dir)
-    choice = choose_precision(device, model_width(model), precision, cast_weights=True)
+    choice = choose_precision(device, model_width(model), precision)
     print(f"engine: {device.type}, {choice.reason}", file=sys.stderr)
     model = cast_for_inference(model, choice.dtype).to(device)
     return Engine(model, tokenizer, compute_dtype=choice.dtype), meta

@@ -1,13 +1,12 @@
-"""Which dtype makes a model's matmuls fast on a device: bf16 autocast or fp32.
+"""Which dtype makes a model's matmuls fast on a device: bf16 or fp32.
 
 On CUDA bf16 (nanochat's choice) wherever the card has it. On a CPU no flag tells: oneDNN runs bf16 matmuls
-natively with AVX512-BF16 or AMX and emulates them elsewhere, and even with AVX512-BF16 and no AMX, autocast's cast
-of every fp32 weight to bf16 can cost more than the matmul saves (an Intel Xeon decoded d4 at 255 tokens/s in bf16
-against 509 in fp32 at batch 1). So the CPU choice is measured: at first use, the model's own kind of matmul (an
-MLP's input projection at its width, fp32 weights as the model holds them, at the row counts of decoding and of a
-short prefill) is timed in both, and the faster is kept for the process. "bf16" or "fp32" forces either.
-bf16 is timed as the model will run it: over bf16 weights for a model that will hold them (a loaded checkpoint's
-engine, engine.py `cast_for_inference`), else under autocast over fp32 weights, casting them at every call.
+natively with AVX512-BF16 or AMX and emulates them elsewhere, and how much of the gain survives depends on the
+shapes (on an AMD EPYC without native bf16, batch-1 decoding of d4 over bf16 weights beat fp32, its prefill took 3x
+longer). So the CPU choice is measured: at first use, the model's own kind of matmul (an MLP's input projection at
+its width, at the row counts of decoding and of a short prefill) is timed in both, weights and inputs in the dtype,
+as the engine computes (engine.py: a loaded checkpoint's weights are stored in bf16, a training model's cast once
+per generation), and the faster is kept for the process. "bf16" or "fp32" forces either.
 """
 
 from __future__ import annotations
@@ -36,12 +35,9 @@ class PrecisionChoice:
     reason: str
 
 
-def choose_precision(
-    device: torch.device, width: int, precision: str = "auto", cast_weights: bool = False
-) -> PrecisionChoice:
+def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
     """The compute dtype for a model of hidden size `width` on `device`: `precision` "bf16" or "fp32" as given,
-    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster. `cast_weights`: the
-    model will store its weights in the dtype chosen (an inference copy), rather than fp32 under autocast."""
+    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if PRECISIONS[precision] is not None:
@@ -52,10 +48,9 @@ def choose_precision(
         return PrecisionChoice(torch.float32, "fp32 (this CUDA device has no bf16)")
     if device.type != "cpu":
         return PrecisionChoice(torch.float32, f"fp32 ({device.type})")
-    fp32, bf16 = measured_cpu_seconds(width, cast_weights)
+    fp32, bf16 = measured_cpu_seconds(width)
     faster = "bf16" if bf16 < fp32 else "fp32"
-    timings = f"{'bf16' if cast_weights else 'bf16 autocast'} {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms"
-    reason = f"{faster} (measured on this CPU at width {width}: {timings})"
+    reason = f"{faster} (measured on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
     return PrecisionChoice(PRECISIONS[faster], reason)
 
 
@@ -74,21 +69,19 @@ def model_width(model: torch.nn.Module) -> int:
 
 
 @functools.cache
-def measured_cpu_seconds(width: int, cast_weights: bool = False) -> tuple[float, float]:
-    """(fp32, bf16) seconds of one MLP input projection at each of MEASURED_ROWS, summed: the median of timed
-    calls after a warm-up. bf16 over bf16 weights (`cast_weights`) or under autocast over the fp32 ones. Cached:
-    measured once per process, width and kind."""
+def measured_cpu_seconds(width: int) -> tuple[float, float]:
+    """(fp32, bf16) seconds of one MLP input projection, weights and input in the dtype, at each of MEASURED_ROWS,
+    summed: the median of timed calls after a warm-up. Cached: measured once per process and width."""
     torch.manual_seed(0)
     weight = torch.randn(MLP_EXPANSION * width, width) / width**0.5
     inputs = [torch.randn(rows, width) for rows in MEASURED_ROWS]
     totals = []
     for dtype in (torch.float32, torch.bfloat16):
-        autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32 and not cast_weights)
-        stored = weight.to(dtype) if cast_weights else weight
+        stored = weight.to(dtype)
         total = 0.0
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             for x in inputs:
-                x = x.to(dtype) if cast_weights else x
+                x = x.to(dtype)
                 F.linear(x, stored)  # warm-up: oneDNN picks and caches its kernel
                 times, started = [], time.perf_counter()
                 while time.perf_counter() - started < MEASURE_SECONDS or len(times) < 3:

@@ -103,17 +103,29 @@ def test_seeds_reproduce_and_differ_and_top_k_1_is_greedy(tokenizer):
     assert run(temperature=1.0, top_k=1, seed=7) == run(temperature=0.0) == run(temperature=0.0, seed=8)
 
 
-def test_bf16_decoding_runs_on_cpu_and_keeps_autocast_inside(tokenizer):
+def test_bf16_decoding_of_an_fp32_model_reads_a_bf16_copy_and_leaves_the_model_as_it_was(tokenizer):
+    """A training module's model (fp32 master weights; or NanochatBf16's, bf16 embeddings beside fp32 linears)
+    decodes in bf16 over weights cast once per generation: the tokens of the same model cast for inference, every
+    one of them, with nothing changed in the model and no autocast around the caller's code."""
     model = random_gpt(tokenizer.vocab_size, CONFIGS["head"])
+    mixed = copy.deepcopy(model)
+    NanochatBf16().convert_module(SimpleNamespace(model=mixed))
     prompt = prompt_for(tokenizer)
-    engine = Engine(model, tokenizer, compute_dtype=torch.bfloat16)
-    columns = []
-    for column, _ in engine.generate(prompt, max_tokens=30, temperature=0.0):
-        assert not torch.is_autocast_enabled("cpu")  # the caller's code between steps runs without autocast
-        columns.append(column)
-    assert len(columns) == 30
-    # bf16 rounding may move near-ties of this random model late in the sequence, not at its start
-    assert columns[:10] == naive_generate(model, tokenizer, prompt, 1, 10, temperature=0.0)
+    reference = Engine(cast_for_inference(copy.deepcopy(model), torch.bfloat16), tokenizer)
+    expected = [column for column, _ in reference.generate(prompt, max_tokens=30, temperature=0.0)]
+    for trained in (model, mixed):
+        dtypes = [p.dtype for p in trained.parameters()]
+        engine = Engine(trained, tokenizer, compute_dtype=torch.bfloat16)
+        assert engine.casts_weights
+        columns = []
+        for column, _ in engine.generate(prompt, max_tokens=30, temperature=0.0):
+            assert not torch.is_autocast_enabled("cpu")
+            columns.append(column)
+        assert columns == expected and [p.dtype for p in trained.parameters()] == dtypes
+    # NanochatBf16's model in fp32: its bf16 embeddings are widened for the generation
+    fp32 = Engine(mixed, tokenizer, compute_dtype=torch.float32)
+    assert fp32.casts_weights and len(list(fp32.generate(prompt, max_tokens=5, temperature=0.0))) == 5
+    assert not Engine(model, tokenizer, compute_dtype=torch.float32).casts_weights
 
 
 @pytest.mark.parametrize("options", CONFIGS.values(), ids=CONFIGS.keys())
@@ -127,7 +139,7 @@ def test_a_model_cast_for_inference_computes_as_nanochats_bf16_and_decodes_as_it
     with torch.inference_mode():
         assert torch.equal(inference(ids), nanochat_head(ids))  # the same numbers, weights cast once
     engine = Engine(inference, tokenizer)  # the dtype of its weights
-    assert engine.compute_dtype == torch.bfloat16 and not engine.autocast  # nothing left to cast
+    assert engine.compute_dtype == torch.bfloat16 and not engine.casts_weights  # nothing left to cast
     with pytest.raises(UserError, match="weights are torch.bfloat16: it cannot compute in torch.float32"):
         Engine(inference, tokenizer, compute_dtype=torch.float32)
     prompt = prompt_for(tokenizer)

@@ -128,7 +128,7 @@ def bench_infer(
                 f"{row['tpot_ms']:7.2f} ms/token, {row['tokens_per_s']:8.1f} tokens/s"
                 + (f", MBU {row['mbu']:.1%}" if peak else "")
             )
-    auto = choose_precision(torch_device, config.n_embd, cast_weights=True)  # what `chat` and `serve` run in
+    auto = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
     print(f"auto precision: {auto.reason}")
     result = {
         "device": name,
