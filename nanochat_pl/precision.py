@@ -18,10 +18,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import get_available_flops
 
 from nanochat_pl.common import UserError
 
 PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Dense bf16 tensor-core peaks in FLOP/s, from NVIDIA's data sheets (which print twice these, with sparsity), most
+# specific name first: the basis of MFU, as nanochat's 989e12 for an H100. Lightning's table gives the H200 and
+# the H100 NVL their sparse figures and does not know the name "NVIDIA H200".
+DENSE_BF16_PEAKS = (
+    ("h100 nvl", 835e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989.4e12),  # SXM: "NVIDIA H100 80GB HBM3"
+    ("h200 nvl", 835e12),
+    ("h200", 989.4e12),  # "NVIDIA H200", "NVIDIA GH200 ...": the H100's tensor cores, more and faster memory
+)
 MEASURED_ROWS = (1, 8, 64)  # decoding at batch 1 and 8, and a short prefill
 MEASURE_SECONDS = 0.02  # per dtype and row count: ~0.15 s in all at first use
 MLP_EXPANSION = 4  # the MLP's input projection is width x 4·width (model/gpt.py)
@@ -91,3 +102,14 @@ def measured_cpu_seconds(width: int) -> tuple[float, float]:
                 total += statistics.median(times)
         totals.append(total)
     return totals[0], totals[1]
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak FLOP/s for matmuls in `dtype` (None where unknown, e.g. a CPU): DENSE_BF16_PEAKS for
+    bf16 on the NVIDIA cards it names, else Lightning's table."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device).lower()
+        peak = next((flops for key, flops in DENSE_BF16_PEAKS if key in name), None)
+        if peak is not None:
+            return peak
+    return get_available_flops(device, dtype)

@@ -97,6 +97,32 @@ def test_block_masks_are_cached_per_shape_window_and_device():
     assert sliding_window_block_mask(7, 64, 8, "cpu") is not a
 
 
+def test_a_block_mask_first_built_in_inference_mode_can_be_saved_for_training():
+    """Validation before training, or an engine's prefill, may build a shape's mask first: under inference mode
+    its tensors would be inference tensors, which autograd refuses to save for the backward of training."""
+    with torch.inference_mode():
+        mask = sliding_window_block_mask(96, 96, 24, "cpu")
+    assert sliding_window_block_mask(96, 96, 24, "cpu") is mask
+    tensors = [t for t in mask.as_tuple() if isinstance(t, torch.Tensor)]
+    assert tensors and not any(t.is_inference() for t in tensors)
+    x = torch.ones(1, requires_grad=True)
+    saved = SaveForBackward.apply(x, tensors[0])  # what flex_attention's autograd does with them
+    saved.sum().backward()
+    assert x.grad is not None
+
+
+class SaveForBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tensor):
+        ctx.save_for_backward(tensor)
+        return x * 1
+
+    @staticmethod
+    def backward(ctx, grad):
+        (_tensor,) = ctx.saved_tensors  # reading them back is where an inference tensor fails
+        return grad, None
+
+
 def test_compiled_flex_block_sparse_kernel_matches_reference():
     """The compiled kernel reads the BlockMask's block structure (which key blocks each query block visits);
     eager flex only evaluates the mask_mod. Long enough for whole key blocks (128) to be skipped."""

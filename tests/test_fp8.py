@@ -40,6 +40,22 @@ def test_the_three_matmuls_are_the_dequantized_products():
     assert (layer.weight.grad - exact_grad_w).norm() / exact_grad_w.norm() < 0.1
 
 
+def test_under_autocast_it_returns_what_a_linear_returns():
+    """bf16-mixed: the residual stream is fp32 and a Linear under autocast returns bf16, so q, k, v and the MLP run
+    in bf16; a converted linear must not hand fp32 on. Its gradients still reach x and the weight in theirs."""
+    torch.manual_seed(0)
+    layer = Linear(256, 128, bias=False)
+    x = torch.randn(32, 256, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = layer(x)
+        layer.__class__ = Float8Linear
+        converted = layer(x)
+    assert plain.dtype == converted.dtype == torch.bfloat16
+    converted.float().sum().backward()
+    assert x.grad.dtype == layer.weight.grad.dtype == torch.float32
+    assert (converted.float() - plain.float()).norm() / plain.float().norm() < 0.05
+
+
 def test_outside_a_training_forward_the_plain_linear_runs():
     torch.manual_seed(0)
     layer = Linear(128, 128, bias=False)

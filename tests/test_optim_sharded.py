@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nanochat_pl.optim import MuonAdamW
+from nanochat_pl.optim import MuonAdamW, muon_adamw
 
 
 def make_params():
@@ -64,6 +64,14 @@ def worker(rank, world, init_file, out):
     train(sharded, params, STEPS, 0)
     train(plain, ref_params, STEPS, 0)
     whole = sharded.state_dict()  # every rank calls it
+    # as under NCCL: the shares travel through a gloo group of their own, made once, and arrive the same
+    muon_adamw.dist.get_backend = lambda group=None: "nccl"
+    through_own_group = sharded.state_dict()
+    assert sharded.state_dict()["state"].keys() == through_own_group["state"].keys() and sharded._gloo_group
+    if rank == 0:
+        for index, state in whole["state"].items():
+            for key, value in state.items():
+                assert torch.equal(torch.as_tensor(through_own_group["state"][index][key]), torch.as_tensor(value))
     result = {
         "params": [p.detach().clone() for p in params],
         "reference": [p.detach().clone() for p in ref_params],

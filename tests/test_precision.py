@@ -1,15 +1,20 @@
 """The compute dtype: forced, or chosen on a CPU by timing the model's kind of matmul in bf16 and in fp32; the
-engine runs in the choice and says it at start."""
+engine runs in the choice and says it at start. The peak FLOP/s MFU divides by."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from nanochat_pl import precision
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, load_engine
-from nanochat_pl.precision import choose_precision, measured_cpu_seconds, model_width
+from nanochat_pl.precision import choose_precision, measured_cpu_seconds, model_width, peak_flops
+from nanochat_pl.stages.callbacks import TokenThroughputMonitor
+from nanochat_pl.stages.precision import NanochatBf16
 from tests.fixtures_chat import make_checkpoint
 
 CPU = torch.device("cpu")
@@ -62,3 +67,38 @@ def test_the_engine_runs_in_the_choice_and_the_chat_command_says_it(tmp_path, mo
             assert {p.dtype for p in engine.model.parameters()} == {dtype} and not engine.casts_weights
     finally:
         torch.set_num_threads(threads)
+
+
+CARDS = [
+    ("NVIDIA H100 80GB HBM3", 989.4e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989.4e12),
+    ("NVIDIA H200 NVL", 835e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),  # Lightning's table
+]
+
+
+@pytest.mark.parametrize(("name", "peak"), CARDS)
+def test_mfu_divides_by_the_cards_dense_bf16_peak(name, peak, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda", 0), torch.bfloat16) == peak
+    assert peak_flops(CPU, torch.bfloat16) is None
+
+
+def test_the_logged_mfu_of_a_nanochat_bf16_run_takes_the_bf16_peak(monkeypatch):
+    """Lightning reads NanochatBf16 (a plain Precision plugin) as fp32 and would divide by the fp32 peak."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    trainer = SimpleNamespace(
+        precision="bf16-mixed",
+        precision_plugin=NanochatBf16(),
+        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
+        enable_validation=True,
+        world_size=8,
+        state=SimpleNamespace(stage=RunningStage.TRAINING),
+    )
+    monitor = TokenThroughputMonitor()
+    monitor.setup(trainer, None, TrainerFn.FITTING)
+    assert monitor.available_flops == 989.4e12
+    assert {t.available_flops for t in monitor._throughputs.values()} == {989.4e12}

@@ -18,13 +18,13 @@ import time
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 from yaml import safe_load
 
 from nanochat_pl.bench import peak_memory_mb
 from nanochat_pl.bench.infer import NeverStopping, time_generation
 from nanochat_pl.engine import Engine
 from nanochat_pl.lightning_cli import run_lightning_cli
+from nanochat_pl.precision import peak_flops
 from nanochat_pl.stages.rl import RLTraining
 
 
@@ -127,7 +127,7 @@ def bench_train(
     tokens_per_step = batch * trainer.accumulate_grad_batches * trainer.world_size
     flops_per_step = module.flops_per_batch * trainer.accumulate_grad_batches * trainer.world_size
     device = trainer.strategy.root_device
-    peak = get_available_flops(device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
+    peak = peak_flops(device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
     result = {
         "stage": module.stage_name,
         "depth": module.gpt_config.n_layer,

@@ -152,7 +152,10 @@ def _make_block_mask(num_queries: int, num_keys: int, window: int, device: torch
 
 @functools.lru_cache(maxsize=64)
 def _cached_block_mask(num_queries: int, num_keys: int, window: int, device: torch.device) -> BlockMask:
-    return _make_block_mask(num_queries, num_keys, window, device)
+    # outside inference mode, whatever the first caller's: flex_attention saves the mask's tensors for backward,
+    # and an inference tensor cached by a validation pass or a prefill could not be saved by training after it
+    with torch.inference_mode(False), torch.no_grad():
+        return _make_block_mask(num_queries, num_keys, window, device)
 
 
 @functools.cache

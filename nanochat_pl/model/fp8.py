@@ -39,22 +39,22 @@ class _Float8Matmul(torch.autograd.Function):
     """x (N, in) @ w (out, in)ᵀ with float8 operands, fp32 accumulation, out in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, out_dtype: torch.dtype) -> Tensor:
         x8, x_scale = quantize(x, E4M3)
         w8, w_scale = quantize(weight, E4M3)
         ctx.save_for_backward(x8, x_scale, w8, w_scale)
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
-        return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+        return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=out_dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         x8, x_scale, w8, w_scale = ctx.saved_tensors
-        g8, g_scale = quantize(grad, E5M2)
+        g8, g_scale = quantize(grad.contiguous(), E5M2)  # _scaled_mm's first operand must be row-major
         grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype)
         grad_w = torch._scaled_mm(
             g8.t().contiguous(), column_major(x8), scale_a=g_scale, scale_b=x_scale, out_dtype=ctx.w_dtype
         )
-        return grad_x, grad_w
+        return grad_x, grad_w, None
 
 
 class Float8Linear(Linear):
@@ -65,7 +65,11 @@ class Float8Linear(Linear):
         rows = x.numel() // x.size(-1)
         if not (self.training and torch.is_grad_enabled()) or rows % ALIGNMENT:
             return super().forward(x)
-        out = _Float8Matmul.apply(x.reshape(rows, x.size(-1)), self.weight)
+        # under autocast a Linear returns the autocast dtype (bf16) whatever its input's: so does this one, or
+        # the fp32 residual stream of bf16-mixed would carry fp32 q, k, v and MLP activations from here on
+        device = x.device.type
+        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        out = _Float8Matmul.apply(x.reshape(rows, x.size(-1)), self.weight, out_dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
 

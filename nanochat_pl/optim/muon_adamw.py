@@ -191,19 +191,31 @@ class MuonAdamW(torch.optim.Optimizer):
             for index, state in local["state"].items()
         }
         shares = [None] * world if rank == 0 else None
-        dist.gather_object(share, shares, dst=0)
+        dist.gather_object(share, shares, dst=0, group=self._host_group())
         if rank == 0:
             local["state"] = {index: state for rank_share in shares for index, state in rank_share.items()}
         return local
 
+    def _host_group(self) -> dist.ProcessGroup | None:
+        """A gloo group over all ranks for gathering the state as Python objects: under NCCL, gather_object would
+        stage every rank's pickled share on rank 0's GPU (world x a share, mid-run, at each checkpoint). Made once,
+        by every rank (state_dict is called on all of them)."""
+        if dist.get_backend() == "gloo":
+            return None
+        if getattr(self, "_gloo_group", None) is None:
+            self._gloo_group = dist.new_group(backend="gloo")
+        return self._gloo_group
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a whole state (from a checkpoint written at any world size), then keep this rank's share."""
-        super().load_state_dict(state_dict)
+        """Load this rank's share of a whole state (from a checkpoint written at any world size): the other ranks'
+        entries are dropped before torch moves the state onto the parameters' device."""
         rank, world = self._rank_and_world()
         if world > 1:
-            for p, owner in self._owners(world).items():
-                if owner != rank:
-                    self.state.pop(p, None)
+            owners = self._owners(world)
+            params = [p for group in self.param_groups for p in group["params"]]  # the state's indices, in order
+            own = {index: state for index, state in state_dict["state"].items() if owners[params[index]] == rank}
+            state_dict = {**state_dict, "state": own}
+        super().load_state_dict(state_dict)
 
     def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
         """Bias-corrected AdamW with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101).

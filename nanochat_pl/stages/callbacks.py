@@ -6,9 +6,12 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
+
+from nanochat_pl.precision import peak_flops
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
@@ -43,6 +46,16 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self._resumed_totals = state_dict
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Lightning's setup, with the peak FLOP/s MFU divides by taken as nanochat takes it: the card's dense bf16
+        peak for any bf16 precision (Lightning reads NanochatBf16, a plain Precision plugin, as fp32; its table
+        has the H200's sparse figure and misses "NVIDIA H200")."""
+        super().setup(trainer, pl_module, stage)
+        if "bf16" in str(trainer.precision):
+            self.available_flops = peak_flops(trainer.strategy.root_device, torch.bfloat16)
+            for throughput in self._throughputs.values():
+                throughput.available_flops = self.available_flops
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:

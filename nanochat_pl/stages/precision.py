@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.precision import Precision
 class NanochatBf16(Precision):
     """bf16 compute over fp32 master weights with bf16 embeddings (see the module's docstring)."""
 
-    precision = "bf16-mixed"  # what ThroughputMonitor reads to take the device's bf16 peak for MFU
+    precision = "bf16-mixed"  # trainer.precision: what our MFU (TokenThroughputMonitor, bench train) reads as bf16
 
     def convert_module(self, module: L.LightningModule) -> L.LightningModule:
         """Store the GPT's embeddings (tokens, values) and its rotary tables in bf16; everything else stays fp32."""
