@@ -16,8 +16,8 @@ from nanochat_pl.precision import peak_flops
 
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor for (inputs, targets) token batches: samples are rows, items are tokens,
-    so `train/items_per_sec` is tokens/s; with the module's `flops_per_batch` it also logs MFU where
-    Lightning knows the device's peak FLOP/s (e.g. H100: 989 TFLOP/s bf16, the basis nanochat's MFU uses).
+    so `train/items_per_sec` is tokens/s; with the module's `flops_per_batch` it also logs MFU where the device's
+    peak FLOP/s is known (`precision.peak_flops`; e.g. H100: 989 TFLOP/s bf16, the basis nanochat's MFU uses).
 
     Its running totals `train/time`, `train/batches`, `train/samples` and `train/lengths` (training seconds,
     micro-batches, rows and tokens of rank 0) go on across a resume: a checkpoint holds them, and the resumed run
