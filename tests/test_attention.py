@@ -22,6 +22,7 @@ from nanochat_pl.model.attention import (
     attention,
     causal_window_mask,
     sliding_window_block_mask,
+    window_kernel,
 )
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.model.kv_cache import KVCache
@@ -88,6 +89,23 @@ def test_flex_path_is_taken_when_forced_and_not_on_cpu_by_default(monkeypatch):
     assert calls == [8]
     with pytest.raises(ValueError):
         attention(q, k, v, 8, kernel="flash")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "whole_sequence", "flash", "differentiable", "expected"),
+    [
+        (True, True, True, True, "flash"),  # training with flash-attn installed
+        (True, True, True, False, "flash"),  # a prefill with it: no compilation to wait for
+        (True, True, False, True, "flex"),  # training, or validation inside the compiled graph
+        (True, True, False, False, "sdpa"),  # an engine's eager prefill: no flex compile per prompt length
+        (True, False, True, True, "sdpa"),  # a decoded token, a prefill after cached tokens
+        (False, True, True, True, "sdpa"),  # the CPU
+    ],
+)
+def test_the_auto_kernel_of_a_sliding_window(cuda, whole_sequence, flash, differentiable, expected):
+    assert window_kernel("auto", cuda, whole_sequence, flash, differentiable) == expected
+    assert window_kernel("flex", cuda, whole_sequence, flash, differentiable) == "flex"
+    assert window_kernel("sdpa", cuda, whole_sequence, flash, differentiable) == "sdpa"
 
 
 def test_block_masks_are_cached_per_shape_window_and_device():

@@ -10,7 +10,8 @@ cost only:
 - one decoded token: SDPA over the keys left in its window, no mask;
 - sliding windows on CUDA: a kernel whose cost follows the window, FlashAttention's window_size where
   `flash_attn` (FA2) or `flash_attn_interface` (FA3) is installed and the inputs are bf16/fp16, otherwise
-  `flex_attention` with a sliding-window BlockMask (compiled once, as its documentation requires for speed);
+  `flex_attention` with a sliding-window BlockMask (compiled, as its documentation requires for speed) when
+  training or compiled; an eager prefill without gradients takes the SDPA band (`window_kernel`);
 - sliding windows on CPU: the measured SDPA paths (`sdpa_attention`: a band of W-query blocks against 2W keys,
   or one masked call).
 
@@ -57,13 +58,28 @@ def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, kernel: str =
     num_queries, num_keys = q.size(2), k.size(2)
     if window is None or window >= num_keys - 1:  # the window covers every key: plain causal attention
         return sdpa_attention(q, k, v, None)
-    if kernel == "flex":
+    differentiable = torch.is_grad_enabled() or torch.compiler.is_compiling()
+    choice = window_kernel(kernel, q.is_cuda, num_queries == num_keys, _flash_usable(q, k, v), differentiable)
+    if choice == "flash":
+        return flash_window_attention(q, k, v, window)
+    if choice == "flex":
         return flex_window_attention(q, k, v, window)
-    if kernel == "auto" and q.is_cuda and num_queries == num_keys:  # training, a prefill: cost follows the window
-        if _flash_usable(q, k, v):
-            return flash_window_attention(q, k, v, window)
-        return flex_window_attention(q, k, v, window)
-    return sdpa_attention(q, k, v, window)  # CPU; on CUDA a decoded token, or a prefill after cached tokens
+    return sdpa_attention(q, k, v, window)
+
+
+def window_kernel(kernel: str, cuda: bool, whole_sequence: bool, flash: bool, differentiable: bool) -> str:
+    """The kernel of a sliding-window call: "flash", "flex" or "sdpa". "auto": on CUDA a whole sequence (training,
+    validation, a prefill) goes to FlashAttention's window where it is usable, else to compiled flex_attention
+    when training or inside a compiled graph; an eager forward without gradients (an engine's prefill) takes
+    the SDPA band instead, as compiling flex for every new prompt length would cost seconds of time to first
+    token. The CPU, a decoded token and a prefill after cached tokens take SDPA. "flex"/"sdpa" force either."""
+    if kernel != "auto":
+        return kernel
+    if cuda and whole_sequence and flash:
+        return "flash"
+    if cuda and whole_sequence and differentiable:
+        return "flex"
+    return "sdpa"
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
