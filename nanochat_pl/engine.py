@@ -16,6 +16,7 @@ stored in the compute dtype (`cast_for_inference`).
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
@@ -80,10 +80,10 @@ class Engine:
         """`compute_dtype`: what the model and the KV cache compute in. None: a model held in bf16 (`load_engine`'s,
         `cast_for_inference`) in bf16; over fp32 weights bf16 on CUDA (as nanochat) and on a CPU whichever of bf16
         and fp32 a short measurement finds faster (precision.py). In bf16 the engine reads bf16 weights: a model
-        held in fp32 (a training module's master weights) is cast once per generation, not by autocast at every
-        step. On 2 cores of an AMD EPYC without native bf16 (depth 4, 128-token prompt, `nanochat-pl bench
-        infer`), batch-1 decoding took 6.8-7.1 ms/token in fp32, 8.3-8.5 under bf16 autocast and 4.4-5.7 over
-        bf16 weights; the first token 16-20 ms in fp32, 53-61 in bf16."""
+        held in fp32 (a training module's master weights) is copied in bf16 once per generation, not cast by
+        autocast at every step. On 2 cores of an AMD EPYC without native bf16 (depth 4, 128-token prompt,
+        `nanochat-pl bench infer`), batch-1 decoding took 6.8-7.1 ms/token in fp32, 8.3-8.5 under bf16 autocast
+        and 4.4-5.7 over bf16 weights; the first token 16-20 ms in fp32, 53-61 in bf16."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -105,23 +105,26 @@ class Engine:
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
 
-    def _weights_for_generation(self) -> dict[str, torch.Tensor] | None:
-        """The model's floating-point parameters and buffers in the compute dtype, cast once for one generation's
-        forwards (`functional_call`), or None where the model holds them so already. Decoding at batch 1 reads
-        every weight once per token: a bf16 copy is read as it is (2 bytes a weight), where autocast over fp32
-        weights read, cast and re-read each at every step (8 bytes); its numbers are `cast_for_inference`'s."""
+    def _model_for_generation(self) -> torch.nn.Module:
+        """The model to generate with: the model itself where its weights are all in the compute dtype, else a
+        copy of it whose floating-point parameters and buffers are cast once, for this generation (`deepcopy` with
+        the cast tensors in its memo: the fp32 weights are not copied, the model is not touched). Decoding at
+        batch 1 reads every weight once per token: the bf16 copy is read as it is (2 bytes a weight), where
+        autocast over fp32 weights read, cast and re-read each at every step (8 bytes); its numbers are
+        `cast_for_inference`'s."""
         if not self.casts_weights:
-            return None
-        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
-        return {name: t.to(self.compute_dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+            return self.model
 
-    def _forward(self, ids: torch.Tensor, kv_cache, weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """Logits of the last position, (B, V) fp32, from the model or, given `weights`, the model over them."""
-        if weights is None:
-            logits = self.model(ids, kv_cache=kv_cache, last_only=True)
-        else:
-            logits = functional_call(self.model, weights, (ids,), {"kv_cache": kv_cache, "last_only": True})
-        return logits[:, -1, :].float()
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(self.compute_dtype) if t.is_floating_point() else t
+
+        memo: dict[int, Any] = {id(b): cast(b) for b in self.model.buffers()}
+        memo.update({id(p): torch.nn.Parameter(cast(p), requires_grad=False) for p in self.model.parameters()})
+        return copy.deepcopy(self.model, memo)
+
+    def _forward(self, model: torch.nn.Module, ids: torch.Tensor, kv_cache) -> torch.Tensor:
+        """Logits of the last position, (B, V) fp32."""
+        return model(ids, kv_cache=kv_cache, last_only=True)[:, -1, :].float()
 
     @torch.inference_mode()
     def generate(
@@ -152,8 +155,8 @@ class Engine:
         # the cache holds the prompt and every generated token but the last, which is never fed back
         prefill_cache = self.model.new_kv_cache(1, len(tokens) + steps, dtype=self.compute_dtype)
         prompt = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        weights = self._weights_for_generation()
-        logits = self._forward(prompt, prefill_cache, weights).expand(num_samples, -1)
+        model = self._model_for_generation()
+        logits = self._forward(model, prompt, prefill_cache).expand(num_samples, -1)
         kv_cache = prefill_cache.replicate(num_samples)
         del prefill_cache
 
@@ -171,7 +174,7 @@ class Engine:
             if step == steps - 1 or all(row.finished_with is not None for row in rows):
                 return
             feed = sampled if masks == [1] * num_samples else torch.tensor(column, device=self.device)
-            logits = self._forward(feed.view(num_samples, 1), kv_cache, weights)
+            logits = self._forward(model, feed.view(num_samples, 1), kv_cache)
 
     def _advance(self, row: _Row, token: int) -> None:
         """Move a row's state machine past `token`; a finished `<|python_end|>` runs the calculator."""
