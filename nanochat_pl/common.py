@@ -98,3 +98,9 @@ def last_json(lines: list[str]) -> dict[str, Any] | None:
             return None
         return value if isinstance(value, dict) else None
     return None
+
+
+def error_line(lines: list[str]) -> str:
+    """What a failed command said last: its last `error: ...` line, else its last non-blank line, else ""."""
+    said = [line for line in lines if line.strip()]
+    return next((line for line in reversed(said) if line.startswith("error:")), said[-1] if said else "")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from nanochat_pl.common import UserError, format_duration, last_json, nanochat_command
+from nanochat_pl.common import UserError, error_line, format_duration, last_json, nanochat_command
 
 NANOCHAT_BF16 = [
     "--trainer.precision=null",
@@ -97,9 +97,7 @@ def _run_variant(yaml: str, arguments: dict, common: list[str], steps: int, warm
     result = last_json(done.stdout.strip().splitlines()) if done.returncode == 0 else None
     if result is not None:
         return result
-    said = [line for line in done.stderr.splitlines() if line.strip()]
-    errors = [line for line in said if line.startswith("error:")]
-    return {"error": (errors or said or [f"bench train exited with code {done.returncode}, no result"])[-1]}
+    return {"error": error_line(done.stderr.splitlines()) or f"bench train exited with code {done.returncode}"}
 
 
 def _table(rows: list[dict]) -> str:

@@ -41,7 +41,15 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.common import UserError, atomic_write_text, format_duration, home_dir, last_json, nanochat_command
+from nanochat_pl.common import (
+    UserError,
+    atomic_write_text,
+    error_line,
+    format_duration,
+    home_dir,
+    last_json,
+    nanochat_command,
+)
 
 REPO = Path(__file__).resolve().parents[2]  # a clone's root: where configs/ is
 STATUSES = ("pending", "running", "done", "failed", "disabled")
@@ -355,7 +363,7 @@ class Pipeline:
             record["status"] = "failed"
             self.save()
             self.stop_background()
-            error = next((line for line in reversed(tail) if line.startswith("error:")), tail[-1] if tail else "")
+            error = error_line(tail)
             raise UserError(
                 f"stage {stage.name} failed after {format_duration(record['seconds'])} (exit code {code}): "
                 f"{error.removeprefix('error: ')} (log: {record['log']})"
