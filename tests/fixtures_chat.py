@@ -22,6 +22,18 @@ from nanochat_pl.tokenizer import Tokenizer
 TRAINING_TEXT = ["hello world, the answer is 42. café, naïve, 日本語, € and 🙂 "] * 50
 
 
+def noisy_gpt(config: GPTConfig, seed: int = 0) -> GPT:
+    """An eval-mode GPT of `config` in which every weight matters: nanochat's init zeroes the c_proj matrices and
+    sets the scalars to constants, so a little noise goes on top (export and format round trips compare them)."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    model.init_weights()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
 def make_checkpoint(directory: Path) -> Path:
     """A tiny random GPT (depth 2) and its tokenizer, saved the way the stages save them."""
     tokenizer = Tokenizer.train_from_iterator(TRAINING_TEXT, vocab_size=320)

@@ -96,6 +96,23 @@ def tiny_trainer(root: Path, **overrides: Any) -> L.Trainer:
     return L.Trainer(**{**settings, **overrides})
 
 
+def cpu_trainer_config(checkpoint_args: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """The `trainer:` section of a tiny run's YAML: the CPU in fp32, quiet, no sanity check, validation by steps,
+    a ModelCheckpoint with `checkpoint_args`; `settings` add or replace."""
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint_args}
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "check_val_every_n_epoch": None,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "callbacks": [checkpoint],
+        **settings,
+    }
+
+
 class StepLosses(L.Callback):
     """Records (optimizer step, micro-batch index, loss) of every training micro-batch, and the validation bpb
     at the end of every validation outside the sanity check."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import heapq
-import inspect
 import json
 import os
 import subprocess
@@ -24,10 +23,11 @@ from nanochat_pl.export import hf
 from nanochat_pl.export.hf import export_hf, native_blockers
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.tokenizer import SPECIAL_TOKENS, Tokenizer
+from tests.fixtures_chat import noisy_gpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-transformers = pytest.importorskip("transformers", minversion="5.0")
+transformers = pytest.importorskip("transformers", minversion="5.24")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 DOCS = [module.__doc__ for module in (json, csv, argparse, heapq)]  # real text, always installed
@@ -52,16 +52,10 @@ def batch(tokenizer) -> torch.Tensor:
 def random_gpt(tokenizer: Tokenizer, **overrides) -> GPT:
     """A 4-layer GQA model (2 query heads, 1 kv head) whose every weight matters: nanochat's init zeroes both
     c_proj and sets the scalars to constants, so noise goes on top."""
-    torch.manual_seed(0)
     config = GPTConfig(
         sequence_len=64, vocab_size=tokenizer.vocab_size, n_layer=4, n_head=2, n_kv_head=1, n_embd=64, **overrides
     )
-    model = GPT(config)
-    model.init_weights()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
+    return noisy_gpt(config)
 
 
 @torch.no_grad()
@@ -281,9 +275,7 @@ def test_chat_template_renders_our_ids_and_mask(hf_tokenizer, tokenizer, convers
 
 def test_special_token_text_in_messages(hf_tokenizer, tokenizer):
     """Ours encodes message text as plain text; transformers turns special-token text in the rendered chat into
-    special tokens unless asked not to (sanitize_control_tokens, transformers 5.24+)."""
-    if "sanitize_control_tokens" not in inspect.signature(hf_tokenizer.apply_chat_template).parameters:
-        pytest.skip(f"transformers {transformers.__version__} has no sanitize_control_tokens")
+    special tokens unless asked not to (sanitize_control_tokens, transformers 5.24+, the dev extra's floor)."""
     conversation = [{"role": "user", "content": "what does <|bos|> mean?"}]
     ids = tokenizer.render_for_completion(conversation)
     prompt = dict(add_generation_prompt=True, return_dict=True)

@@ -25,7 +25,7 @@ from nanochat_pl.cli import main
 from nanochat_pl.lightning_cli import run_lightning_cli
 from nanochat_pl.stages.base import BaseTraining
 from nanochat_pl.tokenizer import Tokenizer
-from tests.stage_helpers import B, T
+from tests.stage_helpers import B, T, cpu_trainer_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -40,21 +40,7 @@ def write_config(path: Path, source: Path, tokenizer: Path, data_overrides=None,
     """A depth-1 pretraining run of STEPS steps, validating every 2, checkpointing at the end."""
     config = {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 1,
-            "enable_progress_bar": False,
-            "num_sanity_val_steps": 0,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"every_n_train_steps": STEPS, "save_last": True},
-                }
-            ],
-        },
+        "trainer": cpu_trainer_config({"every_n_train_steps": STEPS, "save_last": True}),
         "model": {
             "class_path": "nanochat_pl.stages.base.BaseTraining",
             "init_args": {

@@ -24,7 +24,7 @@ from nanochat_pl.engine import Engine
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.nanochat_format import read_tokenizer_pickle
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
-from tests.fixtures_chat import TRAINING_TEXT
+from tests.fixtures_chat import TRAINING_TEXT, noisy_gpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -54,13 +54,7 @@ def random_model(tokenizer: Tokenizer, architecture: str, **overrides) -> GPT:
         n_embd=64,
         **{**settings, **overrides},
     )
-    torch.manual_seed(0)
-    model = GPT(config)
-    model.init_weights()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
+    return noisy_gpt(config)
 
 
 def save_ours(path: Path, model: GPT, tokenizer: Tokenizer, stage: str = "sft", step: int = STEP) -> Path:

@@ -16,7 +16,7 @@ from nanochat_pl.cli import main
 from nanochat_pl.commands import speedrun
 from nanochat_pl.commands.speedrun import REPO, Stage, check_stages, resolve_config
 from nanochat_pl.common import UserError, format_duration
-from tests.stage_helpers import B, T, write_corpus
+from tests.stage_helpers import B, T, cpu_trainer_config, write_corpus
 
 BASE_STEPS, SFT_STEPS = 4, 2
 
@@ -32,22 +32,7 @@ def write_yaml(path: Path, content: dict) -> str:
 
 
 def trainer_settings(every: int) -> dict:
-    return {
-        "accelerator": "cpu",
-        "devices": 1,
-        "precision": "32-true",
-        "max_epochs": -1,
-        "check_val_every_n_epoch": None,
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "num_sanity_val_steps": 0,
-        "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {"every_n_train_steps": every, "save_last": "link", "save_top_k": -1},
-            }
-        ],
-    }
+    return cpu_trainer_config({"every_n_train_steps": every, "save_last": "link", "save_top_k": -1}, max_epochs=-1)
 
 
 def pipeline_config(root: Path, shards: Path, stages: tuple[str, ...] | None = None) -> str:
