@@ -327,6 +327,12 @@ def test_resume_refuses_a_different_layout(corpus):
     other.load_state_dict(state)
     with pytest.raises(UserError, match="readers_per_rank 2 -> 1"):
         other.train_dataloader()
+    # a run resumed on another number of GPUs: the optimizer's state loads at any world size, the stream says no
+    state = make_module(corpus, world_size=2).state_dict()
+    fewer = make_module(corpus, world_size=1)
+    fewer.load_state_dict(state)
+    with pytest.raises(UserError, match="world_size 2 -> 1"):
+        fewer.train_dataloader()
 
 
 def test_bad_input_is_a_user_error(corpus, tmp_path):
