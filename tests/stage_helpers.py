@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from nanochat_pl.checkpoint import AtomicCheckpointIO
-from nanochat_pl.data.pretrain import PretrainDataModule
+from nanochat_pl.data.pretrain_data import PretrainDataModule
 from nanochat_pl.stages.base import BaseTraining
 from nanochat_pl.tokenizer import Tokenizer
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 import torch
 
-from apps.chat import create_app
+from apps.web import create_app
 from nanochat_pl.engine import load_engine
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, make_checkpoint, running_server

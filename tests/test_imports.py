@@ -27,7 +27,7 @@ def test_the_app_imports_the_library_not_its_commands():
     run_python(
         """
 import sys
-import apps.chat
+import apps.web
 
 assert not any(name.startswith("nanochat_pl.commands") for name in sys.modules), sorted(sys.modules)
 """

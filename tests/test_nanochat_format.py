@@ -219,8 +219,8 @@ def test_chat_takes_a_nanochat_folder(tokenizer, tmp_path, capsys):
 
 
 def test_a_chat_stage_starts_from_a_nanochat_base_model(tokenizer, tmp_path):
-    from nanochat_pl.data.chat import ChatDataModule
-    from nanochat_pl.stages.chat import ChatTraining
+    from nanochat_pl.data.chat_data import ChatDataModule
+    from nanochat_pl.stages.chat_sft import ChatTraining
     from tests.stage_helpers import tiny_trainer
     from tests.test_chat_stage import Echo
 

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nanochat_pl.common import UserError
 from nanochat_pl.data.packing import BestFitPacker
-from nanochat_pl.data.pretrain import PretrainDataModule, PretrainStream, reader_row_groups
+from nanochat_pl.data.pretrain_data import PretrainDataModule, PretrainStream, reader_row_groups
 from nanochat_pl.tokenizer import Tokenizer
 
 NUM_SHARDS, DOCS_PER_SHARD, ROW_GROUP = 3, 200, 16  # 2 train shards + 1 val shard, 13 row groups each

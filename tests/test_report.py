@@ -20,7 +20,7 @@ from nanochat_pl.cli import main
 from nanochat_pl.commands.eval import _Job
 from nanochat_pl.commands.report import report
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.chat import ChatResult, ChatTaskResult, centered
+from nanochat_pl.evals.chatcore import ChatResult, ChatTaskResult, centered
 from nanochat_pl.evals.core import CoreResult, CoreTaskResult, centered_accuracy
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.report import write_report

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from nanochat_pl.data.rl import RLDataModule, prompt_indices
+from nanochat_pl.data.rl_data import RLDataModule, prompt_indices
 from nanochat_pl.stages.rl import RLTraining, Rollout, advantages
-from nanochat_pl.tasks.common import Task
+from nanochat_pl.tasks.task import Task
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import make_checkpoint
 from tests.stage_helpers import GradientRecorder, model_parameters, run_ddp_script, tiny_trainer

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanochat_pl.common import UserError
-from nanochat_pl.data import offline
-from nanochat_pl.data.sources import (
+from nanochat_pl.sources import offline
+from nanochat_pl.sources.shards import (
     DATASETS,
     iter_texts,
     num_row_groups,

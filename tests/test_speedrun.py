@@ -54,7 +54,7 @@ def pipeline_config(root: Path, shards: Path, stages: tuple[str, ...] | None = N
             },
         },
         "data": {
-            "class_path": "nanochat_pl.data.pretrain.PretrainDataModule",
+            "class_path": "nanochat_pl.data.pretrain_data.PretrainDataModule",
             "init_args": {"source": str(shards), "device_batch_size": B, "buffer_docs": 16, "val_tokens": 2 * B * T},
         },
     }
@@ -63,11 +63,11 @@ def pipeline_config(root: Path, shards: Path, stages: tuple[str, ...] | None = N
         "seed_everything": 0,
         "trainer": trainer_settings(every=SFT_STEPS),
         "model": {
-            "class_path": "nanochat_pl.stages.chat.ChatTraining",
+            "class_path": "nanochat_pl.stages.chat_sft.ChatTraining",
             "init_args": {"init_from": "base", "num_iterations": SFT_STEPS, "eval_every": 1000},
         },
         "data": {
-            "class_path": "nanochat_pl.data.chat.ChatDataModule",
+            "class_path": "nanochat_pl.data.chat_data.ChatDataModule",
             "init_args": {"train": [arithmetic], "val": [arithmetic], "val_tokens": B * T},
         },
     }

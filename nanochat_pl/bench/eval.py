@@ -55,7 +55,7 @@ def bench_eval(
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         tokenizer_dir: A tokenizer instead of the checkpoint's (or, for a random model, the data home's).
     """
-    from nanochat_pl.evals.chat import evaluate_chat
+    from nanochat_pl.evals.chatcore import evaluate_chat
     from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, count_examples, evaluate_core
     from nanochat_pl.evals.core_data import load_core_tasks
 

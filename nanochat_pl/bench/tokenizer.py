@@ -22,7 +22,7 @@ from multiprocessing import get_context
 
 from nanochat_pl.bench import peak_rss_mb
 from nanochat_pl.common import UserError
-from nanochat_pl.data.sources import iter_texts, resolve_shards
+from nanochat_pl.sources.shards import iter_texts, resolve_shards
 
 # trainer name -> the package that must be installed for it
 TRAINERS = {"ours": "nanochat_pl._rustbpe", "rustbpe": "rustbpe", "hf": "tokenizers"}

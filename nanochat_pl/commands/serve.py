@@ -35,7 +35,7 @@ def serve(
     """
     import uvicorn
 
-    from apps.chat import create_app
+    from apps.web import create_app
 
     if replicas is not None and replicas < 1:
         raise UserError(f"replicas must be at least 1, got {replicas}")

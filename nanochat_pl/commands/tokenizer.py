@@ -13,7 +13,7 @@ import tiktoken
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError, home_dir
-from nanochat_pl.data.sources import iter_texts
+from nanochat_pl.sources.shards import iter_texts
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 

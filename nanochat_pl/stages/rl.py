@@ -39,14 +39,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine
-from nanochat_pl.evals.common import pass_at_k, rank_share, sample_correct, sum_across_ranks
+from nanochat_pl.evals.harness import pass_at_k, rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.optim import Schedule
 from nanochat_pl.optim.recipes import get_recipe
 from nanochat_pl.reply import read_reply
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
-from nanochat_pl.stages.chat import FromCheckpoint
+from nanochat_pl.stages.chat_sft import FromCheckpoint
 from nanochat_pl.stages.lm import RunPlan
-from nanochat_pl.tasks.common import Conversation, Task
+from nanochat_pl.tasks.task import Conversation, Task
 
 STD_EPSILON = 1e-4  # added to the standard deviation of a prompt's rewards (TRL's GRPO)
 SAMPLES_SHOWN = 4  # replies shown every sample_every steps

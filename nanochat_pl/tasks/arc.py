@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
-from nanochat_pl.tasks.common import Conversation, render_mc
+from nanochat_pl.tasks.task import Conversation, render_mc
 from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
 
 Subset = Literal["ARC-Easy", "ARC-Challenge"]

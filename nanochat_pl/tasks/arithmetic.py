@@ -25,7 +25,7 @@ from typing import Literal, get_args
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import calculator
-from nanochat_pl.tasks.common import Conversation, Task
+from nanochat_pl.tasks.task import Conversation, Task
 from nanochat_pl.tasks.gsm8k import extract_answer
 from nanochat_pl.tasks.hub import check_choice
 

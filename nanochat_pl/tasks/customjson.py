@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
-from nanochat_pl.data.download import download_file
-from nanochat_pl.tasks.common import Conversation, Task
+from nanochat_pl.sources.download import download_file
+from nanochat_pl.tasks.task import Conversation, Task
 from nanochat_pl.tasks.hub import check_choice, task_data_dir
 
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"

@@ -1,6 +1,6 @@
 """Questions about the installed Python modules, answered from their docstrings: offline chat data for the demo.
 
-The CPU demo pretrains on the documentation of the installed modules (nanochat_pl/data/offline.py); these
+The CPU demo pretrains on the documentation of the installed modules (nanochat_pl/sources/offline.py); these
 conversations ask about the same material, so a tiny model can learn to answer from what it read:
 - "What does `json.dumps` do?" -> the first paragraph of its docstring;
 - "What are the parameters of `json.dumps`?" -> its signature, written as the corpus writes it.
@@ -22,8 +22,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Literal, get_args
 
-from nanochat_pl.data.offline import parsed_modules, signature, source_roots
-from nanochat_pl.tasks.common import SHUFFLE_SEED, Conversation, Task
+from nanochat_pl.sources.offline import parsed_modules, signature, source_roots
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 from nanochat_pl.tasks.hub import check_choice
 
 Split = Literal["train", "test"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, get_args
 
-from nanochat_pl.tasks.common import Conversation
+from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
 
 Subset = Literal["main", "socratic"]

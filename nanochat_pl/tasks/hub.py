@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from nanochat_pl.common import UserError, home_dir
 from nanochat_pl.tasks import olmo_eval
-from nanochat_pl.tasks.common import SHUFFLE_SEED, Conversation, Task
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 
 if TYPE_CHECKING:
     import datasets

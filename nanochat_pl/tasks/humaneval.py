@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from nanochat_pl.sandbox import run_program
-from nanochat_pl.tasks.common import Conversation
+from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask
 
 # a fenced block, ```python or bare ```, up to the next fence (nanochat tasks/humaneval.py@dfc8833)

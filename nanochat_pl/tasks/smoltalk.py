@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
-from nanochat_pl.tasks.common import Conversation
+from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask, check_choice
 
 Split = Literal["train", "test"]

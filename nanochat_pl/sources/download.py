@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError, atomic_path
-from nanochat_pl.data.sources import ShardedDataset, open_parquet, shard_name
+from nanochat_pl.sources.shards import ShardedDataset, open_parquet, shard_name
 
 BASE_URL_ENV = "NANOCHAT_PL_DATA_URL"
 CHUNK_BYTES = 1 << 20

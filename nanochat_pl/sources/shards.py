@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanochat_pl.common import UserError, home_dir
-from nanochat_pl.data.offline import ROW_GROUP_SIZE, offline_shards
+from nanochat_pl.sources.offline import ROW_GROUP_SIZE, offline_shards
 
 SUFFIXES = (".parquet", ".txt", ".jsonl")
 SPLITS = ("train", "val")

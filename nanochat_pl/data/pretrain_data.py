@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from nanochat_pl.common import UserError
 from nanochat_pl.data.packing import BestFitPacker
-from nanochat_pl.data.sources import num_row_groups, read_row_group, resolve_shards, split_shards
+from nanochat_pl.sources.shards import num_row_groups, read_row_group, resolve_shards, split_shards
 from nanochat_pl.data.stream import ResumableStreamModule, StreamProgress, rows_to_batch, worker_slot
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
@@ -194,7 +194,7 @@ class PretrainDataModule(ResumableStreamModule):
     `rank` and `world_size` before `setup()` to play another rank).
 
     Args:
-        source: "fineweb", "climbmix", "offline", or local files (see `nanochat_pl.data.sources.resolve_shards`).
+        source: "fineweb", "climbmix", "offline", or local files (see `nanochat_pl.sources.shards.resolve_shards`).
         tokenizer_dir: Tokenizer (a directory, or a checkpoint, which carries one); default: the data home's
             tokenizer/.
         sequence_len: Tokens per row given to the model (T).

@@ -45,12 +45,12 @@ import torch
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.common import rank_and_world, rank_share, sample_correct, sum_across_ranks
+from nanochat_pl.evals.harness import rank_and_world, rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.precision import fast_compute_dtype, model_width
 from nanochat_pl.sandbox import run_program
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
-from nanochat_pl.tasks.common import Task
+from nanochat_pl.tasks.task import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.hub import DatasetTask
 from nanochat_pl.tasks.humaneval import HumanEval, bundled_problems

@@ -22,7 +22,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from nanochat_pl.common import UserError
-from nanochat_pl.tasks.common import Conversation, Task
+from nanochat_pl.tasks.task import Conversation, Task
 
 PromptBatch = dict[str, Any]  # {"step": int, "indices": list[int], "conversations": list[Conversation]}
 

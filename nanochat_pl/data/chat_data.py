@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from nanochat_pl.common import UserError
 from nanochat_pl.data.packing import BestFitPacker
 from nanochat_pl.data.stream import ResumableStreamModule, StreamProgress, worker_slot
-from nanochat_pl.tasks.common import Task, TaskMixture
+from nanochat_pl.tasks.task import Task, TaskMixture
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 Packing = Literal["pad", "crop"]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat_pl.reply import read_reply
-from nanochat_pl.tasks.common import Task
+from nanochat_pl.tasks.task import Task
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""Data: where text comes from (sources, download, offline corpus) and how it becomes batches."""
