@@ -11,8 +11,8 @@ import pytest
 
 from nanochat_pl.commands.data import download
 from nanochat_pl.common import UserError
-from nanochat_pl.sources.download import download_file, download_shards
 from nanochat_pl.data.pretrain_data import PretrainDataModule
+from nanochat_pl.sources.download import download_file, download_shards
 from nanochat_pl.sources.shards import DATASETS, iter_texts, resolve_shards, split_shards
 from nanochat_pl.tokenizer import Tokenizer
 

@@ -35,11 +35,11 @@ from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
-from nanochat_pl.tasks.task import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.humaneval import HumanEval
 from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.spelling import SpellingBee
+from nanochat_pl.tasks.task import Task
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_evals import arrow_stream
 

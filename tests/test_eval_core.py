@@ -19,10 +19,10 @@ import torch.nn as nn
 import nanochat_pl.evals.core as core
 import nanochat_pl.evals.core_data as core_data
 from nanochat_pl.common import UserError
-from nanochat_pl.sources.eval_packages import _extract_bigbench
 from nanochat_pl.evals.core import centered_accuracy, evaluate_core, render_prompts, score_task, task_examples
 from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS, CORE_TASKS, CoreTask, load_core_tasks
 from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.sources.eval_packages import _extract_bigbench
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_evals import arrow_stream
 

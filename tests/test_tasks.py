@@ -25,11 +25,11 @@ from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import run_program
 from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
-from nanochat_pl.tasks.task import Task, TaskMixture, render_mc
 from nanochat_pl.tasks.gsm8k import GSM8K, solution_parts
 from nanochat_pl.tasks.humaneval import HumanEval
 from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.smoltalk import SmolTalk
+from nanochat_pl.tasks.task import Task, TaskMixture, render_mc
 from nanochat_pl.tokenizer import Tokenizer
 
 datasets.disable_progress_bars()

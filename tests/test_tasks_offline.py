@@ -23,10 +23,10 @@ from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import calculator
 from nanochat_pl.tasks import customjson, docstrings, spelling
 from nanochat_pl.tasks.arithmetic import Arithmetic, split_of
-from nanochat_pl.tasks.task import TaskMixture
 from nanochat_pl.tasks.customjson import CustomJSON, IdentityConversations
 from nanochat_pl.tasks.docstrings import DocstringQA
 from nanochat_pl.tasks.spelling import SimpleSpelling, SpellingBee, load_words
+from nanochat_pl.tasks.task import TaskMixture
 from nanochat_pl.tokenizer import Tokenizer
 from tests.test_download import ShardServer
 

@@ -53,8 +53,8 @@ def eval_packages(bigbench: bool = False) -> None:
     Args:
         bigbench: Also fetch bigbench's 358 MB source archive and keep the task files of CORE's 6 BIG-bench tasks.
     """
-    from nanochat_pl.sources.eval_packages import fetch_eval_packages
     from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS
+    from nanochat_pl.sources.eval_packages import fetch_eval_packages
 
     for path in fetch_eval_packages(BIGBENCH_CORE_TASKS, with_bigbench=bigbench):
         print(f"in place: {path}")

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from nanochat_pl.common import UserError
 from nanochat_pl.data.packing import BestFitPacker
-from nanochat_pl.sources.shards import num_row_groups, read_row_group, resolve_shards, split_shards
 from nanochat_pl.data.stream import ResumableStreamModule, StreamProgress, rows_to_batch, worker_slot
+from nanochat_pl.sources.shards import num_row_groups, read_row_group, resolve_shards, split_shards
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 
 # documents per tiktoken batch call (nanochat dataloader.py@92d63d4 tokenizer_batch_size)

@@ -50,12 +50,12 @@ from nanochat_pl.precision import fast_compute_dtype, model_width
 from nanochat_pl.sandbox import run_program
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
-from nanochat_pl.tasks.task import Task
 from nanochat_pl.tasks.gsm8k import GSM8K
 from nanochat_pl.tasks.hub import DatasetTask
 from nanochat_pl.tasks.humaneval import HumanEval, bundled_problems
 from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.spelling import SpellingBee, load_words
+from nanochat_pl.tasks.task import Task
 
 # task -> accuracy by chance (nanochat chat_eval.py@dfc8833 baseline_accuracies): 4 choices, or free answers
 CHATCORE_TASKS: dict[str, float] = {

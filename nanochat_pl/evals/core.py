@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.harness import rank_and_world, rank_share, sum_across_ranks
 from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
+from nanochat_pl.evals.harness import rank_and_world, rank_share, sum_across_ranks
 from nanochat_pl.precision import fast_compute_dtype, model_width
 
 SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)

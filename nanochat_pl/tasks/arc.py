@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
-from nanochat_pl.tasks.task import Conversation, render_mc
 from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
+from nanochat_pl.tasks.task import Conversation, render_mc
 
 Subset = Literal["ARC-Easy", "ARC-Challenge"]
 Split = Literal["train", "validation", "test"]

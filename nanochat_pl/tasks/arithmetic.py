@@ -25,9 +25,9 @@ from typing import Literal, get_args
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import calculator
-from nanochat_pl.tasks.task import Conversation, Task
 from nanochat_pl.tasks.gsm8k import extract_answer
 from nanochat_pl.tasks.hub import check_choice
+from nanochat_pl.tasks.task import Conversation, Task
 
 TEST_SEED_OFFSET = 10_000_000  # as SpellingBee's: train and test draw from disjoint seeds
 TEST_SHARE = 10  # one question in TEST_SHARE belongs to the test split

@@ -24,8 +24,8 @@ from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sources.download import download_file
-from nanochat_pl.tasks.task import Conversation, Task
 from nanochat_pl.tasks.hub import check_choice, task_data_dir
+from nanochat_pl.tasks.task import Conversation, Task
 
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 BUNDLED_IDENTITY = Path(__file__).parent / "data" / "identity.jsonl"

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from typing import Literal, get_args
 
 from nanochat_pl.sources.offline import parsed_modules, signature, source_roots
-from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 from nanochat_pl.tasks.hub import check_choice
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 
 Split = Literal["train", "test"]
 TEST_SHARE = 10  # one function or class in TEST_SHARE belongs to the test split

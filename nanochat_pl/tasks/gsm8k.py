@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, get_args
 
-from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
+from nanochat_pl.tasks.task import Conversation
 
 Subset = Literal["main", "socratic"]
 Split = Literal["train", "test"]

@@ -19,8 +19,8 @@ import re
 from typing import Any
 
 from nanochat_pl.sandbox import run_program
-from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask
+from nanochat_pl.tasks.task import Conversation
 
 # a fenced block, ```python or bare ```, up to the next fence (nanochat tasks/humaneval.py@dfc8833)
 CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from nanochat_pl.common import UserError
-from nanochat_pl.tasks.task import Conversation
 from nanochat_pl.tasks.hub import DatasetTask, check_choice
+from nanochat_pl.tasks.task import Conversation
 
 Split = Literal["train", "test"]
 

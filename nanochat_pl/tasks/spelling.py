@@ -28,8 +28,8 @@ from typing import Literal, get_args
 from nanochat_pl.common import UserError
 from nanochat_pl.sources.download import download_file
 from nanochat_pl.tasks.arithmetic import final_answer_matches
-from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 from nanochat_pl.tasks.hub import check_choice, task_data_dir
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
 
 WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
 WAMERICAN_PATH = Path("/usr/share/dict/american-english")
