@@ -1,18 +1,17 @@
-"""The model replicas that answer the web app's requests, lent to one reply at a time.
-
-nanochat's chat_web.py (@dfc8833, multi-GPU pool 01fb290) keeps one replica per GPU and hands each request
-the next free one through an asyncio queue; here too. Generation runs in a thread per request, so the event
-loop keeps serving other requests (and the page) while a replica works; the thread passes each piece of the
-reply to the event loop through an asyncio queue.
+"""The model replicas that answer the web app's requests, lent to one reply at a time (nanochat's chat_web.py:
+one per GPU, handed out through an asyncio queue). Each reply runs in a thread, so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nanochat_pl.engine import Engine
+from nanochat_pl.limits import check_conversation
 from nanochat_pl.reply import Piece, Reply
 
 _FINISHED = object()  # what the worker thread sends after the last piece
@@ -23,23 +22,23 @@ class ReplicaPool:
 
     def __init__(self, engines: list[Engine]):
         self.engines = engines
-        self.tokenizer = engines[0].tokenizer
-        self.context_len = engines[0].model.config.sequence_len
-        self._free: asyncio.Queue[Engine] | None = None  # made in the server's event loop, on first use
+        self.free: asyncio.Queue[Engine] = asyncio.Queue()  # bound to the server's event loop at its first wait
+        for engine in engines:
+            self.free.put_nowait(engine)
 
-    def free_replicas(self) -> int:
-        return len(self.engines) if self._free is None else self._free.qsize()
+    def reply(self, messages: list[dict[str, Any]], seed: int | None = None, **sampling) -> tuple[Reply, AsyncIterator]:
+        """A reply to `messages` (no seed: a random one) and the stream of its pieces; a conversation out of bounds
+        is a LimitError here, before anything streams."""
+        check_conversation(messages)
+        seed = random.randrange(2**31) if seed is None else seed
+        engine = self.engines[0]  # any replica: they hold the same model
+        reply = Reply(engine.tokenizer, engine.model.config.sequence_len, messages, seed=seed, **sampling)
+        return reply, self._stream(reply)
 
-    async def stream(self, reply: Reply) -> AsyncIterator[Piece]:
-        """Wait for a free replica, then stream `reply`'s pieces as its thread produces them. Leaving early
-        (a client gone, a stop button) tells the thread to stop; the replica returns to the pool when the
-        thread has finished with it, never before."""
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for engine in self.engines:
-                self._free.put_nowait(engine)
-        free = self._free
-        engine = await free.get()
+    async def _stream(self, reply: Reply) -> AsyncIterator[Piece]:
+        """Wait for a free replica, then stream `reply`'s pieces. Leaving early (a client gone, a stop button) stops
+        the thread; the replica returns to the pool when the thread has finished with it, never before."""
+        engine = await self.free.get()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -52,7 +51,7 @@ class ReplicaPool:
             except Exception as error:  # raised again in the request, which reports it
                 loop.call_soon_threadsafe(pieces.put_nowait, error)
             finally:
-                loop.call_soon_threadsafe(free.put_nowait, engine)
+                loop.call_soon_threadsafe(self.free.put_nowait, engine)
 
         threading.Thread(target=work, name="nanochat-pl-reply", daemon=True).start()
         try:

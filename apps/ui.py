@@ -1,15 +1,12 @@
 """The Gradio chat page: a ChatInterface whose replies stream from the replica pool.
 
-Each calculator call is its own collapsible message: the expression inside (in a code block, so `2*3*4` is
-not read as markdown), the result beside the title (`metadata["log"]`), so the conversation reads as text
-with the tool's work folded away. When the history comes back on the next turn, those messages are turned
-back into the python / python_output parts the model wrote and was fed, so the model sees its own earlier
-turns token for token.
+Each calculator call is its own collapsible message: the expression in a code block (so `2*3*4` is not read as
+markdown), the result beside the title (`metadata["log"]`). When the history comes back on the next turn, those
+messages become the python / python_output parts again, so the model sees its earlier turns token for token.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +15,8 @@ import gradio as gr
 from apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
-from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_conversation, check_sampling
-from nanochat_pl.reply import Piece, Reply
+from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_sampling
+from nanochat_pl.reply import Piece
 
 TOOL_TITLE = "🧮 calculator"
 RESULT_PREFIX = "= "
@@ -38,20 +35,19 @@ def conversation_from_history(history: list[dict[str, Any]]) -> list[dict[str, A
     calculator messages in it its python / python_output parts."""
     messages: list[dict[str, Any]] = []
     for message in history:
+        text, metadata = _text(message["content"]), message.get("metadata") or {}
         if message["role"] != "assistant":
-            messages.append({"role": message["role"], "content": _text(message["content"])})
+            messages.append({"role": message["role"], "content": text})
             continue
         if not messages or messages[-1]["role"] != "assistant":
             messages.append({"role": "assistant", "content": []})
-        metadata = message.get("metadata") or {}
-        if metadata.get("title") == TOOL_TITLE:
-            expression = _text(message["content"]).removeprefix(FENCE_OPEN).removesuffix(FENCE_CLOSE)
-            messages[-1]["content"].append({"type": "python", "text": expression})
-            if "log" in metadata:
-                result = metadata["log"].removeprefix(RESULT_PREFIX)
-                messages[-1]["content"].append({"type": "python_output", "text": result})
-        else:
-            messages[-1]["content"].append({"type": "text", "text": _text(message["content"])})
+        parts = messages[-1]["content"]
+        if metadata.get("title") != TOOL_TITLE:
+            parts.append({"type": "text", "text": text})
+            continue
+        parts.append({"type": "python", "text": text.removeprefix(FENCE_OPEN).removesuffix(FENCE_CLOSE)})
+        if "log" in metadata:
+            parts.append({"type": "python_output", "text": metadata["log"].removeprefix(RESULT_PREFIX)})
     return messages
 
 
@@ -89,23 +85,13 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
     ) -> AsyncIterator[list[gr.ChatMessage]]:
         messages = [*conversation_from_history(history), {"role": "user", "content": message}]
         try:
-            # the page's controls can be bypassed through Gradio's own API: check what arrives, before the
-            # sliders' numbers are made whole
-            check_conversation(messages)
+            # Gradio's own API bypasses the sliders: check what arrives, before its numbers are made whole
             check_sampling(temperature, top_k, max_tokens)
-            reply = Reply(
-                pool.tokenizer,
-                pool.context_len,
-                messages,
-                temperature=temperature,
-                top_k=int(top_k),
-                max_tokens=int(max_tokens),
-                seed=random.randrange(2**31),
-            )
+            _, pieces = pool.reply(messages, temperature=temperature, top_k=int(top_k), max_tokens=int(max_tokens))
         except UserError as error:
             raise gr.Error(str(error)) from error
         shown: list[gr.ChatMessage] = []
-        async for piece in pool.stream(reply):
+        async for piece in pieces:
             _show(shown, piece)
             yield list(shown)
         if not shown:  # the model ended its turn at once

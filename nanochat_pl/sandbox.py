@@ -1,34 +1,25 @@
 """Where model-written code runs. Everything a model writes is treated as hostile.
 
-Two doors, one per use:
-- `calculator(expr)`: the chat tool behind `<|python_start|>…<|python_end|>`. nanochat's tool is a calculator,
-  not a REPL (nanochat engine.py@dfc8833 `use_calculator`: arithmetic, or a string literal's `.count(...)`).
-  nanochat `eval`s a blacklisted string under a 3 s alarm; here the expression is parsed with `ast` and only a
-  whitelisted tree is evaluated, with every intermediate number bounded, so nothing can hang or escape.
-- `run_program(code)`: HumanEval-style programs in a fresh interpreter (nanochat execution.py@f4f69f9 runs a
-  fresh `python -c` with a scrubbed env, temp cwd, closed stdin, 256 MB rlimits and a 5 s timeout). Nothing in
-  the program's own interpreter is trusted to hold it: an audit hook or a patched `os` is Python that Python
-  can undo. The operating system holds it, through bubblewrap (`bwrap`, Debian's `bubblewrap` package):
-  - user: uid 65534 in a new user namespace, no capabilities, no further user namespaces. Started by root,
-    bwrap first drops to the host's `nobody` (`setpriv`): a user namespace alone would leave the program host
-    root, able to open every root-owned file.
-  - processes: a new PID namespace, so it sees and signals only its own processes. Its PID 1 is bwrap's init,
-    which `run_program` kills when the program exits or the wall clock runs out; the kernel lets PID 1 go only
-    after killing everything else in the namespace, and `run_program` returns only after PID 1 has gone.
-  - files: a new mount namespace in which `/` is read-only; /root, /home, /run, /var/tmp, /mnt, /media and
-    /srv are empty; /proc (its own processes only) and /dev (read-only) are the sandbox's own. The one
-    writable place is /tmp, a 64 MiB tmpfs of this run alone (the working directory, HOME and TMPDIR).
-  - network, IPC, host name: new namespaces; the network has only a loopback of its own.
-  - environment: PATH, HOME, TMPDIR and LC_ALL; nothing of the caller's.
-  - rlimits, set by a short prelude before the program runs: address space, CPU seconds, file size, open
-    files, processes, no core files.
-  What it does not bound: memory the kernel holds outside a process's address space (SysV shared memory
-  through ctypes, memfd files up to the open-file and file-size limits) is stopped by the wall clock only; a
-  memory cgroup would bound it but needs root or systemd delegation. Files outside the hidden directories stay
-  readable to the extent the host user the program runs as (`nobody`, or an ordinary caller's own uid) can read
-  them. Where bwrap is missing or fails its self-check, `run_program` refuses with a `UserError` unless the
-  caller passes `allow_unconfined=True`; the program then runs with the prelude's rlimits, the scrubbed
-  environment, a temporary working directory and a process-group kill, and nothing else.
+- `calculator(expr)`: the chat tool behind `<|python_start|>…<|python_end|>`, a calculator as nanochat's (engine.py
+  `use_calculator`: arithmetic, or a string literal's `.count(...)`). nanochat `eval`s a blacklisted string under an
+  alarm; here only a whitelisted `ast` tree is evaluated, every number bounded, so nothing can hang or escape.
+- `run_program(code)`: HumanEval-style programs in a fresh interpreter (as nanochat's execution.py: scrubbed env, temp
+  cwd, closed stdin, rlimits, timeout), held by the operating system through bubblewrap (`bwrap`), since nothing in
+  the program's own interpreter (an audit hook, a patched `os`) is beyond the program's reach:
+  - user: uid 65534 in a new user namespace, no capabilities, no further user namespaces; started by root, bwrap
+    first drops to the host's `nobody` (`setpriv`), else the program would be host root to the file system.
+  - processes: a new PID namespace, whose PID 1 (bwrap's init) `run_program` kills and waits for when the program
+    exits or the wall clock runs out: the kernel lets PID 1 go only after killing everything else in it.
+  - files: a new mount namespace, `/` read-only; /root, /home, /run, /var/tmp, /mnt, /media and /srv empty; its own
+    /proc and read-only /dev; the one writable place is /tmp, a 64 MiB tmpfs (cwd, HOME and TMPDIR).
+  - network (loopback only), IPC, host name: new namespaces; environment: PATH, HOME, TMPDIR and LC_ALL only.
+  - rlimits, set by a prelude before the program runs: address space, CPU seconds, file size, open files, processes,
+    no core files.
+  Not bounded: memory the kernel holds outside a process's address space (SysV shared memory, memfd files) is stopped
+  by the wall clock only (a memory cgroup would need root or systemd delegation), and files outside the hidden
+  directories stay as readable as they are to the host user the program runs as. Where bwrap is missing or fails its
+  self-check, `run_program` refuses with a `UserError` unless `allow_unconfined=True`; the program then has the
+  prelude's rlimits, the scrubbed environment, a temporary cwd and a process-group kill, nothing else.
 """
 
 from __future__ import annotations
@@ -88,19 +79,7 @@ def _check_number(value: int | float) -> int | float:
     return value
 
 
-def _power(base: int | float, exponent: int | float) -> int | float:
-    # Bound the result's size before computing it: |base**exponent| has about exponent*log2|base| bits.
-    if abs(base) > 1 and exponent > 0 and exponent * math.log2(abs(base)) > MAX_INT_BITS:
-        raise CalculatorError("number too large")
-    result = base**exponent
-    if isinstance(result, complex):
-        raise CalculatorError("complex result")
-    return result
-
-
 def _evaluate(node: ast.AST) -> int | float | str:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float, str):
         return node.value if isinstance(node.value, str) else _check_number(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
@@ -112,9 +91,13 @@ def _evaluate(node: ast.AST) -> int | float | str:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(left, str) or isinstance(right, str):
             raise CalculatorError("arithmetic on a string")
-        if isinstance(node.op, ast.Pow):
-            return _check_number(_power(left, right))
-        return _check_number(_BINARY_OPS[type(node.op)](left, right))
+        # bound a power's size before computing it: |base**exponent| has about exponent*log2|base| bits
+        if isinstance(node.op, ast.Pow) and abs(left) > 1 and right > 0 and right * math.log2(abs(left)) > MAX_INT_BITS:
+            raise CalculatorError("number too large")
+        result = _BINARY_OPS[type(node.op)](left, right)
+        if isinstance(result, complex):
+            raise CalculatorError("complex result")
+        return _check_number(result)
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -132,11 +115,8 @@ def _evaluate(node: ast.AST) -> int | float | str:
 
 
 def calculator(expr: str) -> str:
-    """Evaluate arithmetic (+ - * / // % **, unary +/-, parentheses) or `"literal".count("x")`.
-
-    Never raises: a refused or failing expression comes back as "Error: <why>", which the engine feeds to the
-    model as the tool's output, as any other result.
-    """
+    """Evaluate arithmetic (+ - * / // % **, unary +/-, parentheses) or `"literal".count("x")`. Never raises: a
+    refused or failing expression comes back as "Error: <why>", which the engine feeds to the model as any result."""
     if not isinstance(expr, str):
         return "Error: expression must be a string"
     if len(expr) > MAX_EXPR_CHARS:
@@ -144,7 +124,7 @@ def calculator(expr: str) -> str:
     if "'" not in expr and '"' not in expr:
         expr = _THOUSANDS_COMMA.sub("", expr)
     try:
-        result = _evaluate(ast.parse(expr.strip(), mode="eval"))
+        result = _evaluate(ast.parse(expr.strip(), mode="eval").body)
     except CalculatorError as e:
         return f"Error: {e}"
     except SyntaxError:
@@ -275,8 +255,8 @@ def _sandboxed(command: list[str], env: dict[str, str], info_fd: int | None = No
 
 @functools.cache
 def _isolation_problem() -> str | None:
-    """Why programs cannot be sandboxed here, in one line, or None when they can. Checked once per process by
-    running an empty program in the sandbox: bwrap may be installed and still be refused user namespaces."""
+    """Why programs cannot be sandboxed here, in one line, or None; found once per process by running an empty
+    program in the sandbox, since bwrap may be installed and still be refused user namespaces."""
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
@@ -300,28 +280,13 @@ def _sandbox_init(info_fd: int, timeout: float) -> int | None:
     data = b""
     while select.select([info_fd], [], [], timeout)[0] and (chunk := os.read(info_fd, 4096)):
         data += chunk
-        with contextlib.suppress(ValueError):  # not all of it yet
-            init_pid = json.loads(data)["child-pid"]
-            try:
-                return os.pidfd_open(init_pid)
-            except ProcessLookupError:
-                return None
+        with contextlib.suppress(ValueError, ProcessLookupError):  # not all of it yet, or the init has gone already
+            return os.pidfd_open(json.loads(data)["child-pid"])
     return None
 
 
-def _end_sandbox(init: int) -> None:
-    """Kill the sandbox's init and wait until it has gone. bwrap returns as soon as the program exits, and what the
-    program started would die a moment later; but as PID 1 of their namespace, init exits only once the kernel
-    has killed and reaped every other process in it."""
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(init, signal.SIGKILL)
-    select.select([init], [], [])  # a pidfd turns readable when its process has exited
-    os.close(init)
-
-
 def _read_truncated(file) -> str:
-    file.seek(0, os.SEEK_END)
-    size = file.tell()
+    size = os.fstat(file.fileno()).st_size
     file.seek(0)
     text = file.read(MAX_OUTPUT_BYTES).decode("utf-8", errors="replace")
     if size > MAX_OUTPUT_BYTES:
@@ -334,21 +299,13 @@ def _not_run(why: str) -> ExecResult:
 
 
 def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_unconfined: bool = False) -> ExecResult:
-    """Run a Python program in a fresh, sandboxed interpreter and report how it ended.
+    """Run a Python program (as `__main__`, in an empty working directory) in a fresh, sandboxed interpreter and
+    report how it ended; one that cannot be run (not a str, too long, not encodable) comes back as status "error".
 
-    Whatever the program is or does comes back as a result: one that cannot be run (not a str, too long, not
-    encodable) as status "error".
-
-    Args:
-        code: the program's source; it runs as `__main__` in an empty temporary working directory.
-        timeout: wall-clock seconds before every process it started is killed (CPU time is capped at
-            ceil(timeout) + 1 s as a backstop).
-        memory_mb: address-space limit of each of its processes, in MiB.
-        allow_unconfined: where no sandbox is available, run the program anyway, held only by rlimits, a scrubbed
-            environment and the timeout's process-group kill.
-
-    Raises:
-        UserError: no sandbox is available here and `allow_unconfined` is False.
+    `timeout`: wall-clock seconds before every process it started is killed (CPU time is capped at ceil(timeout) + 1 s
+    as a backstop); `memory_mb`: the address space of each of its processes. Where no sandbox is available it raises
+    a `UserError`, unless `allow_unconfined`: then the program runs held only by rlimits, a scrubbed environment and
+    the timeout's process-group kill.
     """
     if not isinstance(code, str) or len(code) > MAX_PROGRAM_CHARS:
         return _not_run(f"program must be a str of at most {MAX_PROGRAM_CHARS} chars")
@@ -400,7 +357,12 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
         except subprocess.TimeoutExpired:
             timed_out = True
         if init is not None:
-            _end_sandbox(init)
+            # kill the sandbox's init and wait until it has gone: as PID 1 of its namespace, it goes only once the
+            # kernel has killed and reaped every other process in it (bwrap returns as soon as the program exits)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(init, signal.SIGKILL)
+            select.select([init], [], [])  # a pidfd turns readable when its process has exited
+            os.close(init)
         elif timed_out:  # unconfined, or bwrap never made the sandbox
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -239,7 +239,7 @@ def other_tokenizer(tmp_path_factory):
 
 
 def test_a_checkpoint_with_another_vocabulary_is_refused(corpus, trained_checkpoint, other_tokenizer, tmp_path):
-    with pytest.raises(UserError, match="vocabulary of 300 but the tokenizer has 280") as error:
+    with pytest.raises(UserError, match="vocabulary of 300, the tokenizer 280") as error:
         load_model(trained_checkpoint, tokenizer_dir=other_tokenizer)
     assert "\n" not in str(error.value)
     # resuming training with that tokenizer is refused before any weight is loaded
@@ -315,3 +315,17 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(corpus, tmp_pat
     straight = run(tmp_path / "straight")
     assert len(straight.train) == 12
     assert resumed.train == straight.train[4:]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("num_iterations", "0"), ("target_param_data_ratio", "-0.5"), ("warmdown_ratio", "1.5")]
+)
+def test_an_out_of_range_setting_is_a_one_line_error_where_it_enters(setting, value, capsys):
+    """The depth rules and the schedules take these in range: the stage refuses others as it is built."""
+    from tests.test_fit_cli import REPO, error_lines, run_main
+
+    config = str(REPO / "configs/cpu/base_tiny.yaml")
+    code, _, err = run_main(capsys, "fit", "--config", config, f"--model.init_args.{setting}", value)
+    lines = error_lines(err)
+    assert code == 1 and len(lines) == 1 and f"settings out of range: {setting} {value}" in lines[0], err
+    assert err.rstrip().endswith(lines[0]) and "Traceback" not in err

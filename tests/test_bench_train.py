@@ -45,9 +45,10 @@ def test_running_out_of_device_memory_is_one_line(corpus, tmp_path, capsys, monk
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
 
     monkeypatch.setattr(GPT, "forward", out_of_memory)
-    message, _, _ = run_main(capsys, "bench", "train", "--yaml", str(config), "--steps", "2", "--warmup", "0")
-    assert message.startswith("error: out of device memory: CUDA out of memory. Tried to allocate 20.00 GiB (")
-    assert "device_batch_size" in message and "\n" not in message
+    code, _, err = run_main(capsys, "bench", "train", "--yaml", str(config), "--steps", "2", "--warmup", "0")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "device_batch_size" in errors[0]
+    assert errors[0].startswith("error: out of device memory: CUDA out of memory. Tried to allocate 20.00 GiB (")
 
 
 def test_bench_variants_runs_each_in_its_own_process_and_tabulates_them(corpus, tmp_path, capsys):

@@ -70,6 +70,8 @@ def test_interactive_ends_at_end_of_input(tokenizer, monkeypatch):
     "option,message",
     [
         (dict(temperature=-1), "temperature must be between 0 and 2.0, got -1"),
+        (dict(temperature=float("nan")), "temperature must be between 0 and 2.0, got nan"),
+        (dict(seed=-1), "seed must be between 0 and"),
         (dict(top_k=500), "top_k must be between 0 and 200, got 500"),
         (dict(max_tokens=0), "max_tokens must be between 1 and 4096, got 0"),
     ],

@@ -68,7 +68,8 @@ def chat_module(checkpoint: Path, **overrides) -> ChatTraining:
     return ChatTraining(**{**settings, **overrides})
 
 
-def chat_data(packing: str = "pad", size: int = 64, **overrides) -> ChatDataModule:
+def chat_data(packing: str | None = None, size: int = 64, **overrides) -> ChatDataModule:
+    """The data module; `packing` None: the stage's recipe's."""
     settings = dict(train=[Echo(size)], val=[Echo(16, seed=1)], packing=packing, val_tokens=2 * B * T)
     return ChatDataModule(**{**settings, **overrides})
 
@@ -86,7 +87,7 @@ def test_sft_inherits_the_checkpoint_and_runs_one_epoch(base_checkpoint, tmp_pat
     assert data.data_progress >= 1.0 and trainer.global_step == len(record.train)
     # one epoch: the run used up the mixture and stopped within one batch of it
     positions = list(data.progress.positions.values())
-    assert sum(p.taken for p in positions) >= len(data.train_mixture)
+    assert sum(p.fetched - len(p.buffered) for p in positions) >= len(data.train_mixture)
     losses = [loss for *_, loss in record.train]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3]), losses
@@ -176,20 +177,24 @@ def test_rows_to_masked_batch_shifts_and_masks():
     assert targets.tolist() == [[-1, 6, -1], [8, -1, -1]]
 
 
-@pytest.mark.parametrize("packing", ["pad", "crop"])
-def test_chat_resume_equals_an_uninterrupted_run(base_checkpoint, tmp_path, packing):
+@pytest.mark.parametrize("recipe", ["sft", "mid"])
+def test_chat_resume_equals_an_uninterrupted_run(base_checkpoint, tmp_path, recipe):
+    """SFT packs its data "pad", midtraining "crop" (the recipe says so); either resumes exactly."""
     checkpoint, _ = base_checkpoint
     steps = 6
     runs = []
     for resume in (None, tmp_path / "ckpt" / f"step={steps // 2}.ckpt"):
         L.seed_everything(0)
-        module = chat_module(checkpoint, total_batch_tokens=2 * B * T, num_iterations=steps, eval_every=2)
-        data = chat_data(packing, size=400, num_workers=2 if packing == "crop" else 0)
+        module = chat_module(
+            checkpoint, recipe=recipe, total_batch_tokens=2 * B * T, num_iterations=steps, eval_every=2
+        )
+        data = chat_data(size=400, num_workers=2 if recipe == "mid" else 0)
         record = StepLosses()
         save = ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=steps // 2, save_top_k=-1)
         trainer = tiny_trainer(tmp_path, callbacks=[record, save], enable_checkpointing=True)
         trainer.fit(module, data, ckpt_path=resume)
         assert trainer.global_step == steps and trainer.accumulate_grad_batches == 2
+        assert data.packing == {"sft": "pad", "mid": "crop"}[recipe] and module.stage_name == recipe
         runs.append((record, model_parameters(module)))
     (straight, straight_params), (resumed, resumed_params) = runs
     assert resumed.train == straight.train[2 * steps // 2 :]
@@ -234,7 +239,7 @@ class SplitBatches(L.LightningDataModule):
         limit, trainer = self.rank1_runs_out_after, self.trainer
         return float(limit is not None and trainer.global_rank == 1 and trainer.global_step >= limit)
 
-    def inherit(self, tokenizer, sequence_len: int, device_batch_size: int) -> None:
+    def inherit(self, tokenizer, sequence_len: int, device_batch_size: int, packing: str) -> None:
         pass
 
     def training_stats(self) -> dict[str, float]:

@@ -151,7 +151,7 @@ def test_corrupt_shard_on_disk_is_fetched_again(server, files, tmp_path):
     "dataset, num_shards", [(FINEWEB_EDU, 0), (FINEWEB_EDU, -2), (FINEWEB_EDU, 1823), (CLIMBMIX, 0), (CLIMBMIX, 6543)]
 )
 def test_number_of_shards_out_of_range(tmp_path, dataset, num_shards):
-    with pytest.raises(UserError, match=rf"{dataset.title} shards must be 1\.\.{dataset.num_shards - 1} or -1"):
+    with pytest.raises(UserError, match=rf"{dataset.title} shards must be 1\.\.{dataset.val_shard} or -1"):
         download_shards(dataset, num_shards, data_dir=tmp_path, base_url="http://127.0.0.1:9")
 
 

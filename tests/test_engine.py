@@ -7,9 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nanochat_pl.common import UserError
-from nanochat_pl.engine import Engine, cast_for_inference, sample_next_token
-from nanochat_pl.limits import LimitError
+from nanochat_pl.engine import Engine, sample_next_token
 from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.sandbox import calculator
@@ -111,7 +109,7 @@ def test_bf16_decoding_of_an_fp32_model_reads_a_bf16_copy_and_leaves_the_model_a
     mixed = copy.deepcopy(model)
     NanochatBf16().convert_module(SimpleNamespace(model=mixed))
     prompt = prompt_for(tokenizer)
-    reference = Engine(cast_for_inference(copy.deepcopy(model), torch.bfloat16), tokenizer)
+    reference = Engine(copy.deepcopy(model).to(torch.bfloat16), tokenizer)
     expected = [column for column, _ in reference.generate(prompt, max_tokens=30, temperature=0.0)]
     for trained in (model, mixed):
         dtypes = [p.dtype for p in trained.parameters()]
@@ -129,25 +127,24 @@ def test_bf16_decoding_of_an_fp32_model_reads_a_bf16_copy_and_leaves_the_model_a
 
 
 @pytest.mark.parametrize("options", CONFIGS.values(), ids=CONFIGS.keys())
-def test_a_model_cast_for_inference_computes_as_nanochats_bf16_and_decodes_as_its_full_forward(tokenizer, options):
+def test_a_model_held_in_bf16_computes_as_nanochats_bf16_and_decodes_as_its_full_forward(tokenizer, options):
     model = random_gpt(tokenizer.vocab_size, options)
     nanochat_head = copy.deepcopy(model)  # fp32 master weights that every Linear casts to bf16 at each call
     NanochatBf16().convert_module(SimpleNamespace(model=nanochat_head))
-    inference = cast_for_inference(model, torch.bfloat16)
+    inference = model.to(torch.bfloat16)  # as load_engine holds it
     assert inference is model and {p.dtype for p in model.parameters()} == {torch.bfloat16}
     ids = torch.randint(tokenizer.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(inference(ids), nanochat_head(ids))  # the same numbers, weights cast once
     engine = Engine(inference, tokenizer)  # the dtype of its weights
     assert engine.compute_dtype == torch.bfloat16 and not engine.casts_weights  # nothing left to cast
-    with pytest.raises(UserError, match="weights are torch.bfloat16: it cannot compute in torch.float32"):
+    with pytest.raises(AssertionError, match="torch.bfloat16 weights cannot compute in torch.float32"):
         Engine(inference, tokenizer, compute_dtype=torch.float32)
     prompt = prompt_for(tokenizer)
     columns = [column for column, _ in engine.generate(prompt, max_tokens=30, temperature=0.0)]
     assert len(columns) == 30
     # bf16 rounding may move near-ties of this random model late in the sequence, not at its start
     assert columns[:10] == naive_generate(inference, tokenizer, prompt, 1, 10, temperature=0.0)
-    assert cast_for_inference(model, torch.float32) is model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,29 +256,8 @@ def test_max_tokens_and_context_length_are_respected(tokenizer):
     assert len(list(engine.generate(prompt, num_samples=3, max_tokens=5))) == 5
     (sequence,), _ = engine.generate_batch(prompt, max_tokens=1000)
     assert len(sequence) == 40  # stopped at the model's context length
-    with pytest.raises(UserError, match="context"):
+    with pytest.raises(AssertionError, match="a prompt of 40 tokens in a context of 40"):  # Reply refuses it first
         list(engine.generate(list(range(40)), max_tokens=1))
-    with pytest.raises(UserError):
-        list(engine.generate([tokenizer.vocab_size], max_tokens=1))
-
-
-@pytest.mark.parametrize(
-    "sampling,field",
-    [
-        (dict(max_tokens=0), "max_tokens"),
-        (dict(temperature=-0.5), "temperature"),
-        (dict(temperature=float("nan")), "temperature"),
-        (dict(top_k=-1), "top_k"),
-        (dict(top_k=201), "top_k"),
-        (dict(top_p=0.0), "top_p"),
-        (dict(seed=-1), "seed"),
-    ],
-)
-def test_sampling_out_of_bounds_is_refused_naming_the_setting(tokenizer, sampling, field):
-    engine = Engine(random_gpt(tokenizer.vocab_size, CONFIGS["head"]), tokenizer, compute_dtype=torch.float32)
-    with pytest.raises(LimitError, match=f"^{field} must be") as error:
-        list(engine.generate(prompt_for(tokenizer), **{"max_tokens": 1, **sampling}))
-    assert error.value.field == field
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -119,6 +119,13 @@ def test_eval_chat_runs_the_asked_tasks_and_refuses_unknown_ones(checkpoint, tmp
     with pytest.raises(SystemExit):
         main(["eval", "chat", "--checkpoint", str(checkpoint), "-a", "GSM9K"])
     assert "unknown task GSM9K" in capsys.readouterr().err
+    for flag in ("--num-samples", "--batch-size", "-x", "--devices"):  # PositiveInt: jsonargparse refuses 0
+        with pytest.raises(SystemExit):
+            main(["eval", "chat", "--checkpoint", str(checkpoint), flag, "0"])
+        assert "PositiveInt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "core", "--checkpoint", str(checkpoint), "--max-per-task", "0"])
+    assert "PositiveInt" in capsys.readouterr().err
 
 
 def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):

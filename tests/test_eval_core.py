@@ -19,8 +19,9 @@ import torch.nn as nn
 import nanochat_pl.evals.core as core
 import nanochat_pl.evals.core_data as core_data
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.core import centered_accuracy, evaluate_core, render_prompts, score_task, task_examples
+from nanochat_pl.evals.core import evaluate_core, render_prompts, score_task, task_examples
 from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS, CORE_TASKS, CoreTask, load_core_tasks
+from nanochat_pl.evals.harness import centered
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.sources.eval_packages import _extract_bigbench
 from nanochat_pl.tokenizer import Tokenizer
@@ -105,20 +106,20 @@ def test_each_task_type_scored_by_hand_with_exact_accuracy_and_centering():
 
     accuracies = {r.label: r.accuracy for r in result.tasks}
     assert accuracies == {"mc": 0.75, "schema": 0.5, "lm": 1 / 3}
-    centered = {r.label: r.centered for r in result.tasks}
-    assert centered == {"mc": (0.75 - 0.25) / (1 - 0.25), "schema": 0.0, "lm": 1 / 3}
-    assert result.core == sum(centered.values()) / 3
+    by_label = {r.label: r.centered for r in result.tasks}
+    assert by_label == {"mc": (0.75 - 0.25) / (1 - 0.25), "schema": 0.0, "lm": 1 / 3}
+    assert result.core == sum(by_label.values()) / 3
     assert [r.num_examples for r in result.tasks] == [4, 2, 3]
     assert result.skipped == ["winograd: none"]
     assert json.loads(json.dumps(result.as_dict()))["tasks"][0] == {
         "label": "mc",
         "accuracy": 0.75,
-        "centered": centered["mc"],
+        "centered": by_label["mc"],
         "num_examples": 4,
         "random_baseline": 25.0,
         "source": "test mc",
     }
-    assert centered_accuracy(0.5, 50.0) == 0.0 and centered_accuracy(1.0, 9.1) == 1.0
+    assert centered(0.5, 0.5) == 0.0 and centered(1.0, 0.091) == 1.0
 
 
 def test_fewshot_prompts_follow_the_rule_and_every_row_starts_with_bos_and_is_padded_with_it():
@@ -317,7 +318,7 @@ def test_batched_scoring_equals_one_example_per_forward(tokenizer_kind, monkeypa
         if t.task_type != LM or t.label == "greedy":
             assert 0 < sum(one_at_a_time) < len(one_at_a_time), t.label  # not a trivial all-same outcome
         accuracy = sum(one_at_a_time) / len(one_at_a_time)
-        expected.append((t.label, accuracy, centered_accuracy(accuracy, t.random_baseline)))
+        expected.append((t.label, accuracy, centered(accuracy, t.random_baseline / 100)))
     by_rule = {example.index for example in shared}
     assert len(by_rule) < N and (len(by_rule) > 0 or tokenizer_kind == "bpe")  # chars: the rule picks some, not all
     with monkeypatch.context() as always:
@@ -440,14 +441,17 @@ def test_a_bundle_is_read_as_a_directory_or_a_zip(tmp_path):
         load_core_tasks(bundle / "eval_meta_data.csv")
 
 
-def test_the_bundle_is_downloaded_and_unpacked_once(tmp_path, home, monkeypatch):
+def test_the_bundle_is_downloaded_once_and_read_in_place(tmp_path, home, monkeypatch):
     archive = _zip(_write_bundle(tmp_path / "src"), tmp_path / "eval_bundle.zip")
     monkeypatch.setattr(core_data, "BUNDLE_URL", archive.as_uri())
     _check_bundle_tasks(*load_core_tasks())
-    assert (home / "eval/eval_bundle/core.yaml").is_file() and not (home / "eval/eval_bundle.zip").exists()
+    assert (home / "eval/eval_bundle.zip").is_file()
     monkeypatch.setattr(core_data, "BUNDLE_URL", (tmp_path / "gone.zip").as_uri())  # in place now: no download
     tasks, _ = load_core_tasks()
-    assert tasks[0].source.startswith(f"eval bundle {home / 'eval/eval_bundle'}")
+    assert tasks[0].source.startswith(f"eval bundle {home / 'eval/eval_bundle.zip'}")
+    (home / "eval/eval_bundle.zip").unlink()  # an unpacked bundle there is read too
+    _write_bundle(home / "eval")
+    assert load_core_tasks()[0][0].source.startswith(f"eval bundle {home / 'eval/eval_bundle'} ")
 
 
 def _requests(docs: list[dict[str, Any]], copies: int) -> bytes:

@@ -30,7 +30,7 @@ from tests.stage_helpers import B, T, cpu_trainer_config
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 MUON_MATRIX_LR = 0.02  # nanochat base_train.py@92d63d4 --matrix-lr
-WARMUP_STEPS = 40  # nanochat HEAD's LR warmup (optim/schedules.py)
+WARMUP_STEPS = 40  # nanochat HEAD's LR warmup (optim/recipes.py)
 
 
 pytestmark = pytest.mark.usefixtures("home")  # every test writes under its own NANOCHAT_PL_HOME

@@ -32,3 +32,60 @@ import apps.web
 assert not any(name.startswith("nanochat_pl.commands") for name in sys.modules), sorted(sys.modules)
 """
     )
+
+
+# The floors, bottom to top: a module imports from its own floor or below, never above. Data flows sources →
+# tasks → data modules → stages → checkpoints → engine → apps/evals; the code that carries it is layered so.
+FLOORS = [
+    ["nanochat_pl", "nanochat_pl.common", "nanochat_pl.limits", "nanochat_pl.precision", "nanochat_pl.sandbox"],
+    ["nanochat_pl.model"],
+    ["nanochat_pl.optim"],
+    ["nanochat_pl.tokenizer", "nanochat_pl.nanochat_format", "nanochat_pl.checkpoint", "nanochat_pl.export"],
+    ["nanochat_pl.sources"],
+    ["nanochat_pl.tasks"],
+    ["nanochat_pl.data"],
+    ["nanochat_pl.engine", "nanochat_pl.reply"],
+    ["nanochat_pl.evals"],
+    ["nanochat_pl.stages"],
+    ["nanochat_pl.report"],
+    ["nanochat_pl.commands", "nanochat_pl.bench", "nanochat_pl.cli", "nanochat_pl.lightning_cli"],
+    ["apps"],
+]
+
+
+def test_no_import_runs_back_up_a_floor():
+    """Every module is imported in one fresh interpreter with `__import__` recording who imports whom (the
+    imports a module makes when it loads; the `serve` command's import of the app runs only when it serves)."""
+    run_python(
+        f"""
+import builtins, importlib, pkgutil, sys
+FLOORS = {FLOORS!r}
+
+def floor(name):
+    best = max((prefix for row in FLOORS for prefix in row if name == prefix or name.startswith(prefix + ".")),
+               key=len, default=None)
+    assert best is not None, f"{{name}} is on no floor: add it to FLOORS"
+    return next(i for i, row in enumerate(FLOORS) if best in row)
+
+edges = set()
+original = builtins.__import__
+
+def recording(name, globals=None, locals=None, fromlist=(), level=0):
+    module = original(name, globals, locals, fromlist, level)
+    importer = (globals or {{}}).get("__name__", "")
+    if level == 0 and importer.startswith(("nanochat_pl", "apps")) and name.startswith(("nanochat_pl", "apps")):
+        targets = [name] + [f"{{name}}.{{item}}" for item in fromlist or () if f"{{name}}.{{item}}" in sys.modules]
+        edges.update((importer, target) for target in targets if target != "nanochat_pl._rustbpe")
+    return module
+
+builtins.__import__ = recording
+import nanochat_pl, apps
+for package in (nanochat_pl, apps):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if ".hf_remote." not in info.name:  # the copies shipped inside a Hugging Face export
+            importlib.import_module(info.name)
+up = sorted(f"{{a}} -> {{b}}" for a, b in edges if floor(a) < floor(b))
+assert not up, "imports that run back up a floor:\\n" + "\\n".join(up)
+assert len(edges) > 100, len(edges)
+"""
+    )

@@ -311,7 +311,7 @@ def test_a_nanochat_folder_without_a_model_file_is_a_one_line_error(tokenizer, t
         ]
     # a model file without its meta file
     torch.save({}, empty / "model_000001.pt")
-    with pytest.raises(UserError, match="has no meta_000001.json beside it"):
+    with pytest.raises(UserError, match="needs meta_000001.json beside it"):
         load_model(empty)
     # a model nobody's meta describes
     (empty / "meta_000001.json").write_text(json.dumps({"step": 1, "model_config": {"n_layer": 2}}))

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.optim import MuonAdamW
-from nanochat_pl.optim.param_groups import build_param_groups
+from nanochat_pl.optim.muon_adamw import MuonAdamW
+from nanochat_pl.optim.recipes import build_param_groups
 from nanochat_pl.stages.precision import NanochatBf16
 from tests.stage_helpers import run_ddp_script
 
@@ -30,7 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nanochat_pl.optim import MuonAdamW, muon_adamw
+from nanochat_pl.optim import muon_adamw
+from nanochat_pl.optim.muon_adamw import MuonAdamW
 
 
 def make_params():
@@ -135,7 +136,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
-from nanochat_pl.optim import MuonAdamW
+from nanochat_pl.optim.muon_adamw import MuonAdamW
 from nanochat_pl.stages import lm
 from tests.stage_helpers import REPO, B, T, model_parameters, tiny_data, tiny_module, tiny_trainer
 

@@ -10,7 +10,6 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from nanochat_pl import precision
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
-from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, load_engine
 from nanochat_pl.precision import choose_precision, measured_cpu_seconds, model_width, peak_flops
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
@@ -23,8 +22,13 @@ CPU = torch.device("cpu")
 def test_a_forced_precision_is_used_as_given():
     assert choose_precision(CPU, 64, "bf16").dtype == torch.bfloat16
     assert choose_precision(CPU, 64, "fp32") == precision.PrecisionChoice(torch.float32, "fp32 (asked for)")
-    with pytest.raises(UserError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
-        choose_precision(CPU, 64, "fp16")
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_an_unknown_precision_is_refused_on_the_command_line(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--checkpoint", "x.pt", "--precision", "fp16"])
+    assert "fp16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [((2e-3, 1e-3), torch.bfloat16), ((1e-3, 2e-3), torch.float32)])

@@ -17,11 +17,10 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from nanochat_pl.cli import main
-from nanochat_pl.commands.eval import _Job
-from nanochat_pl.commands.report import report
+from nanochat_pl.commands.eval import write_result
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.chatcore import ChatResult, ChatTaskResult, centered
-from nanochat_pl.evals.core import CoreResult, CoreTaskResult, centered_accuracy
+from nanochat_pl.evals.core import CoreResult, CoreTaskResult
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.report import write_report
 from nanochat_pl.tokenizer import Tokenizer
@@ -87,7 +86,7 @@ def write_checkpoint(run: Path, step: int, model: GPT, meta: dict) -> Path:
 def write_eval(kind: str, checkpoint: Path, result: ChatResult | CoreResult) -> dict:
     """What `nanochat-pl eval core|chat --checkpoint checkpoint` writes into the run's eval/, by its own writer."""
     summary = {"kind": kind, "checkpoint": str(checkpoint), "world_size": 1, **result.as_dict()}
-    _Job(kind, str(checkpoint), "cpu", None, None).report(summary)
+    write_result(summary)
     return summary
 
 
@@ -101,7 +100,7 @@ def chat_result(accuracies: dict[str, float], chatcore: float | None) -> ChatRes
 
 
 def core_result(value: float) -> CoreResult:
-    tasks = [CoreTaskResult("hellaswag", 0.4, centered_accuracy(0.4, 25.0), 100, 25.0, "bundle")]
+    tasks = [CoreTaskResult("hellaswag", 0.4, centered(0.4, 0.25), 100, 25.0, "bundle")]
     return CoreResult(tasks, core=value)
 
 
@@ -229,7 +228,7 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
     assert bullet(rl_text, "validation bpb") == "—"
     assert "eval/pass@1 0.5500 (step 2)" in bullet(rl_text, "last logged during training")
 
-    assert "Failed; its log: /abs/home/speedrun/logs/extra-sft.log." in section(text, "extra-sft")
+    assert "Failed, no checkpoint; its log: /abs/home/speedrun/logs/extra-sft.log." in section(text, "extra-sft")
     tokenizer_text = section(text, "tokenizer-eval")  # as `tokenizer eval` prints it last
     assert "| vocab_size | 8192 |" in tokenizer_text and "| | ours | gpt-2 |" in tokenizer_text
     assert "| news | 3.2 | 3.1 |" in tokenizer_text and "| offline-val | 3.67 | — |" in tokenizer_text
@@ -246,11 +245,11 @@ def test_a_speedrun_report_card(home, tokenizer_state, capsys):
     # without the argument, the state's hourly rate
     path, _ = write_report()
     assert bullet(path.read_text(), "cost").startswith("$4.17 ")  # 10 $/h x 25 min
-    # a state written before speedrun kept its running time: start to end
+    # a state written before speedrun kept its running time: its stages' times added up
     del state["seconds"]
     (home / "speedrun" / "state.json").write_text(json.dumps(state))
     path, _ = write_report()
-    assert bullet(path.read_text(), "wall clock") == "30m 00s (speedrun start to end)"
+    assert bullet(path.read_text(), "wall clock") == "10m 00s (the speedrun's running time)"
 
 
 def test_a_pipeline_run_by_hand(home, tokenizer_state):
@@ -306,4 +305,4 @@ def test_nothing_to_report_and_a_corrupt_state_are_one_line_errors(home, capsys)
             write_report()
         assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="negative"):
-        report(hourly_rate=-1.0)
+        write_report(hourly_rate=-1.0)

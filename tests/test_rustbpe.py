@@ -227,7 +227,7 @@ def test_errors_raised_by_the_iterator_propagate() -> None:
 
 
 def test_bench_prints_a_json_line_last(tmp_path, capsys) -> None:
-    from nanochat_pl.bench.tokenizer import bench_tokenizer
+    from nanochat_pl.bench.tokenizer_bench import bench_tokenizer
 
     source = tmp_path / "text"
     source.mkdir()

@@ -36,8 +36,6 @@ def test_parquet_row_groups_read_back_as_written(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", texts, row_group_size=3)
     assert num_row_groups(path) == 4 == pq.ParquetFile(path).metadata.num_row_groups
     assert [read_row_group(path, i) for i in range(4)] == [texts[0:3], texts[3:6], texts[6:9], texts[9:]]
-    with pytest.raises(IndexError):
-        read_row_group(path, 4)
 
 
 def test_parquet_null_texts_are_skipped(tmp_path):
@@ -173,8 +171,6 @@ def test_split_shards(tmp_path):
     assert split_shards(paths[:1], "train") == paths[:1]  # one file: training data, no validation
     with pytest.raises(UserError, match="at least 2 files"):
         split_shards(paths[:1], "val")
-    with pytest.raises(UserError, match="split must be one of"):
-        split_shards(paths, "test")
 
 
 def test_iter_texts_caps_documents_and_total(tmp_path):

@@ -5,6 +5,7 @@ stages, resuming an interrupted one, and a failing stage stopping the run in one
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -205,15 +206,14 @@ def test_a_state_from_before_the_running_time_was_kept_counts_its_stages_times(h
     records = [{"name": "tokenizer", "status": "done", "seconds": 30.0}, {"name": "eval", "status": "pending"}]
     (home / "speedrun").mkdir(parents=True)
     (home / "speedrun" / "state.json").write_text(json.dumps({"started": 1.0, "ended": None, "stages": records}))
-    pipeline = speedrun.Pipeline(stages, trainer=None, hourly_rate=None, restart=False)
-    pipeline.save()
+    speedrun.Runner(stages, trainer=None, hourly_rate=None, restart=False).save()
     assert 30.0 <= state(home)["seconds"] < 40.0
 
 
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "pseudo-terminal"])
 def test_a_failing_stage_stops_the_run_with_its_error_and_log(terminal, home, tmp_path, capfd, monkeypatch):
     """On a terminal the child writes to a pseudo-terminal (rich draws its progress bars only on one)."""
-    monkeypatch.setattr(speedrun, "use_terminal", lambda: terminal)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     config = write_yaml(
         tmp_path / "speedrun.yaml",
         {

@@ -22,11 +22,11 @@ import pytest
 from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import calculator
 from nanochat_pl.tasks import customjson, docstrings, spelling
-from nanochat_pl.tasks.arithmetic import Arithmetic, split_of
+from nanochat_pl.tasks.arithmetic import Arithmetic
 from nanochat_pl.tasks.customjson import CustomJSON, IdentityConversations
 from nanochat_pl.tasks.docstrings import DocstringQA
 from nanochat_pl.tasks.spelling import SimpleSpelling, SpellingBee, load_words
-from nanochat_pl.tasks.task import TaskMixture
+from nanochat_pl.tasks.task import TaskMixture, split_of
 from nanochat_pl.tokenizer import Tokenizer
 from tests.test_download import ShardServer
 
@@ -214,13 +214,9 @@ def test_spelling_seeds_match_nanochat_draws(word_file):
         assert f"'{word}'.count(" in tool_calls(SpellingBee(size=20, split="test", words=word_file)[i])[0][0]
 
 
-def test_bad_arguments_are_one_line_errors():
-    with pytest.raises(UserError, match="split must be one of train, test; got 'val'"):
-        Arithmetic(split="val")
-    with pytest.raises(UserError, match="size must be at least 0"):
+def test_a_negative_size_is_a_one_line_error():
+    with pytest.raises(UserError, match="SpellingBee size must be at least 0"):
         SpellingBee(size=-1)
-    with pytest.raises(UserError, match="identity source must be one of bundled, nanochat"):
-        IdentityConversations(source="s3")
 
 
 # ---- word lists ----
@@ -295,15 +291,12 @@ def test_a_downloaded_page_that_is_no_word_list_is_refused(word_server, tmp_path
     ("line", "error"),
     [
         ("{not json", "Expecting property name"),
-        ('"hello"', "expected a JSON array of messages"),
-        ('[{"role": "user", "content": "hi"}]', "at least 2 messages, got 1"),
-        (
-            '[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]',
-            "message 0 has role 'assistant'",
-        ),
-        ('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]', "message 1 has role 'user'"),
-        ('[{"role": "user", "content": "a"}, {"role": "assistant", "content": ["b"]}]', "content must be a string"),
-        ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "b"}]}', "needs a 'role' and a 'content'"),
+        ('"hello"', "not a conversation"),
+        ('[{"role": "user", "content": "hi"}]', "at least 2 messages"),
+        ('[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]', "not a conversation"),
+        ('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]', "roles alternating"),
+        ('[{"role": "user", "content": "a"}, {"role": "assistant", "content": ["b"]}]', "not a conversation"),
+        ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "b"}]}', "every content a string"),
     ],
 )
 def test_custom_json_bad_line_is_a_one_line_error_naming_file_and_line(tmp_path, line, error):

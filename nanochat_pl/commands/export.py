@@ -1,25 +1,22 @@
-"""`nanochat-pl export hf|nanochat`: a checkpoint as a Hugging Face model directory, or in nanochat's own layout.
-
-Both take any checkpoint the other commands take (ours, or a nanochat checkpoint folder), so a nanochat model can
-go to Hugging Face through here too.
-"""
+"""`nanochat-pl export hf|nanochat`: any checkpoint (ours or nanochat's) as a Hugging Face model directory, or in
+nanochat's own layout."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from nanochat_pl.checkpoint import MODEL_PREFIX, check_vocab_matches, checkpoint_tokenizer, load_model, read_checkpoint
-from nanochat_pl.common import CHECKPOINT_KEY, UserError
+from nanochat_pl.checkpoint import checkpoint_tokenizer, gpt_state, load_model, read_checkpoint
+from nanochat_pl.common import CHECKPOINT_KEY
 from nanochat_pl.export.hf import export_hf, native_blockers
-from nanochat_pl.model.gpt import GPTConfig
 from nanochat_pl.nanochat_format import write_checkpoint
 
 
 def hf(
     checkpoint: str,
     output: str,
-    target: str = "auto",
-    dtype: str = "float32",
+    target: Literal["auto", "native", "remote"] = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     tokenizer_dir: str | None = None,
 ) -> None:
     """Write a checkpoint as a Hugging Face transformers model directory (config, safetensors, tokenizer, chat
@@ -46,8 +43,7 @@ def hf(
 
 def nanochat(checkpoint: str, output: str, tokenizer_dir: str | None = None) -> None:
     """Write a checkpoint in nanochat's own layout, as a base directory nanochat's scripts read with
-    NANOCHAT_BASE_DIR=<output>: tokenizer/{tokenizer.pkl,token_bytes.pt} and
-    <stage>_checkpoints/d<depth>/{model,meta}_<step>.
+    NANOCHAT_BASE_DIR=<output>.
 
     Args:
         checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
@@ -56,20 +52,8 @@ def nanochat(checkpoint: str, output: str, tokenizer_dir: str | None = None) -> 
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
     """
     read = read_checkpoint(checkpoint)
-    meta = read[CHECKPOINT_KEY]
     tokenizer = checkpoint_tokenizer(read, checkpoint, tokenizer_dir)
-    check_vocab_matches(read, tokenizer)
-    state = {k[len(MODEL_PREFIX) :]: v for k, v in read["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    if not state:
-        raise UserError(f"{checkpoint} holds no GPT weights")
-    extra = {"device_batch_size": meta["device_batch_size"]} if "device_batch_size" in meta else {}
-    folder = write_checkpoint(
-        Path(output).expanduser(),
-        state,
-        GPTConfig(**meta["gpt_config"]),
-        tokenizer,
-        stage=meta["stage"],
-        step=int(read.get("global_step", 0)),
-        extra_meta=extra,
-    )
-    print(f"wrote {folder} (and the tokenizer in {Path(output).expanduser() / 'tokenizer'})")
+    output_dir = Path(output).expanduser()
+    step = int(read.get("global_step", 0))
+    folder = write_checkpoint(output_dir, gpt_state(read), read[CHECKPOINT_KEY], step, tokenizer)
+    print(f"wrote {folder} (and the tokenizer in {output_dir / 'tokenizer'})")

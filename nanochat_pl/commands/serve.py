@@ -1,12 +1,13 @@
-"""`nanochat-pl serve`: the web app (apps/: the Gradio chat page and the OpenAI-compatible API) on any stage's
-checkpoint. The app imports the library, never the reverse: it is imported here, when the command runs.
-"""
+"""`nanochat-pl serve`: the web app (apps/) on any stage's checkpoint, imported when the command runs: the app
+imports the library, never the reverse."""
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from nanochat_pl.common import UserError
+import torch
+from jsonargparse.typing import PositiveInt
+
 from nanochat_pl.engine import load_engine, resolve_device
 
 
@@ -14,10 +15,10 @@ def serve(
     checkpoint: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    replicas: int | None = None,
+    replicas: PositiveInt | None = None,
     device: str = "auto",
     tokenizer_dir: str | None = None,
-    precision: str = "auto",
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> None:
     """Serve a model: the Gradio chat page at `/` and an OpenAI-compatible API at `/v1/chat/completions`
     (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
@@ -26,19 +27,16 @@ def serve(
         checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
         host: Address to listen on; 0.0.0.0 to accept connections from other machines.
         port: Port to listen on.
-        replicas: Copies of the model answering requests side by side; default one per CUDA device, or one
-            on the CPU. Replicas take the CUDA devices in turn.
+        replicas: Copies of the model answering side by side, taking the CUDA devices in turn; default one per
+            CUDA device, or one on the CPU.
         device: "auto" (every CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
-        precision: "auto" (bf16 on CUDA; on a CPU whichever of bf16 and fp32 a short measurement finds faster),
-            "bf16" or "fp32".
+        precision: "auto" (bf16 on CUDA; on a CPU the faster of bf16 and fp32, measured), "bf16" or "fp32".
     """
     import uvicorn
 
     from apps.web import create_app
 
-    if replicas is not None and replicas < 1:
-        raise UserError(f"replicas must be at least 1, got {replicas}")
     if device == "auto" and torch.cuda.is_available():
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     else:

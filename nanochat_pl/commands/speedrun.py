@@ -1,27 +1,13 @@
 """`nanochat-pl speedrun`: the whole pipeline in one command, stage by stage, resumable (nanochat's speedrun.sh).
 
-A speedrun config lists stages. Each is one of the existing commands (`tokenizer train`, `fit`, `eval chat`, ...)
-with its own config and options, run as a child process whose output goes to the terminal and to
-`speedrun/logs/<stage>.log` in the data home. What the pipeline has done is kept in `speedrun/state.json`, written
-atomically at every change, so that running the same command again:
-
-- skips the stages that finished;
-- resumes a `fit` stage that was interrupted from its run's last checkpoint (`--ckpt_path`);
-- hands every stage the checkpoint it needs: a `fit` stage with `init_from: base` starts from the base stage's
-  final checkpoint (`model.init_args.init_from`), an eval stage with `checkpoint: sft` evaluates SFT's.
-
-A disabled stage (`enabled: false`) is cut out of the chain: a stage that would start from it starts from what it
-would have started from (no midtraining: SFT starts from base), and a stage that would evaluate it is disabled too.
-A `background` stage is started and the pipeline goes on (nanochat downloads the pretraining shards while the
-tokenizer trains); a stage that lists it in `after` waits for it. `trainer` reaches every `fit` stage after the
-stage's own config, as `fit --config stage.yaml --config preset.yaml` does, so a trainer preset given after the
-speedrun config (`--config configs/trainer/gpu1.yaml`) swaps the hardware of the whole run. At the end, `report`
-writes the report card.
+Each stage runs a `nanochat-pl` command as a child process, its output on the terminal and in the data home's
+`speedrun/logs/<stage>.log`. `speedrun/state.json` (`SpeedrunState`) keeps what was done: a rerun skips finished
+stages, resumes an interrupted `fit` from its last checkpoint and hands each stage the checkpoint it names; a disabled
+stage hands on its own source, and an eval of it is disabled too. At the end, `report` writes the report card.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import fcntl
 import json
@@ -41,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from nanochat_pl.checkpoint import latest_last_checkpoint
 from nanochat_pl.common import (
+    REPO,
     UserError,
     atomic_write_text,
     error_line,
@@ -50,10 +38,10 @@ from nanochat_pl.common import (
     last_json,
     nanochat_command,
 )
+from nanochat_pl.report import STATE_FILE, SpeedrunState, StageRecord, write_report
 
-REPO = Path(__file__).resolve().parents[2]  # a clone's root: where configs/ is
-STATUSES = ("pending", "running", "done", "failed", "disabled")
 STATE_SAVE_SECONDS = 60  # while a stage runs, the state (its running time) is saved this often
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour and cursor codes (rich writes them on a terminal)
 
 
 @dataclass
@@ -66,8 +54,7 @@ class Stage:
         config: `fit`: the stage's YAML (a path relative to the current directory or the repository).
         init_from: `fit`: the earlier stage whose final checkpoint this one starts from.
         checkpoint: The earlier stage whose final checkpoint the command takes as `--checkpoint` (evals).
-        args: More options, {"vocab_size": 8192} -> `--vocab_size 8192`; for `fit`, dotted ones
-            ({"model.init_args.num_iterations": 100}).
+        args: More options: {"vocab_size": 8192} -> `--vocab_size 8192`, {"model.init_args.depth": 4} for `fit`.
         enabled: False leaves the stage out.
         background: Start it and go on; a stage that names it in `after` waits for it.
         after: Background stages to wait for before this one starts.
@@ -85,10 +72,7 @@ class Stage:
 
 
 def speedrun(
-    stages: list[Stage],
-    trainer: dict[str, Any] | None = None,
-    hourly_rate: float | None = None,
-    restart: bool = False,
+    stages: list[Stage], trainer: dict[str, Any] | None = None, hourly_rate: float | None = None, restart: bool = False
 ) -> None:
     """Run the whole pipeline of a speedrun config; run it again to resume after an interruption.
 
@@ -99,18 +83,16 @@ def speedrun(
         restart: Forget what an earlier speedrun in this data home did and run every stage again.
     """
     check_stages(stages)
-    pipeline = Pipeline(stages, trainer, hourly_rate, restart)
+    runner = Runner(stages, trainer, hourly_rate, restart)
     try:
-        pipeline.run()
+        runner.run()
     except KeyboardInterrupt:
-        pipeline.stop_background()
-        pipeline.say("interrupted: run the same command again to resume")
+        runner.stop_background()
+        runner.say("interrupted: run the same command again to resume")
         sys.exit(130)
     finally:
-        pipeline.save()
-    from nanochat_pl.commands.report import report
-
-    report(hourly_rate=hourly_rate)
+        runner.save()
+    write_report(hourly_rate)
 
 
 def check_stages(stages: list[Stage]) -> None:
@@ -142,187 +124,139 @@ def resolve_config(path: str) -> Path:
     raise UserError(f"no config at {path} (nor at {REPO / path})")
 
 
-class Pipeline:
-    """The stages of one speedrun and what they have done (the state file), run in order."""
+class Runner:
+    """Runs the stages of one speedrun in order, keeping what they did in the state file."""
 
     def __init__(self, stages: list[Stage], trainer: dict[str, Any] | None, hourly_rate: float | None, restart: bool):
         self.stages = {stage.name: stage for stage in stages}
-        self.trainer, self.hourly_rate = trainer, hourly_rate
-        self.root = home_dir() / "speedrun"
-        self.state_file = self.root / "state.json"
+        self.trainer = trainer
+        self.state_file = home_dir() / STATE_FILE
+        self.root = self.state_file.parent
         self.background: dict[str, subprocess.Popen] = {}
-        self.state = self._load_state(restart)
-        # the time speedrun processes ran, added up: a run resumed a day later does not count the day between (a
-        # state from before this was kept: its stages' times)
-        earlier = self.state.get("seconds")
-        if earlier is None:
-            earlier = sum(record.get("seconds") or 0.0 for record in self.state["stages"])
-        self.earlier_seconds, self.invocation_started = float(earlier), time.time()
-        recorded = {record["name"]: record for record in self.state["stages"]}
-        self.state["stages"] = [recorded.get(stage.name) or self._new_record(stage) for stage in stages]
-        self.records = {record["name"]: record for record in self.state["stages"]}
-        self.state["hourly_rate"] = hourly_rate
-
-    def _load_state(self, restart: bool) -> dict[str, Any]:
-        if self.state_file.is_file() and not restart:
-            try:
-                state = json.loads(self.state_file.read_text(encoding="utf-8"))
-                if isinstance(state, dict) and isinstance(state.get("stages"), list):
-                    return state
-            except ValueError:
-                pass
-            raise UserError(f"{self.state_file} is not a speedrun state: delete it or pass --restart")
-        return {"command": None, "started": time.time(), "ended": None, "stages": []}
-
-    def _new_record(self, stage: Stage) -> dict[str, Any]:
-        return {
-            "name": stage.name,
-            "command": stage.command,
-            "argv": None,
-            "config": None,
-            "status": "pending",
-            "started": None,
-            "ended": None,
-            "seconds": 0.0,
-            "log": str(self.root / "logs" / f"{stage.name}.log"),
-            "run_dir": None,
-            "checkpoint": None,
-            "result": None,
-        }
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        resume = self.state_file.is_file() and not restart
+        self.state = SpeedrunState.load(self.state_file) if resume else SpeedrunState([])
+        recorded = {record.name: record for record in self.state.stages}
+        self.state.stages = [
+            recorded.get(s.name) or StageRecord(s.name, s.command, seconds=0.0, log=f"{self.root}/logs/{s.name}.log")
+            for s in stages
+        ]
+        self.records = {record.name: record for record in self.state.stages}
+        self.state.hourly_rate = hourly_rate
+        # the time speedrun processes ran, added up: a run resumed a day later does not count the day between
+        self.earlier_seconds, self.invocation_started = self.state.seconds, time.time()
 
     def save(self) -> None:
-        self.state["seconds"] = self.earlier_seconds + time.time() - self.invocation_started
-        atomic_write_text(self.state_file, json.dumps(self.state, indent=2) + "\n")
+        self.state.seconds = self.earlier_seconds + time.time() - self.invocation_started
+        self.state.save(self.state_file)
 
     def say(self, text: str) -> None:
         print(f"[speedrun {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    # ---- the run -------------------------------------------------------------------------------------------
-
     def run(self) -> None:
-        self.state["ended"] = None
-        total = len(self.stages)
+        self.state.ended = None
         for number, stage in enumerate(self.stages.values(), 1):
-            record = self.records[stage.name]
-            reason = self._disabled_because(stage)
-            if reason:
-                record["status"] = "disabled"
-                self.say(f"{number}/{total} {stage.name}: skipped ({reason})")
+            record, progress = self.records[stage.name], f"{number}/{len(self.stages)} {stage.name}"
+            evaluated = self.stages.get(stage.checkpoint)  # None where it evaluates no stage
+            if not stage.enabled or (evaluated is not None and not evaluated.enabled):
+                record.status = "disabled"
+                why = "disabled in the config"
+                if stage.enabled:
+                    why = f"the stage it evaluates, {evaluated.name}, is disabled"
+                self.say(f"{progress}: skipped ({why})")
                 continue
-            if record["status"] == "done":
-                self.say(
-                    f"{number}/{total} {stage.name}: done in an earlier run ({format_duration(record['seconds'])})"
-                )
+            if record.status == "done":
+                self.say(f"{progress}: done in an earlier run ({format_duration(record.seconds)})")
                 continue
             for name in stage.after:
                 self._wait_for(name)
             argv = self._argv(stage, record)
-            self.say(f"{number}/{total} {stage.name}: nanochat-pl {' '.join(argv)}")
+            self.say(f"{progress}: nanochat-pl {' '.join(argv)}")
             self._start(stage, record, argv)
             if stage.background:
-                self.say(f"{stage.name}: running in the background (log: {record['log']})")
-                continue
-            self._finish(stage, record, self._run_in_foreground(argv, Path(record["log"])))
+                self.say(f"{stage.name}: running in the background (log: {record.log})")
+            else:
+                self._finish(stage, self._run_in_foreground(argv, Path(record.log)))
         for name in list(self.background):
             self._wait_for(name)
-        self.state["ended"] = time.time()
+        self.state.ended = time.time()
         self.save()
-        self.say(f"all stages done in {format_duration(self.state['seconds'])}")
+        self.say(f"all stages done in {format_duration(self.state.seconds)}")
 
-    def _disabled_because(self, stage: Stage) -> str | None:
-        if not stage.enabled:
-            return "disabled in the config"
-        if stage.checkpoint is not None and self._source(stage.checkpoint) != stage.checkpoint:
-            return f"the stage it evaluates, {stage.checkpoint}, is disabled"
-        return None
-
-    def _source(self, name: str | None) -> str | None:
-        """The stage whose checkpoint stands for `name`'s: `name` itself, or for a disabled stage, its own source."""
-        while name is not None and not self.stages[name].enabled:
-            name = self.stages[name].init_from
-        return name
-
-    def _argv(self, stage: Stage, record: dict[str, Any]) -> list[str]:
+    def _argv(self, stage: Stage, record: StageRecord) -> list[str]:
         argv = stage.command.split()
         if stage.command == "fit":
-            config = resolve_config(stage.config)
-            record["config"] = str(config)
-            argv += ["--config", str(config)]
+            record.config = str(resolve_config(stage.config))
+            argv += ["--config", record.config]
             if self.trainer:
                 preset = self.root / "trainer.yaml"
                 atomic_write_text(preset, yaml.safe_dump({"trainer": self.trainer}, sort_keys=False))
                 argv += ["--config", str(preset)]
             runs = home_dir() / "runs" / stage.name
             argv += ["--trainer.default_root_dir", str(runs)]
-            source = self._source(stage.init_from)
+            source = stage.init_from
+            while source is not None and not self.stages[source].enabled:  # a disabled stage hands on its own source
+                source = self.stages[source].init_from
             if source is not None:
-                argv += ["--model.init_args.init_from", self._checkpoint_of(source)]
+                argv += ["--model.init_args.init_from", self.records[source].checkpoint]
             resume = self._interrupted_run(runs, record)
             if resume is not None:
                 argv += ["--ckpt_path", str(resume)]
         if stage.checkpoint is not None:
-            argv += ["--checkpoint", self._checkpoint_of(stage.checkpoint)]
+            argv += ["--checkpoint", self.records[stage.checkpoint].checkpoint]
         for key, value in stage.args.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            argv += [f"--{key}", text]
+            argv += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
         return argv
 
-    def _checkpoint_of(self, name: str) -> str:
-        checkpoint = self.records[name]["checkpoint"]
-        if self.records[name]["status"] != "done" or checkpoint is None:
-            raise UserError(f"stage {name} has no final checkpoint to hand on (status {self.records[name]['status']})")
-        return checkpoint
-
-    def _interrupted_run(self, runs: Path, record: dict[str, Any]) -> Path | None:
-        """The last checkpoint of a run this stage started before and did not finish (None: start afresh). Runs
-        that were there before the stage first started are not its own."""
-        if record["started"] is None:
-            record["runs_before"] = sorted(p.name for p in runs.glob("lightning_logs/*"))
+    def _interrupted_run(self, runs: Path, record: StageRecord) -> Path | None:
+        """The last checkpoint of this stage's own unfinished run, if any (not runs there before it first started)."""
+        if record.started is None:
+            record.runs_before = sorted(p.name for p in runs.glob("lightning_logs/*"))
             return None
-        own = [
-            path
-            for path in runs.glob("lightning_logs/*/checkpoints/last.ckpt")
-            if path.parent.parent.name not in record.get("runs_before", [])
-        ]
-        if not own:
-            return None
-        from nanochat_pl.checkpoint import check_checkpoint_file
+        lasts = runs.glob("lightning_logs/*/checkpoints/last.ckpt")
+        own = [path for path in lasts if path.parent.parent.name not in record.runs_before]
+        return max(own, key=lambda p: p.lstat().st_mtime).resolve() if own else None  # `fit` checks it
 
-        latest = max(own, key=lambda p: p.lstat().st_mtime).resolve()
-        check_checkpoint_file(latest)
-        return latest
-
-    def _start(self, stage: Stage, record: dict[str, Any], argv: list[str]) -> None:
-        record.update(argv=argv, status="running", ended=None, result=None)
-        record["started"] = record["started"] or time.time()
-        record["attempt_started"] = time.time()
-        if self.state["command"] is None and Path(sys.argv[0]).name in ("nanochat-pl", "cli.py"):
-            self.state["command"] = "nanochat-pl " + " ".join(sys.argv[1:])  # the command line, for the report
+    def _start(self, stage: Stage, record: StageRecord, argv: list[str]) -> None:
+        record.argv, record.status, record.ended, record.result = argv, "running", None, None
+        record.started = record.started or time.time()
+        record.attempt_started = time.time()
+        if self.state.command is None and Path(sys.argv[0]).name in ("nanochat-pl", "cli.py"):
+            self.state.command = "nanochat-pl " + " ".join(sys.argv[1:])
         self.save()
-        log = Path(record["log"])
+        log = Path(record.log)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as f:
             f.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} nanochat-pl {' '.join(argv)}\n")
         if stage.background:
             with log.open("ab") as f:
                 self.background[stage.name] = subprocess.Popen(
-                    nanochat_command(argv), stdout=f, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+                    nanochat_command(argv), stdout=f, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
                 )
 
-    def _run_in_foreground(self, argv: list[str], log: Path) -> tuple[int, list[str]]:
-        """Run the command with its output on the terminal and in the log: (exit code, its last lines).
-
-        On a terminal the child gets a terminal of its own (a pseudo-terminal of the same size): Lightning's rich
-        progress bar draws only on one, and the stage's progress is what a user watches."""
-        tail: collections.deque[str] = collections.deque(maxlen=50)
-        partial = b""
-        reader, writer = output_channel()
+    def _run_in_foreground(self, argv: list[str], log: Path) -> int:
+        """Run the command, its output on the terminal and in the log; its exit code. On a terminal the child gets a
+        pseudo-terminal of the same size: Lightning's rich progress bar, what a user watches, draws only on one."""
+        if sys.stdout.isatty():
+            reader, writer = pty.openpty()
+            size = shutil.get_terminal_size()
+            fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", size.lines, size.columns, 0, 0))
+        else:
+            reader, writer = os.pipe()
         with log.open("ab") as f:
-            child = subprocess.Popen(nanochat_command(argv), stdout=writer, stderr=writer, env=child_env())
+            child = subprocess.Popen(nanochat_command(argv), stdout=writer, stderr=writer, env=self.env)
             os.close(writer)  # the child holds it now; the reader ends when the child's last copy closes
             saved = time.monotonic()
             try:
-                while chunk := read_some(reader):
+                while True:
+                    try:
+                        chunk = os.read(reader, 65536)
+                    except OSError as error:  # a pseudo-terminal says EIO at the child's end, where a pipe says EOF
+                        if error.errno != errno.EIO:
+                            raise
+                        break
+                    if not chunk:
+                        break
                     if time.monotonic() - saved > STATE_SAVE_SECONDS:  # a crash loses at most this much time
                         self.save()
                         saved = time.monotonic()
@@ -330,99 +264,49 @@ class Pipeline:
                     sys.stdout.flush()
                     f.write(chunk)
                     f.flush()  # the log is whole up to here, whatever happens to this process
-                    *lines, partial = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
-                    tail.extend(line.decode("utf-8", "replace") for line in lines if line.strip())
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it stop as it does
                 child.wait()
                 raise
             finally:
                 os.close(reader)
-            code = child.wait()
-        if partial.strip():
-            tail.append(partial.decode("utf-8", "replace"))
-        return code, [strip_ansi(line) for line in tail]
+            return child.wait()
 
     def _wait_for(self, name: str) -> None:
         child = self.background.pop(name, None)
-        record = self.records[name]
-        if child is None:
-            if record["status"] not in ("done", "disabled"):
-                raise UserError(f"stage {name} is {record['status']}: it was to run in the background")
+        if child is None:  # done or disabled before this run: a failure has stopped the run
             return
         self.say(f"waiting for {name} (background)")
-        code = child.wait()
-        lines = Path(record["log"]).read_text(encoding="utf-8", errors="replace").splitlines()[-50:]
-        self._finish(self.stages[name], record, (code, [line for line in lines if line.strip()]))
+        self._finish(self.stages[name], child.wait())
 
-    def _finish(self, stage: Stage, record: dict[str, Any], outcome: tuple[int, list[str]]) -> None:
-        code, tail = outcome
-        now = time.time()
-        record["seconds"] += now - record.pop("attempt_started", now)
-        record["ended"] = now
+    def _finish(self, stage: Stage, code: int) -> None:
+        record, now = self.records[stage.name], time.time()
+        # what this attempt wrote (after the log's last "====" line), without a terminal's colour and cursor codes
+        said = Path(record.log).read_text(encoding="utf-8", errors="replace").rsplit("\n==== ", 1)[-1]
+        tail = [line.strip() for line in ANSI_ESCAPE.sub("", said).replace("\r", "\n").splitlines() if line.strip()]
+        record.seconds = (record.seconds or 0.0) + now - (record.attempt_started or now)
+        record.ended, record.attempt_started = now, None
         if code != 0:
-            record["status"] = "failed"
+            record.status = "failed"
             self.save()
             self.stop_background()
-            error = error_line(tail)
             raise UserError(
-                f"stage {stage.name} failed after {format_duration(record['seconds'])} (exit code {code}): "
-                f"{error.removeprefix('error: ')} (log: {record['log']})"
+                f"stage {stage.name} failed after {format_duration(record.seconds)} (exit code {code}): "
+                f"{error_line(tail).removeprefix('error: ')} (log: {record.log})"
             )
         if stage.command == "fit":
-            from nanochat_pl.checkpoint import latest_last_checkpoint
-
             checkpoint = latest_last_checkpoint(home_dir() / "runs" / stage.name)
-            record["checkpoint"], record["run_dir"] = str(checkpoint), str(checkpoint.parent.parent)
+            record.checkpoint, record.run_dir = str(checkpoint), str(checkpoint.parent.parent)
         elif stage.checkpoint is not None:
-            record["checkpoint"] = self.records[stage.checkpoint]["checkpoint"]
-        record["result"] = last_json(tail)
-        record["status"] = "done"
+            record.checkpoint = self.records[stage.checkpoint].checkpoint
+        record.result, record.status = last_json(tail), "done"
         self.save()
-        kept = f" (checkpoint: {record['checkpoint']})" if stage.command == "fit" else ""
-        self.say(f"{stage.name} done in {format_duration(record['seconds'])}{kept}")
+        kept = f" (checkpoint: {record.checkpoint})" if stage.command == "fit" else ""
+        self.say(f"{stage.name} done in {format_duration(record.seconds)}{kept}")
 
     def stop_background(self) -> None:
         for name, child in self.background.items():
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGTERM)
                 child.wait()
-            self.records[name]["status"] = "failed" if child.returncode else "done"
+            self.records[name].status = "failed" if child.returncode else "done"
         self.background.clear()
-        self.save()
-
-
-def use_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
-def output_channel() -> tuple[int, int]:
-    """(read end, write end) for a child's output: a pseudo-terminal the size of ours when we are on a terminal,
-    else a pipe."""
-    if not use_terminal():
-        return os.pipe()
-    reader, writer = pty.openpty()
-    size = shutil.get_terminal_size()
-    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", size.lines, size.columns, 0, 0))
-    return reader, writer
-
-
-def read_some(reader: int) -> bytes:
-    """The next output of a child; b"" at its end (a pseudo-terminal says EIO where a pipe says EOF)."""
-    try:
-        return os.read(reader, 65536)
-    except OSError as error:
-        if error.errno == errno.EIO:
-            return b""
-        raise
-
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def strip_ansi(line: str) -> str:
-    """A terminal line without its colour and cursor codes (rich writes them on a terminal)."""
-    return ANSI_ESCAPE.sub("", line).strip()
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}

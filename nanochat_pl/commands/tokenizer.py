@@ -1,20 +1,19 @@
-"""`nanochat-pl tokenizer train` and `nanochat-pl tokenizer eval`: fit the BPE tokenizer, then measure how
-well it compresses several kinds of text beside GPT-2's and GPT-4's tokenizers (nanochat tok_train.py and
-tok_eval.py)."""
+"""`nanochat-pl tokenizer train` and `tokenizer eval`: fit the BPE tokenizer, then measure how well it compresses
+several kinds of text beside GPT-2's and GPT-4's tokenizers (nanochat tok_train.py and tok_eval.py)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import tiktoken
 from tqdm import tqdm
 
-from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.common import UserError
 from nanochat_pl.sources.shards import iter_texts
-from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
+from nanochat_pl.tokenizer import Tokenizer, get_tokenizer, tokenizer_location
 
 
 def train(
@@ -30,27 +29,32 @@ def train(
         source: Training text: "fineweb" or "climbmix" (the downloaded shards), "offline" (the corpus built
             from the installed Python modules' docs), or a directory or glob of .txt/.parquet/.jsonl files.
             The last file of a source is its validation split; training reads the others.
-        vocab_size: Size of the whole vocabulary: 256 bytes + merges + the 9 special tokens
-            (nanochat HEAD: 32,768; Oct 2025: 65,536).
+        vocab_size: The whole vocabulary: 256 bytes + merges + 9 special tokens (nanochat: 32,768; Oct 2025: 65,536).
         max_chars: Stop reading text after this many characters (nanochat speedrun: 2B).
         doc_cap: Use at most this many characters of each document, so no single huge document dominates
             the pair counts (nanochat: 10,000).
         output: Directory to write the tokenizer to; default: the data home's tokenizer/.
-
-    Returns:
-        The directory the tokenizer was written to.
     """
-    output_dir = Path(output) if output is not None else home_dir() / "tokenizer"
-    counter = _CharCounter(iter_texts(source, split="train", max_chars=max_chars, doc_cap=doc_cap), max_chars)
-    tokenizer = Tokenizer.train_from_iterator(counter, vocab_size)
-    seconds = time.perf_counter() - counter.started
-    if counter.chars == 0:
+    output_dir = tokenizer_location(output)
+    chars = docs = 0
+    started = time.perf_counter()
+
+    def counted() -> Iterator[str]:
+        nonlocal chars, docs, started
+        with tqdm(total=max_chars, unit="char", unit_scale=True, desc="tokenizer training text") as bar:
+            for text in iter_texts(source, split="train", max_chars=max_chars, doc_cap=doc_cap):
+                if docs == 0:  # the clock starts here: the time a source takes to get ready is not training
+                    started = time.perf_counter()
+                chars, docs = chars + len(text), docs + 1
+                bar.update(len(text))
+                yield text
+
+    tokenizer = Tokenizer.train_from_iterator(counted(), vocab_size)
+    seconds = time.perf_counter() - started
+    if chars == 0:
         raise UserError(f"source {source!r} yielded no text to train on")
     tokenizer.save(output_dir)
-    print(
-        f"trained on {counter.chars:,} chars ({counter.docs:,} documents) in {seconds:.1f} s: "
-        f"{counter.chars / seconds:,.0f} chars/s"
-    )
+    print(f"trained on {chars:,} chars ({docs:,} documents) in {seconds:.1f} s: {chars / seconds:,.0f} chars/s")
     if tokenizer.vocab_size < vocab_size:
         print(f"note: the text only allowed {tokenizer.vocab_size:,} tokens, not {vocab_size:,}: give it more")
     print(f"wrote a {tokenizer.vocab_size:,}-token tokenizer to {output_dir}")
@@ -102,58 +106,21 @@ def evaluate(
     print(json.dumps({"vocab_size": tokenizer.vocab_size, "bytes_per_token": ratios}))
 
 
-class _CharCounter:
-    """Passes texts through while counting them, with a progress bar over characters. The clock starts at
-    the first document, so the time a source takes to get ready (e.g. building the offline corpus) is not
-    counted as training."""
-
-    def __init__(self, texts: Iterable[str], total_chars: int):
-        self.texts = texts
-        self.total_chars = total_chars
-        self.chars = 0
-        self.docs = 0
-        self.started = time.perf_counter()
-
-    def __iter__(self) -> Iterator[str]:
-        with tqdm(total=self.total_chars, unit="char", unit_scale=True, desc="tokenizer training text") as bar:
-            for text in self.texts:
-                if self.docs == 0:
-                    self.started = time.perf_counter()
-                self.chars += len(text)
-                self.docs += 1
-                bar.update(len(text))
-                yield text
-
-
 # Short samples of the kinds of text the model will meet, written for this table (nanochat tok_eval.py
 # measures news, Korean, code, math and science the same way).
 SAMPLE_TEXTS = {
     "news": """\
 City officials announced on Tuesday that the old river bridge will close for eighteen months of repairs
 starting in early spring. Commuters who cross it every morning will be directed to two temporary ferry
-routes and an extended bus line, the transport department said in a statement.
-
-"We know this is a burden for people who have used the bridge all their lives," the deputy mayor told
-reporters outside the council chamber. "But the inspection left us no choice. Some of the steel is more
-than ninety years old." Engineers found corrosion in several of the supports last autumn.
-
-Local shop owners on both banks worry about losing customers. A bakery near the eastern ramp said sales
-could fall by a third. The council has promised a small grant for affected businesses, with applications
-opening next month.
+routes and an extended bus line. "We know this is a burden for people who have used the bridge all their
+lives," the deputy mayor told reporters. "But some of the steel is more than ninety years old."
 """,
     "korean": """\
 오늘 아침 서울에는 올겨울 들어 가장 많은 눈이 내렸습니다. 출근길 도로 곳곳이 얼어붙어 버스와 지하철이
-평소보다 많이 붐볐고, 시민들은 두꺼운 외투를 입고 조심스럽게 걸음을 옮겼습니다.
-
-기상청은 내일까지 눈이 이어지다가 모레부터 차차 그칠 것으로 내다봤습니다. 당분간 기온이 영하에 머물 것으로
-보여 건강 관리에 각별히 신경 써야 한다고 당부했습니다.
-
-한편 아이들은 오랜만에 내린 눈이 반가운 듯 공원에서 눈사람을 만들며 즐거운 시간을 보냈습니다.
+평소보다 많이 붐볐고, 시민들은 두꺼운 외투를 입고 조심스럽게 걸음을 옮겼습니다. 기상청은 내일까지 눈이
+이어지다가 모레부터 차차 그칠 것으로 내다봤습니다.
 """,
     "code": """\
-from dataclasses import dataclass
-
-
 @dataclass
 class Account:
     owner: str
@@ -163,50 +130,15 @@ class Account:
         if amount <= 0:
             raise ValueError(f"deposit must be positive, got {amount}")
         self.balance += amount
-
-    def withdraw(self, amount: float) -> bool:
-        if amount > self.balance:
-            return False
-        self.balance -= amount
-        return True
-
-
-def total_balance(accounts: list[Account]) -> float:
-    return sum(account.balance for account in accounts)
-
-
-if __name__ == "__main__":
-    accounts = [Account("ada", 120.5), Account("alan")]
-    accounts[1].deposit(42)
-    print(f"{total_balance(accounts):.2f}")
 """,
-    "math": r"""\begin{theorem}
-Let $f \colon [a, b] \to \mathbb{R}$ be continuous on $[a, b]$ and differentiable on $(a, b)$.
-Then there exists $c \in (a, b)$ such that
-\[
-  f'(c) = \frac{f(b) - f(a)}{b - a}.
-\]
-\end{theorem}
-
-\begin{proof}
-Define $g(x) = f(x) - \frac{f(b) - f(a)}{b - a}(x - a)$. Then $g(a) = g(b) = f(a)$, so by Rolle's
-theorem there is $c \in (a, b)$ with $g'(c) = 0$, that is $f'(c) = \frac{f(b) - f(a)}{b - a}$.
-\end{proof}
-
-For example, with $f(x) = x^2$ on $[1, 3]$ we get $2c = \frac{9 - 1}{2} = 4$, hence $c = 2$, and
-$\sum_{k=1}^{n} k^2 = \frac{n(n+1)(2n+1)}{6}$ gives $\sum_{k=1}^{3} k^2 = 14$.
+    "math": r"""Let $f \colon [a, b] \to \mathbb{R}$ be continuous on $[a, b]$ and differentiable on $(a, b)$.
+Then there exists $c \in (a, b)$ such that \[ f'(c) = \frac{f(b) - f(a)}{b - a}. \]
+For example, $\sum_{k=1}^{n} k^2 = \frac{n(n+1)(2n+1)}{6}$ gives $\sum_{k=1}^{3} k^2 = 14$.
 """,
     "science": """\
 Photosynthesis turns light energy into chemical energy stored in sugars. In the light-dependent
 reactions, which take place in the thylakoid membranes of the chloroplast, chlorophyll absorbs photons
-and water molecules are split, releasing oxygen as a by-product. The energy captured drives the
-production of ATP and NADPH.
-
-In the Calvin cycle, which runs in the stroma, the enzyme RuBisCO fixes carbon dioxide onto a
-five-carbon sugar. The ATP and NADPH made earlier are then used to reduce the resulting molecules to
-glyceraldehyde 3-phosphate, some of which leaves the cycle to build glucose and other carbohydrates.
-
-Because RuBisCO also reacts with oxygen, hot and dry conditions can waste energy through
-photorespiration. C4 and CAM plants reduce this loss by concentrating carbon dioxide around the enzyme.
+and water molecules are split, releasing oxygen as a by-product. In the Calvin cycle the enzyme RuBisCO
+fixes carbon dioxide onto a five-carbon sugar.
 """,
 }

@@ -1,1 +1,1 @@
-"""Data: where text comes from (sources, download, offline corpus) and how it becomes batches."""
+"""The LightningDataModules: pretraining, chat and RL data, streamed, packed into batches and resumed exactly."""

@@ -25,10 +25,8 @@ class BitsPerByte(Metric):
 
     def update(self, token_losses: torch.Tensor, targets: torch.Tensor) -> None:
         """token_losses: per-token cross-entropy in nats (B, T); targets: (B, T) ids, -1 where ignored."""
-        valid = targets >= 0
-        num_bytes = torch.where(valid, self.token_bytes[targets.clamp(min=0)], 0)
-        counted = num_bytes > 0
-        self.nats += token_losses.double()[counted].sum()
+        num_bytes = torch.where(targets >= 0, self.token_bytes[targets.clamp(min=0)], 0)
+        self.nats += token_losses.double()[num_bytes > 0].sum()
         self.bytes += num_bytes.sum()
 
     def compute(self) -> torch.Tensor:

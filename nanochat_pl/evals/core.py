@@ -1,37 +1,21 @@
-"""CORE, the base model's score (DCLM's 22 tasks, nanochat's core_eval.py), as plain functions.
+"""CORE, the base model's score (DCLM's 22 tasks), as nanochat's core_eval.py and base_eval.py score it.
 
-The same as nanochat (core_eval.py and base_eval.py, the same at dfc8833 and HEAD):
-- items shuffled with Random(1337), then cropped to `max_per_task`; item idx's few-shot examples are
-  Random(1234 + idx).sample(the other indices of the cropped list, k), so the crop changes them too;
-- prompts are the few-shot examples, each followed by "\\n\\n", then the item. Multiple choice: `query + delimiter +
-  choice` for each choice (few-shot: the gold choice), scored over the tokens after the choices' common token
-  prefix. Schema: `context_option + delimiter + continuation` for each option (few-shot: the gold option), scored
-  over the options' common token suffix. Either way the lowest mean cross-entropy wins (ties and NaNs resolved as
-  Python's min and list.index resolve them). Language modeling: `context.strip() + delimiter + continuation`, the
-  prompt without the continuation `.strip()`-ed (so a " " delimiter moves into the continuation) and required to be
-  a token prefix of the prompt with it; correct when the greedy argmax predicts every continuation token;
-- every prompt starts with BOS and rows are right-padded with BOS (causal attention: the padding after a row's
-  end changes nothing before it);
-- accuracy per task, centered = (accuracy - baseline/100) / (1 - baseline/100), CORE = their mean; examples are
-  rank-strided and the counts summed over ranks.
+nanochat's rules: items are shuffled with Random(1337), then cropped to `max_per_task`; item idx's few-shot examples
+are Random(1234 + idx).sample(the other indices of the cropped list, k) (all n - 1 where k > n - 1: nanochat crashes).
+A prompt is BOS, the few-shot examples each followed by "\\n\\n", then the item. Multiple choice: `query + delimiter +
+choice` per choice, scored over the tokens after the choices' common token prefix; schema: `context_option +
+delimiter + continuation` per option, scored over their common token suffix; the lowest mean cross-entropy wins (ties
+and NaNs resolved as Python's min and list.index resolve them). Language modeling: `context.strip() + delimiter +
+continuation`, the prompt without the continuation `.strip()`-ed and required to be a token prefix of the prompt with
+it; correct when the greedy argmax predicts every continuation token. A row longer than the model takes
+(`model.max_seq_len`, else our GPT's rotary table) is left-cropped. Per task, centered = (accuracy - baseline/100) /
+(1 - baseline/100); CORE = their mean. Examples are rank-strided and the counts summed over ranks.
 
-Different:
-- several examples per forward (nanochat runs one, its rows = the choices; nanochat #526): examples are tokenized
-  a window at a time, sorted by length, and packed into right-padded batches of at most `batch_tokens` tokens
-  (rows x longest row); `batch_tokens=0` runs nanochat's way, one example per forward, in order, whole rows, all
-  logits. All ways give the same per-example results (tests/test_eval_core.py checks it) up to float rounding of
-  the forward itself, which can differ with the batch's shape;
-- the cross-entropy and the argmax are taken at the scored positions only and read back once per forward (nanochat
-  takes them at every position and reads each choice's mean with its own .item(), a device sync each); batched, a
-  model that splits its forward as our GPT does (`hidden_only=True`, then `readout`) reads the logits out at those
-  positions only: the B x T x V logits are most of a small model's forward (any other model gives all logits);
-- batched, an example whose rows (choices, context options) share a long token prefix (the few-shot examples and
-  the query) runs it once through the model's KV cache and then only the rows' suffixes (`_score_shared`; nanochat
-  runs it once per row); `_worth_sharing` says when;
-- k > n - 1 few-shot examples (nanochat crashes, #550) take all n - 1 others; a task of one item runs zero-shot;
-- a row longer than the model takes (`model.max_seq_len` as nanochat checks, else the rotary table of our GPT,
-  10 x sequence_len) is left-cropped as nanochat crops for such models; a continuation alone too long is an error;
-- mixed precision where the device has fast bf16 (nanochat's base_eval autocasts on CUDA too), fp32 elsewhere.
+Faster than nanochat, with the same per-example results up to float rounding (tests/test_eval_core.py): examples
+are sorted by length and packed, right-padded with BOS (causal attention: padding after a row changes nothing before
+it), into forwards of at most `batch_tokens` tokens (0: nanochat's way, one example per forward); only the scored
+positions' logits are made (our GPT's `hidden_only` + `readout`) and read back; rows sharing a long token prefix run
+it once through the KV cache (`_score_shared`); bf16 autocast where the device has fast bf16.
 """
 
 from __future__ import annotations
@@ -39,18 +23,18 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
-from nanochat_pl.evals.harness import rank_and_world, rank_share, sum_across_ranks
-from nanochat_pl.precision import fast_compute_dtype, model_width
+from nanochat_pl.evals.harness import centered, rank_and_world, rank_share, sum_across_ranks
+from nanochat_pl.precision import choose_precision, model_width
 
 SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)
 FEWSHOT_SEED = 1234  # nanochat core_eval.py: Random(1234 + idx)
@@ -77,17 +61,7 @@ class CoreResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN, e.g. CORE of no task, becomes None)."""
-        return {
-            "core": None if math.isnan(self.core) else self.core,
-            "tasks": [asdict(task) for task in self.tasks],
-            "skipped": list(self.skipped),
-        }
-
-
-def centered_accuracy(accuracy: float, random_baseline_percent: float) -> float:
-    """0 at chance, 1 at perfect: (accuracy - b/100) / (1 - b/100)."""
-    baseline = random_baseline_percent / 100
-    return (accuracy - baseline) / (1 - baseline)
+        return {**asdict(self), "core": None if math.isnan(self.core) else self.core}
 
 
 def task_examples(task: CoreTask, max_per_task: int | None = None) -> list[dict[str, Any]]:
@@ -99,10 +73,7 @@ def task_examples(task: CoreTask, max_per_task: int | None = None) -> list[dict[
 
 def count_examples(tasks: Sequence[CoreTask], max_per_task: int | None = None) -> int:
     """How many examples `evaluate_core` scores over all ranks."""
-    return sum(
-        len(task.examples) if max_per_task is None or max_per_task < 0 else min(len(task.examples), max_per_task)
-        for task in tasks
-    )
+    return sum(len(task_examples(task, max_per_task)) for task in tasks)
 
 
 def fewshot_indices(idx: int, num_examples: int, k: int) -> list[int]:
@@ -128,11 +99,10 @@ def render_prompts(task: CoreTask, examples: Sequence[dict[str, Any]], idx: int)
             f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}{EXAMPLE_SEPARATOR}" for s in shots
         )
         return [f"{prefix}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
-    if task.task_type == LM:
-        prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}{EXAMPLE_SEPARATOR}" for s in shots)
-        without = f"{prefix}{item['context'].strip()}{delimiter}"
-        return [without.strip(), f"{without}{item['continuation']}"]
-    raise UserError(f"task {task.label}: unknown task type {task.task_type!r}")
+    assert task.task_type == LM, task.task_type  # the bundle's reader accepts these three
+    prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}{EXAMPLE_SEPARATOR}" for s in shots)
+    without = f"{prefix}{item['context'].strip()}{delimiter}"
+    return [without.strip(), f"{without}{item['continuation']}"]
 
 
 @dataclass
@@ -189,31 +159,19 @@ def _prepare(task: CoreTask, index: int, rows: list[list[int]], item: dict[str, 
     return _Example(index, rows, starts, ends, gold, prefix)
 
 
-# When `_score_shared` runs an example rather than the batches. Measured on CPU (fp32, one thread, depth-4 model
-# 256 wide, 32k vocabulary): it costs about as much as the tokens it runs (prefix + rows x suffix) plus a fixed
-# ~100 tokens' worth (a second forward, the cache and its copies), and it forgoes batching with other examples,
-# which is worth ~1.3x. hellaswag 10-shot (4 rows of ~1,600 tokens, 1,550 shared): 3.4 s -> 0.9 s an example;
-# hellaswag zero-shot (4 rows of ~140, 82 shared): 0.60 -> 0.45 s. Untimed on GPUs.
-SHARE_OVERHEAD_TOKENS = 100
-BATCHING_GAIN = 1.3
-
-
 def _worth_sharing(example: _Example) -> bool:
-    """Whether running the rows' common prefix once (`_score_shared`: prefix + rows x suffix tokens, two forwards
-    of this example alone) is cheaper than its whole rows (rows x longest) batched with other examples."""
+    """Whether running the rows' common prefix once (`_score_shared`: prefix + rows x suffix tokens, plus ~100 for
+    its second forward and the cache's copies) is cheaper than its whole rows (rows x longest) batched with other
+    examples, which is worth ~1.3x (measured on CPU)."""
     if example.prefix < 1:
         return False
     width = max(0, max(example.ends) - 1 - example.prefix)
     shared, whole = example.prefix + len(example.rows) * width, len(example.rows) * example.longest
-    return shared + SHARE_OVERHEAD_TOKENS <= whole / BATCHING_GAIN
+    return shared + 100 <= whole / 1.3
 
 
 def _batches(examples: list[_Example], batch_tokens: int) -> Iterator[list[_Example]]:
-    """Groups of examples for one forward each: in order one at a time (batch_tokens 0), else longest first, as many
-    as fit rows x longest row <= batch_tokens (at least one)."""
-    if batch_tokens <= 0:
-        yield from ([e] for e in examples)
-        return
+    """Groups of examples for one forward each, longest first, as many as fit rows x longest row <= batch_tokens."""
     group: list[_Example] = []
     num_rows = longest = 0
     for example in sorted(examples, key=lambda e: e.longest, reverse=True):
@@ -258,25 +216,14 @@ def _judge(group: list[_Example], scored: torch.Tensor, targets: torch.Tensor) -
     return results
 
 
-def _reads_out(model: torch.nn.Module) -> bool:
-    """Whether the model splits its forward as our GPT does: `model(ids, hidden_only=True)` gives the final
-    hidden states and `model.readout(h)` the logits at any of them. Other models give the logits of every position."""
-    return callable(getattr(model, "readout", None))
-
-
 @torch.no_grad()
 def _score(
     model: torch.nn.Module, group: list[_Example], pad_id: int, device: torch.device, autocast, readout: bool
 ) -> list[tuple[int, bool]]:
-    """Results of the examples of `group` from one forward of all their rows, right-padded with `pad_id`.
-
-    Position t - 1 predicts token t. Only the scored positions are gathered (nanochat takes the cross-entropy and
-    argmax at every position, then slices them: the same values). With `readout`, only they are read out too
-    (lm_head, softcap): the rest of the B x T x V logits are never made."""
-    rows = [row for example in group for row in example.rows]
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    """Results of the examples of `group` from one forward of all their rows, right-padded with `pad_id`. Position
+    t - 1 predicts token t; only the scored positions are gathered, and with `readout` only they are read out."""
+    rows = [torch.tensor(row, dtype=torch.long) for example in group for row in example.rows]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)
     row_of, position_of = map(torch.tensor, _spans(group))
     targets = ids[row_of, position_of]
     row_of, before = row_of.to(device), (position_of - 1).to(device)
@@ -292,14 +239,9 @@ def _score(
 def _score_shared(
     model: torch.nn.Module, example: _Example, pad_id: int, device: torch.device, autocast, cache_dtype
 ) -> list[tuple[int, bool]]:
-    """One example's result, its rows' common prefix run once: the prefix (batch 1) fills a KV cache, replicated to
-    every row, then the rows' suffixes, right-padded, run on top of it (causal: the padding after a row's scored
-    tokens changes nothing before it). The prefix's last position predicts every row's first suffix token.
-
-    The cache carries what the rows' later tokens need of the prefix: keys and values of every layer (sliding
-    windows cut them by position as in a full forward), the last token's embedding for smear; value embeddings
-    and positions (rotary) follow from the token ids and the cache's position. The same results as `_score` up to
-    float rounding."""
+    """One example's result, its rows' common prefix run once: the prefix fills a KV cache, replicated to every row,
+    then the rows' right-padded suffixes run on top of it. The cache carries all that later tokens need of the prefix
+    (keys and values, the last token's embedding for smear), so the results are `_score`'s up to float rounding."""
     P, num_rows = example.prefix, len(example.rows)
     width = max(example.ends) - 1 - P  # suffix positions whose outputs are needed: P .. end - 2
     row_of, position_of = _spans([example])
@@ -311,10 +253,8 @@ def _score_shared(
         prefix = torch.tensor([example.rows[0][:P]], device=device)
         hidden = model(prefix, kv_cache=cache, last_only=True, hidden_only=True)[0]
         if width > 0:
-            suffixes = torch.full((num_rows, width), pad_id, dtype=torch.long)
-            for r, row in enumerate(example.rows):
-                suffix = row[P : P + width]
-                suffixes[r, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            suffixes = [torch.tensor(row[P : P + width], dtype=torch.long) for row in example.rows]
+            suffixes = pad_sequence(suffixes, batch_first=True, padding_value=pad_id)  # the longest is `width` long
             rows_cache = cache.replicate(num_rows)
             out = model(suffixes.to(device), kv_cache=rows_cache, hidden_only=True)
             hidden = torch.cat([hidden, out.reshape(num_rows * width, -1)])
@@ -330,28 +270,16 @@ def _max_positions(model: torch.nn.Module) -> int | None:
     return int(cos.size(0)) if isinstance(cos, torch.Tensor) else None
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def score_task(
-    model: torch.nn.Module,
-    tokenizer,
-    task: CoreTask,
-    *,
-    max_per_task: int | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    indices: Sequence[int] | None = None,
+    model: torch.nn.Module, tokenizer, task: CoreTask, *, batch_tokens: int = DEFAULT_BATCH_TOKENS
 ) -> list[bool]:
-    """Whether each of `indices` (default: all) of the task's shuffled, cropped examples comes out correct, on this
-    process alone (no ranks). The model must be in eval mode."""
-    examples = task_examples(task, max_per_task)
-    indices = list(range(len(examples)) if indices is None else indices)
-    scored = _score_task(model, tokenizer, task, examples, indices, batch_tokens)
-    by_index = dict(pair for batch in scored for pair in batch)
+    """Whether each of the task's shuffled examples comes out correct, on this process alone (no ranks). The model
+    must be in eval mode."""
+    examples = task_examples(task)
+    indices = range(len(examples))
+    by_index = dict(
+        pair for batch in _score_task(model, tokenizer, task, examples, indices, batch_tokens) for pair in batch
+    )
     return [by_index[i] for i in indices]
 
 
@@ -364,9 +292,9 @@ def _score_task(
     batch_tokens: int,
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
-    device = _model_device(model)
-    dtype = fast_compute_dtype(device, model_width(model))
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    device = next(model.parameters()).device
+    dtype = choose_precision(device, model_width(model)).dtype
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     limit = _max_positions(model)
     for begin in range(0, len(indices), WINDOW_EXAMPLES):
         window = indices[begin : begin + WINDOW_EXAMPLES]
@@ -376,11 +304,11 @@ def _score_task(
         for idx, group in zip(window, prompts, strict=True):
             prepared.append(_prepare(task, idx, flat[offset : offset + len(group)], examples[idx], limit))
             offset += len(group)
-        if batch_tokens <= 0:  # nanochat's way: whole rows, all logits
-            for batch in _batches(prepared, 0):
-                yield _score(model, batch, tokenizer.bos_token_id, device, autocast, readout=False)
+        if batch_tokens <= 0:  # nanochat's way: one example per forward, in order, whole rows, all logits
+            for example in prepared:
+                yield _score(model, [example], tokenizer.bos_token_id, device, autocast, readout=False)
             continue
-        readout = _reads_out(model)
+        readout = callable(getattr(model, "readout", None))
         shares = readout and callable(getattr(model, "new_kv_cache", None))
         rest = []
         for example in prepared:
@@ -402,21 +330,15 @@ def evaluate_core(
     progress: bool = True,
     skipped: Sequence[str] = (),
 ) -> CoreResult:
-    """Score `model` (ids (B, T) -> logits (B, T, V); batched, our GPT's `hidden_only` + `readout` and KV cache are
-    used where it has them) on `tasks`; every rank returns the same result.
-
-    `max_per_task`: examples per task after the shuffle (None: all). `batch_tokens`: the size of one forward in
-    tokens (rows x padded length); 0 scores one example per forward, as nanochat does. `skipped`: reasons for tasks
-    without data (from `load_core_tasks`), carried into the result. The model is put in eval mode and back.
-    """
-    device = _model_device(model)
-    rank, _ = rank_and_world()
+    """Score `model` (ids (B, T) -> logits (B, T, V); our GPT's `hidden_only` + `readout` and KV cache where it has
+    them) on `tasks`; every rank returns the same result. `batch_tokens`: rows x padded length per forward (0: one
+    example per forward, as nanochat); `skipped`: `load_core_tasks`'s reasons, carried into the result."""
     cropped = [task_examples(task, max_per_task) for task in tasks]
     shares = [list(rank_share(len(examples))) for examples in cropped]
     correct = [0] * len(tasks)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=sum(map(len, shares)), desc="CORE", unit="ex", disable=not progress or rank != 0)
+    bar = tqdm(total=sum(map(len, shares)), desc="CORE", unit="ex", disable=not progress or rank_and_world()[0] != 0)
     try:
         for t, (task, examples, share) in enumerate(zip(tasks, cropped, shares, strict=True)):
             bar.set_postfix_str(task.label)
@@ -426,14 +348,14 @@ def evaluate_core(
     finally:
         bar.close()
         model.train(was_training)
-    totals = sum_across_ranks(correct, device=device).tolist()
+    totals = sum_across_ranks(correct, device=next(model.parameters()).device).tolist()
     results, reasons = [], list(skipped)
     for task, examples, num_correct in zip(tasks, cropped, totals, strict=True):
         if not examples:
             reasons.append(f"{task.label}: no examples")
             continue
-        accuracy = num_correct / len(examples)
-        centered = centered_accuracy(accuracy, task.random_baseline)
-        results.append(CoreTaskResult(task.label, accuracy, centered, len(examples), task.random_baseline, task.source))
+        accuracy, baseline = num_correct / len(examples), task.random_baseline
+        above_chance = centered(accuracy, baseline / 100)
+        results.append(CoreTaskResult(task.label, accuracy, above_chance, len(examples), baseline, task.source))
     core = sum(r.centered for r in results) / len(results) if results else float("nan")
     return CoreResult(results, reasons, core)

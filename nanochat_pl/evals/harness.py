@@ -1,15 +1,12 @@
-"""What every evaluation shares: each rank takes its share of the problems, the counts are summed over ranks, and
-a generative problem is answered by sampling with the engine.
-
-Problems are rank-strided (`range(rank, n, world_size)`, nanochat's rule) rather than split by Lightning's
-DistributedSampler, which pads ranks with repeated problems. Counts are summed with `torch.distributed.all_reduce`
-when a process group is up (a Lightning DDP run, or `torchrun` for the eval commands), so every rank gets the same
-result and the same figure comes out of 1 GPU or 8.
+"""What every evaluation shares: rank-strided problems (`range(rank, n, world_size)`, nanochat's rule, rather than
+Lightning's DistributedSampler, which pads ranks with repeats), counts summed over ranks so that 1 GPU or 8 give the
+same figure, generative problems answered by the engine, results in eval/ of the checkpoint's run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -32,12 +29,16 @@ def rank_share(num_problems: int) -> range:
 
 
 def sum_across_ranks(values: Sequence[float] | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """`values` (float64) summed over all ranks; unchanged outside a process group. `device` must be one the
-    process group's backend reduces on (CUDA for NCCL)."""
+    """`values` (float64) summed over all ranks; `device` must be one the backend reduces on (CUDA for NCCL)."""
     total = torch.as_tensor(values, dtype=torch.float64, device=device).clone()
     if rank_and_world()[1] > 1:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+def centered(accuracy: float, chance: float) -> float:
+    """Accuracy rescaled so that chance is 0 and perfect is 1 (nanochat's centered accuracy)."""
+    return (accuracy - chance) / (1.0 - chance)
 
 
 def sample_correct(
@@ -62,8 +63,14 @@ def sample_correct(
 
 
 def pass_at_k(correct: Sequence[Sequence[bool]], k: int) -> float:
-    """The fraction of problems with a correct reply among their first k samples (nanochat chat_rl.py's
-    pass@k: the samples are drawn once, and pass@k looks at the first k of them)."""
+    """The fraction of problems with a correct reply among their first k samples (nanochat chat_rl.py's pass@k)."""
     if not correct:
         return float("nan")
     return sum(any(samples[:k]) for samples in correct) / len(correct)
+
+
+def run_eval_dir(checkpoint: Path) -> Path:
+    """eval/ in the checkpoint's run: `<run>/checkpoints/x.ckpt` -> `<run>/eval`, else beside the file."""
+    checkpoint = checkpoint.resolve()
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run / "eval"

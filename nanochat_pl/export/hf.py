@@ -1,18 +1,10 @@
 """Export a GPT and its tokenizer as a Hugging Face model directory (transformers>=5).
 
-Two targets (reference chat-stages.md §5):
-- "native": nanochat's October 2025 architecture is transformers' own `NanoChatForCausalLM` (transformers 5.0+,
-  PR #41634): config.json and model.safetensors in its names, loadable by `AutoModelForCausalLM`, lm-eval and
-  vLLM without remote code. Its rope_theta is configurable, so any `rope_base` fits.
-- "remote": everything else (the 2026 recipe). transformers' class has no value embeddings, residual scalars,
-  smear, backout, sliding windows or qk_scale (its own converter drops those weights without a word), so the
-  directory ships this project's model code (`gpt.py`, `attention.py`, `rotary.py`, `kv_cache.py`, imports
-  rewritten to be relative) behind a thin transformers wrapper (`hf_remote/`), loaded with `trust_remote_code=True`.
-"auto" picks native when the model fits it. Both get the same tokenizer files (tokenizer.json,
-tokenizer_config.json, chat_template.jinja) and generation_config.json.
-
-The directory is built beside the output under a temporary name and renamed onto it at the end: a crash never
-leaves half an export behind.
+"native": nanochat's October 2025 architecture as transformers' own `NanoChatForCausalLM`, loadable by
+`AutoModelForCausalLM`, lm-eval and vLLM without remote code. "remote": everything else (the 2026 recipe, whose
+weights transformers' class would drop): this project's model code, copied with its imports made relative, behind
+the thin wrapper in `hf_remote/`, loaded with `trust_remote_code=True`. "auto" picks native when the model fits it.
+The directory is built under a temporary name beside the output and renamed onto it at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from unittest import mock
 
 import torch
@@ -35,13 +27,10 @@ from nanochat_pl.common import UserError
 from nanochat_pl.model.gpt import GPT, LOGIT_SOFTCAP, GPTConfig
 from nanochat_pl.tokenizer import RANKS_FILE, SPECIAL_TOKENS, Tokenizer
 
-TARGETS = ("auto", "native", "remote")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# GPTConfig fields whose every value either target represents; any other field is an architecture switch that
-# `native_blockers` must judge (a new field fails the export loudly until it does)
-_SHAPE_FIELDS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "rope_base", "pad_vocab_to"}
-_SWITCH_FIELDS = {"window_pattern", "short_window", "qk_scale", "value_embeds", "residual_scalars", "smear", "backout"}
+# the GPTConfig fields `native_blockers` knows: a new architecture switch must be judged there first
+_KNOWN_FIELDS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "rope_base", "pad_vocab_to"}
+_KNOWN_FIELDS |= {"window_pattern", "short_window", "qk_scale", "value_embeds", "residual_scalars", "smear", "backout"}
 
 # our parameter names -> transformers' NanoChat names, per block (modeling_nanochat.py, transformers 5.0+)
 _NATIVE_BLOCK_NAMES = {
@@ -58,37 +47,12 @@ _MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 _MODEL_SOURCES = ("gpt.py", "attention.py", "rotary.py", "kv_cache.py")
 _WRAPPER_DIR = Path(__file__).resolve().parent / "hf_remote"
 _WRAPPER_SOURCES = ("configuration_nanochat_pl.py", "modeling_nanochat_pl.py")
-# transformers' dynamic-module loader copies only files reached by single-dot relative imports and checks that
-# every absolute import is installed, so the copies must not import nanochat_pl. Each rewrite is one exact line
-# that must occur exactly once: when the sources change their imports, the export (and its test) fails here
-# instead of shipping code that imports nanochat_pl.
-_IMPORT_REWRITES = {
-    "gpt.py": {
-        "from nanochat_pl.common import UserError": "UserError = ValueError  # nanochat_pl.common is not shipped",
-        "from nanochat_pl.model.attention import KERNELS, attention": "from .attention import KERNELS, attention",
-        "from nanochat_pl.model.kv_cache import KVCache": "from .kv_cache import KVCache",
-        "from nanochat_pl.model.rotary import apply_rotary, rotary_tables": (
-            "from .rotary import apply_rotary, rotary_tables"
-        ),
-    },
-}
-_REMOTE_MODEL_TYPE = "nanochat_pl"
-_REMOTE_AUTO_MAP = {
-    "AutoConfig": "configuration_nanochat_pl.NanochatPLConfig",
-    "AutoModelForCausalLM": "modeling_nanochat_pl.NanochatPLForCausalLM",
-}
 
-# nanochat's chat format as a Jinja chat template: `Tokenizer.render_conversation` (nanochat tokenizer.py@92d63d4)
-# token for token, with a leading system message merged into the first user turn, assistant turns made of typed
-# parts (text, python tool calls, python_output tool results) and every assistant turn closed by
-# <|assistant_end|>. {% generation %} marks what render_conversation's mask trains on (the assistant's text and
-# tool calls, and <|assistant_end|>), so `return_assistant_tokens_mask=True` gives that mask.
+# `Tokenizer.render_conversation` (nanochat's tokenizer.py) as a Jinja chat template, token for token; {% generation %}
+# marks what its mask trains on, so `return_assistant_tokens_mask=True` gives that mask.
 CHAT_TEMPLATE = """\
 {%- set msgs = messages -%}
-{%- if msgs and msgs[0]['role'] == 'system' -%}
-    {%- if msgs | length < 2 or msgs[1]['role'] != 'user' -%}
-        {{- raise_exception('a system message must be followed by a user message') -}}
-    {%- endif -%}
+{%- if msgs | length > 1 and msgs[0]['role'] == 'system' and msgs[1]['role'] == 'user' -%}
     {%- if msgs[0]['content'] is not string -%}
         {{- raise_exception("a system message's content must be a string") -}}
     {%- endif -%}
@@ -135,9 +99,8 @@ _PROBE_TEXT = "It's 2026: 1234567 cafés, naïve 東京 🙂!\n\n\tdef f(x):\n  
 
 def native_blockers(config: GPTConfig) -> list[str]:
     """What in `config` transformers' NanoChatForCausalLM cannot represent; empty when the native export is exact."""
-    unknown = {field.name for field in dataclasses.fields(config)} - _SHAPE_FIELDS - _SWITCH_FIELDS
-    if unknown:
-        raise RuntimeError(f"nanochat_pl/export/hf.py does not know the GPTConfig fields {sorted(unknown)}")
+    unknown = {field.name for field in dataclasses.fields(config)} - _KNOWN_FIELDS
+    assert not unknown, f"native_blockers does not know the GPTConfig fields {sorted(unknown)}"
     blockers = []
     if any(window is not None for window in config.layer_windows()):
         blockers.append(f"sliding windows (window_pattern {config.window_pattern!r})")
@@ -148,62 +111,25 @@ def native_blockers(config: GPTConfig) -> list[str]:
 
 
 def export_hf(
-    model: GPT, tokenizer: Tokenizer, output: str | os.PathLike, target: str = "auto", dtype: str = "float32"
+    model: GPT,
+    tokenizer: Tokenizer,
+    output: str | os.PathLike,
+    target: Literal["auto", "native", "remote"] = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
 ) -> Path:
     """Write `model` and `tokenizer` as a Hugging Face model directory at `output` (new, or an empty directory);
-    return its path.
-
-    target: "native" (transformers' NanoChatForCausalLM; only for the October 2025 architecture, see
-    `native_blockers`), "remote" (this project's model code, `trust_remote_code=True`) or "auto" (native when
-    the model fits it). dtype: what the weights are stored in, "float32" (exact), "bfloat16" or "float16".
-    """
-    if target not in TARGETS:
-        raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    transformers = _require_transformers()
-    config = model.config
-    if config.vocab_size != tokenizer.vocab_size:
-        raise UserError(f"the model has a vocabulary of {config.vocab_size}, the tokenizer {tokenizer.vocab_size}")
-    blockers = native_blockers(config)
-    if target == "native" and blockers:
-        raise UserError(
-            f"transformers' NanoChatForCausalLM cannot hold this model ({', '.join(blockers)}): "
-            "export it as remote code"
-        )
-    native = target == "native" or (target == "auto" and not blockers)
-
-    output = Path(output).expanduser().absolute()
-    staging = _staging_dir(output)
-    try:
-        token_ids = _special_token_ids(tokenizer)
-        _write_tokenizer(tokenizer, staging, model_max_length=config.sequence_len)
-        if native:
-            _write_native(model, staging, DTYPES[dtype], token_ids)
-        else:
-            _write_remote(model, staging, dtype, token_ids, transformers.__version__)
-        os.replace(staging, output)  # an empty directory at `output` is replaced in the same step
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
-
-
-def _require_transformers() -> Any:
+    `target` and `dtype` as `nanochat-pl export hf` takes them. Returns the directory."""
+    assert model.config.vocab_size == tokenizer.vocab_size, "load_model checks that the tokenizer fits the model"
     try:
         import transformers
-    except ImportError as e:
-        raise UserError('the Hugging Face export needs transformers: pip install "transformers>=5"') from e
-    if int(transformers.__version__.split(".")[0]) < 5:
-        raise UserError(
-            f"the Hugging Face export needs transformers>=5 (NanoChatForCausalLM), found {transformers.__version__}: "
-            'pip install -U "transformers>=5"'
-        )
-    return transformers
-
-
-def _staging_dir(output: Path) -> Path:
-    """A new directory beside `output` to build the export in, after checking that `output` can take it."""
+    except ImportError:
+        transformers = None
+    if transformers is None or int(transformers.__version__.split(".")[0]) < 5:  # 5 brought NanoChatForCausalLM
+        raise UserError('the Hugging Face export needs transformers>=5: pip install "transformers>=5"')
+    blockers = native_blockers(model.config)
+    if target == "native" and blockers:
+        raise UserError(f"NanoChatForCausalLM cannot hold this model ({', '.join(blockers)}): export it as remote code")
+    output = Path(output).expanduser().absolute()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"{output} exists and is not an empty directory: export into a new directory")
     # a staging directory a killed export left behind; each output has one writer at a time
@@ -214,48 +140,39 @@ def _staging_dir(output: Path) -> Path:
         staging.mkdir(parents=True)
     except OSError as e:
         raise UserError(f"cannot write the export next to {output}: {e.strerror or e}") from e
-    return staging
-
-
-def _special_token_ids(tokenizer: Tokenizer) -> dict[str, Any]:
-    """The token ids transformers' configs name. Generation ends at <|assistant_end|> (a chat reply) or <|bos|>
-    (the next document, for a base model), as nanochat's engine does; padding is <|assistant_end|>: pad == eos keeps
-    generate from taking the <|bos|> that starts every prompt for padding."""
+    # generation ends at <|assistant_end|> or <|bos|> as in nanochat's engine; pad == eos, not the prompts' <|bos|>
     assistant_end = tokenizer.encode_special("<|assistant_end|>")
-    return dict(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[assistant_end, tokenizer.bos_token_id],
-        pad_token_id=assistant_end,
-    )
+    eos = [assistant_end, tokenizer.bos_token_id]
+    token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=assistant_end)
+    try:
+        _write_tokenizer(tokenizer, staging, model_max_length=model.config.sequence_len)
+        if target == "native" or (target == "auto" and not blockers):
+            _write_native(model, staging, DTYPES[dtype], token_ids)
+        else:
+            _write_remote(model, staging, dtype, token_ids, transformers.__version__)
+        os.replace(staging, output)  # an empty directory at `output` is replaced in the same step
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
 
 
 def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: int) -> None:
-    """tokenizer.json (our merge table, split pattern and special tokens through transformers' TikTokenConverter,
-    plus a post-processor that prepends <|bos|> as nanochat does to every document), tokenizer_config.json and
-    chat_template.jinja; then reload them with AutoTokenizer and check the special-token ids and an encoding."""
+    """tokenizer.json (through transformers' TikTokenConverter, with <|bos|> prepended as nanochat does),
+    tokenizer_config.json and chat_template.jinja, reloaded and checked against ours."""
     from tokenizers import processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    # The converter reads a tiktoken ranks file, which is what Tokenizer.save writes. tiktoken caches every file it
-    # reads under the temporary directory, keyed by the file's path (a path reused later would be read back stale);
-    # TIKTOKEN_CACHE_DIR="" turns that off (tiktoken/load.py, read_file_cached). `extra_special_tokens` is the
-    # transformers 5 name: the 4.x `additional_special_tokens` is silently ignored and the specials then get other
-    # ids (reference §5b), hence the check below.
+    # tiktoken would cache the ranks file under its temporary path, read back stale were the path reused
     with tempfile.TemporaryDirectory() as ranks_dir, mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):
-        converter = TikTokenConverter(
-            vocab_file=str(tokenizer.save(ranks_dir) / RANKS_FILE),
-            pattern=tokenizer.pattern,
-            extra_special_tokens=list(SPECIAL_TOKENS),
-        )
-        fast = converter.converted()
+        ranks = str(tokenizer.save(ranks_dir) / RANKS_FILE)
+        fast = TikTokenConverter(
+            vocab_file=ranks, pattern=tokenizer.pattern, extra_special_tokens=[*SPECIAL_TOKENS]
+        ).converted()
     bos = "<|bos|>"
-    fast.post_processor = processors.Sequence(
-        [
-            fast.post_processor,
-            processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]),
-        ]
-    )
+    prepend_bos = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
+    fast.post_processor = processors.Sequence([fast.post_processor, prepend_bos])
     PreTrainedTokenizerFast(
         tokenizer_object=fast,
         bos_token=bos,
@@ -267,10 +184,9 @@ def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: in
 
     reloaded = AutoTokenizer.from_pretrained(directory)
     found = {name: reloaded.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
-    if found != tokenizer.special_tokens:
-        raise UserError(f"the converted tokenizer has the special-token ids {found}, not {tokenizer.special_tokens}")
-    if reloaded(_PROBE_TEXT, verbose=False)["input_ids"] != tokenizer.encode(_PROBE_TEXT, prepend=bos):
-        raise UserError("the converted tokenizer encodes text differently from ours (transformers/tokenizers version?)")
+    same_text = reloaded(_PROBE_TEXT, verbose=False)["input_ids"] == tokenizer.encode(_PROBE_TEXT, prepend=bos)
+    if found != tokenizer.special_tokens or not same_text:
+        raise UserError("the converted tokenizer encodes differently from ours (transformers/tokenizers version?)")
 
 
 def _write_native(model: GPT, directory: Path, dtype: torch.dtype, token_ids: dict[str, Any]) -> None:
@@ -294,46 +210,41 @@ def _write_native(model: GPT, directory: Path, dtype: torch.dtype, token_ids: di
         architectures=["NanoChatForCausalLM"],
         **token_ids,
     )
-    with torch.device("meta"):  # no memory and no random initialisation: every tensor is assigned below
-        hf_model = NanoChatForCausalLM(config)
-    # strict: every name and shape must match transformers' model
-    hf_model.load_state_dict(_native_state_dict(model, dtype), strict=True, assign=True)
-    hf_model.generation_config = GenerationConfig(**token_ids)
-    hf_model.save_pretrained(directory)
-
-
-def _native_state_dict(model: GPT, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Our weights in NanoChatForCausalLM's names, the embedding and lm_head cut from the padded vocabulary (a
-    multiple of 64) back to the real one. Every tensor of ours must be used: one left over would be a part of
-    the model that the export silently dropped."""
-    ours = model.state_dict()
-    vocab_size = model.config.vocab_size
+    # our weights in its names, the embedding and lm_head cut from the padded vocabulary back to the real one
+    ours, vocab_size = model.state_dict(), cfg.vocab_size
     state = {
         "model.embed_tokens.weight": ours.pop("transformer.wte.weight")[:vocab_size],
         "lm_head.weight": ours.pop("lm_head.weight")[:vocab_size],
     }
-    for i in range(model.config.n_layer):
+    for i in range(cfg.n_layer):
         for our_name, hf_name in _NATIVE_BLOCK_NAMES.items():
             state[f"model.layers.{i}.{hf_name}.weight"] = ours.pop(f"transformer.h.{i}.{our_name}.weight")
-    if ours:
-        raise RuntimeError(f"the native export has no place for {sorted(ours)}")
-    return {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in state.items()}
+    assert not ours, f"the native export has no place for {sorted(ours)}"  # a part of the model silently dropped
+    with torch.device("meta"):  # no memory and no random initialisation: every tensor is assigned below
+        hf_model = NanoChatForCausalLM(config)
+    state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in state.items()}
+    hf_model.load_state_dict(state, strict=True, assign=True)  # strict: every name and shape must match
+    hf_model.generation_config = GenerationConfig(**token_ids)
+    hf_model.save_pretrained(directory)
 
 
 def _write_remote(model: GPT, directory: Path, dtype: str, token_ids: dict[str, Any], version: str) -> None:
     """Our model code, config.json (GPTConfig's fields, auto_map to the wrapper), model.safetensors (our state dict
-    under "model.", the padded vocabulary rows kept since GPT is built with them) and generation_config.json."""
+    under "model.", padded vocabulary rows kept) and generation_config.json."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     for name in _MODEL_SOURCES:
-        (directory / name).write_text(_rewrite_imports(name, (_MODEL_DIR / name).read_text(encoding="utf-8")))
+        (directory / name).write_text(_rewrite_imports((_MODEL_DIR / name).read_text(encoding="utf-8")))
     for name in _WRAPPER_SOURCES:
         shutil.copyfile(_WRAPPER_DIR / name, directory / name)
     config = {
         "architectures": ["NanochatPLForCausalLM"],
-        "auto_map": _REMOTE_AUTO_MAP,
-        "model_type": _REMOTE_MODEL_TYPE,
+        "auto_map": {
+            "AutoConfig": "configuration_nanochat_pl.NanochatPLConfig",
+            "AutoModelForCausalLM": "modeling_nanochat_pl.NanochatPLForCausalLM",
+        },
+        "model_type": "nanochat_pl",
         **dataclasses.asdict(model.config),
         **token_ids,
         "tie_word_embeddings": False,
@@ -348,15 +259,12 @@ def _write_remote(model: GPT, directory: Path, dtype: str, token_ids: dict[str, 
     GenerationConfig(**token_ids).save_pretrained(directory)
 
 
-def _rewrite_imports(name: str, source: str) -> str:
-    """`source` (our model file `name`) with its nanochat_pl imports made relative (see _IMPORT_REWRITES)."""
-    lines = source.splitlines()
-    for old, new in _IMPORT_REWRITES.get(name, {}).items():
-        where = [i for i, line in enumerate(lines) if line == old]
-        if len(where) != 1:
-            raise RuntimeError(f"{name}: expected the line {old!r} once, found it {len(where)} times")
-        lines[where[0]] = new
-    left = [line for line in lines if re.match(r"\s*(from|import)\s+nanochat_pl\b", line)]
-    if left:
-        raise RuntimeError(f"{name} still imports nanochat_pl after rewriting: {left}")
-    return "\n".join(lines) + "\n"
+def _rewrite_imports(source: str) -> str:
+    """`source` with its nanochat_pl imports made relative: transformers' dynamic-module loader copies only files
+    reached by single-dot relative imports and checks that every absolute import is installed."""
+    source = source.replace("from nanochat_pl.common import UserError", "UserError = ValueError  # not shipped")
+    shipped = "|".join(Path(name).stem for name in _MODEL_SOURCES)
+    source = re.sub(rf"^from nanochat_pl\.model\.({shipped}) import", r"from .\1 import", source, flags=re.M)
+    left = re.findall(r"^\s*(?:from|import)\s+nanochat_pl\b.*", source, flags=re.M)
+    assert not left, f"a shipped model file still imports nanochat_pl after rewriting: {left}"
+    return source

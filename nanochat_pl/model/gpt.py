@@ -5,10 +5,8 @@ Always (both recipes, nanochat gpt.py@dfc8833 and @92d63d4):
 - parameter-free RMSNorm before every block, right after the token embedding and before lm_head;
 - untied token embedding / lm_head; grouped-query attention through n_kv_head;
 - logits soft-capped to 15·tanh(z/15) in fp32; vocabulary padded to a multiple of 64.
-2026 additions (config switches, all on by default; `OCT_2025` turns them off):
-- sliding windows ("SSSL" tiled over layers, the last layer full); RoPE base 100k; q,k *= 1.2 after QK-norm;
-- value embeddings on alternating layers with a per-kv-head gate; per-layer residual scalars;
-- smear (previous token's embedding mixed into the current one) and backout (subtract the mid-layer residual).
+2026 additions (GPTConfig switches, all on by default; `OCT_2025` turns them off): sliding windows, RoPE base
+100k, q,k scaled by 1.2, gated value embeddings, per-layer residual scalars, smear and backout.
 
 Precision: parameters are fp32 (master weights). Under `torch.autocast(..., torch.bfloat16)` (Lightning's
 "bf16-mixed") the matmuls run in bf16, the residual stream stays fp32, the rotary tables are cast to the
@@ -33,7 +31,7 @@ from nanochat_pl.model.attention import KERNELS, attention
 from nanochat_pl.model.kv_cache import KVCache
 from nanochat_pl.model.rotary import apply_rotary, rotary_tables
 
-LOGIT_SOFTCAP = 15.0  # 15·tanh(z/15): both recipes (HEAD went to 20 in aba30cb and back to 15 in 6ed7d1d)
+LOGIT_SOFTCAP = 15.0  # 15·tanh(z/15): both recipes
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of the block's normed input
 SMEAR_CHANNELS = 24  # the smear gate reads the first 24 channels of the token's normed embedding
 ROTARY_LEN_FACTOR = 10  # rotary tables cover 10x sequence_len positions, as nanochat (cheap; room to decode)
@@ -64,8 +62,8 @@ class GPTConfig:
         n_embd: model width (n_head · head_dim).
         window_pattern: per-layer attention windows, "S" short / "L" full, tiled over the layers; the last
             layer is always "L". "L" = October behaviour (full causal attention everywhere).
-        short_window: the "S" window; None derives nanochat's ceil(T/4/128)·128 (512 at T=2048). A query at
-            position i sees keys i-window..i (window+1 tokens), FA3's window_size=(window, 0) semantics.
+        short_window: the "S" window (a query at position i sees keys i-window..i); None derives nanochat's
+            ceil(T/4/128)·128 (512 at T=2048).
         rope_base: RoPE base θ (100,000 HEAD, 10,000 October).
         qk_scale: q and k are multiplied by this after QK-norm (1.2 HEAD "sharper attention", 1.0 October).
         value_embeds: ResFormer-style value embeddings on alternating layers (the last always), gated.
@@ -92,12 +90,9 @@ class GPTConfig:
     pad_vocab_to: int = 64
 
     def __post_init__(self):
-        sizes = dict(sequence_len=self.sequence_len, vocab_size=self.vocab_size, n_layer=self.n_layer)
-        sizes.update(n_head=self.n_head, n_kv_head=self.n_kv_head, n_embd=self.n_embd)
-        sizes.update(pad_vocab_to=self.pad_vocab_to)
-        for name, value in sizes.items():
-            if value < 1:
-                raise UserError(f"GPTConfig.{name} must be positive, got {value}")
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "pad_vocab_to"):
+            if getattr(self, name) < 1:
+                raise UserError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
             raise UserError(
                 f"need n_embd % n_head == 0 and n_head % n_kv_head == 0, got n_embd={self.n_embd} "
@@ -111,10 +106,7 @@ class GPTConfig:
             raise UserError(f"short_window must be positive, got {self.short_window}")
         gate_channels = SMEAR_CHANNELS if self.smear else VE_GATE_CHANNELS if self.value_embeds else 1
         if self.n_embd < gate_channels:
-            raise UserError(
-                f"the smear gate reads {SMEAR_CHANNELS} channels and the value-embedding gate "
-                f"{VE_GATE_CHANNELS}; n_embd={self.n_embd} is too narrow (turn them off or widen the model)"
-            )
+            raise UserError(f"n_embd={self.n_embd} is narrower than the smear or value-embedding gate's input")
 
     @classmethod
     def from_depth(
@@ -158,8 +150,7 @@ class GPTConfig:
         return self.value_embeds and layer % 2 == (self.n_layer - 1) % 2
 
 
-def norm(x: Tensor) -> Tensor:
-    """Parameter-free RMSNorm over the last dimension (keeps x's dtype)."""
+def norm(x: Tensor) -> Tensor:  # parameter-free RMSNorm
     return F.rms_norm(x, (x.size(-1),))
 
 
@@ -238,12 +229,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         V, C = config.padded_vocab_size, config.n_embd
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(V, C),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            )
-        )
+        blocks = [Block(config, i) for i in range(config.n_layer)]
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(V, C), h=nn.ModuleList(blocks)))
         self.lm_head = Linear(C, V, bias=False)
         kv_dim = config.n_kv_head * config.head_dim
         self.value_embeds = nn.ModuleDict(
@@ -264,9 +251,7 @@ class GPT(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def set_attention_kernel(self, kernel: str) -> None:
-        """Which attention kernel every layer uses (attention.py): "auto" (default: flash_attn / flex_attention
-        for CUDA's sliding windows, the measured SDPA paths elsewhere), "flex" (flex_attention for every
-        sliding window) or "sdpa". A run-time choice, not part of the architecture: the outputs are the same."""
+        """A run-time choice, not part of the architecture: every kernel gives the same outputs."""
         if kernel not in KERNELS:
             raise UserError(f"attention kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         for block in self.transformer.h:
@@ -274,14 +259,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """nanochat HEAD's initialisation (gpt.py@92d63d4 init_weights; reference table "init").
-
-        wte N(0, 0.8); lm_head N(0, 0.001); c_q, c_k, c_v and the value embeddings U(±√3/√d) (std 1/√d,
-        uniform to avoid outliers); c_fc U(±0.4·√3/√d); both c_proj 0 (every block starts as identity);
-        resid_λ 1.15 → 1.05 and x0_λ 0.20 → 0.05 linearly over depth; smear λ 0, backout λ 0.2; the smear
-        and value-embedding gates U(0, 0.02) (gates start just above their midpoint). Also rebuilds the
-        rotary tables on the parameters' device.
-        """
+        """nanochat HEAD's initialisation (gpt.py@92d63d4 init_weights): uniform rather than normal matrices to
+        avoid outliers, zero output projections (every block starts as identity), gates just above their
+        midpoint. Also rebuilds the rotary tables on the parameters' device."""
         cfg = self.config
         nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=0.8)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
@@ -317,27 +297,15 @@ class GPT(nn.Module):
         last_only: bool = False,
         hidden_only: bool = False,
     ) -> Tensor:
-        """Token ids idx (B, T) -> fp32 logits (B, T, vocab_size), or with `targets` (B, T) the cross-entropy
-        (targets -1 are ignored): a scalar for loss_reduction "mean"/"sum", (B, T) per-token losses for
-        "none" (bpb, RL). Logits are cut back from the padded to the true vocabulary, so no padding id can
-        be sampled or take probability mass.
-
-        With a `kv_cache`, idx are the next T tokens of every row (a whole prompt or one token per step):
-        their keys/values are appended at the cache's position, they attend to everything cached (within
-        each layer's window), and the position advances by T at the end.
-
-        `last_only` (without targets): logits of the last position only, (B, 1, vocab_size). Generation needs
-        nothing else, and for a long prompt the readout (T x C x V) costs more than the blocks of a small model.
-
-        `hidden_only` (without targets): the final normed hidden states (B, T, n_embd) instead of the logits;
-        `readout` turns any of them into the logits forward would give there. CORE scores a few positions
-        per row and reads out only those.
-        """
+        """Token ids idx (B, T) -> fp32 logits (B, T, vocab_size), or with `targets` (B, T; -1 ignored) the
+        cross-entropy, per token (B, T) for loss_reduction "none" (bpb, RL). With a `kv_cache`, idx are the next T
+        tokens of every row: they attend to everything cached and the cache advances by T. Without targets,
+        `last_only` reads out the last position only (for a long prompt the readout costs more than the blocks of
+        a small model); `hidden_only` returns the final normed hidden states, for `readout` of the few positions
+        CORE scores."""
         B, T = idx.shape
-        if kv_cache is not None and kv_cache.batch_size != B:
-            raise ValueError(f"the KV cache has {kv_cache.batch_size} rows, the input {B}")
         pos = 0 if kv_cache is None else kv_cache.pos
-        if pos + T > self.cos.size(0):
+        if pos + T > self.cos.size(0):  # reachable from the Hugging Face export, whose callers give any length
             raise UserError(f"{pos + T} positions exceed the model's rotary table of {self.cos.size(0)}")
         cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
 
@@ -366,14 +334,11 @@ class GPT(nn.Module):
         logits = self.readout(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(
-            logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=loss_reduction
-        )
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=loss_reduction)
         return loss.view(B, T) if loss_reduction == "none" else loss
 
     def readout(self, x: Tensor) -> Tensor:
-        """Final normed hidden states (..., n_embd) -> fp32 logits (..., vocab_size): lm_head, cut back to the
-        true vocabulary, soft-capped to 15·tanh(z/15) in fp32. The one place of the readout formula."""
+        """Final normed hidden states (..., n_embd) -> soft-capped fp32 logits (..., vocab_size)."""
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
         return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
@@ -390,30 +355,15 @@ class GPT(nn.Module):
         return x + gate * prev
 
     def new_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for this model on its device; `dtype` defaults to the parameters' (fp32). Pass
-        torch.bfloat16 when decoding under bf16 autocast to halve its memory."""
-        weight = self.transformer.wte.weight
-        cfg = self.config
+        """An empty cache on the model's device, in `dtype` or the parameters' (bf16 halves its memory)."""
+        weight, cfg = self.transformer.wte.weight, self.config
         return KVCache(
-            batch_size,
-            cfg.n_layer,
-            cfg.n_kv_head,
-            cfg.head_dim,
-            max_len,
-            device=weight.device,
-            dtype=dtype or weight.dtype,
+            batch_size, cfg.n_layer, cfg.n_kv_head, cfg.head_dim, max_len, weight.device, dtype or weight.dtype
         )
 
     def param_families(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by the optimizer family that updates them (nanochat gpt.py@92d63d4 setup_optimizer);
-        only families this config has are present, each parameter in exactly one.
-
-        "lm_head", "wte", "value_embeds" (AdamW, embedding-like rates), "resid_lambdas" and "x0_lambdas"
-        (AdamW, their own rates), "scalars" (AdamW: smear_gate's (1, 24) weight, smear_lambda,
-        backout_lambda) and "matrices" (Muon): every parameter inside the blocks. The value-embedding gates
-        are (n_kv_head, 12) matrices inside the attention layers and go with "matrices" as in nanochat,
-        where everything under transformer.h is Muon's.
-        """
+        """Parameters by the optimizer family that updates them (nanochat gpt.py@92d63d4 setup_optimizer): AdamW's,
+        but "matrices" (everything under transformer.h, the value-embedding gates included) is Muon's."""
         cfg = self.config
         scalars = [self.smear_gate.weight, self.smear_lambda] if cfg.smear else []
         scalars += [self.backout_lambda] if cfg.backout else []
@@ -434,15 +384,14 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def num_scaling_params(self) -> int:
-        """Block matrices + lm_head: the count nanochat's scaling laws and token horizon use (embeddings
-        and value embeddings are lookups, dev/LOG.md: this convention gives the stable exponents)."""
+        """Block matrices + lm_head: the count nanochat's scaling laws and horizon use (embeddings are lookups)."""
         families = self.param_families()
         return sum(p.numel() for p in families["matrices"] + families["lm_head"])
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), nanochat HEAD's estimate_flops: 6 per weight of
         every Linear (lm_head and the small gates included; embedding lookups excluded) plus attention's
-        12·n_head·head_dim·min(window, T) per layer (PaLM, arXiv 2204.02311). d20 HEAD: ≈ 2.89e9."""
+        12·n_head·head_dim·min(window, T) per layer (PaLM, arXiv 2204.02311)."""
         T = seq_len or self.config.sequence_len
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         cfg = self.config

@@ -1,24 +1,17 @@
-"""MuonAdamW: one torch optimizer, Muon for the block matrices and AdamW for everything else.
-
-One optimizer object (not two) keeps Lightning's automatic optimization working: gradient accumulation,
-clipping, LearningRateMonitor, checkpointing and `global_step` (see peers-and-lightning.md §2.3). Each param
-group says which update it gets with `kind="adamw"|"muon"` and carries its own hyperparameters, so one
-LambdaLR (a lambda per group, or one for all) scales every group's `initial_lr`.
+"""MuonAdamW: one torch optimizer (as Lightning's automatic optimization wants), Muon for the block matrices and
+AdamW for everything else. Each param group says which update it gets (`kind`) and carries its hyperparameters.
 
 Muon step (nanochat optim.py@92d63d4), on each stack of same-shape matrices:
   Nesterov momentum -> [MuonEq row equilibration] -> orthogonalisation (Polar Express | Newton–Schulz)
   -> [Muon+ renormalisation] -> [NorMuon variance reduction] -> update with [cautious] weight decay,
-with the learning rate multiplied by max(1, rows/cols)^0.5. Bracketed steps are group switches, so the plain
-Muon of nanochat's October 2025 release (and of torch.optim.Muon) is the same class with them off.
+with the learning rate multiplied by max(1, rows/cols)^0.5. Bracketed steps are group switches: with them off it is
+the plain Muon of nanochat's October 2025 release and of torch.optim.Muon. Orthogonalisation replaces G = U S V^T
+by ~ U V^T with a few odd-polynomial iterations X <- a X + (b A + c A^2) X, A = X X^T, which push every singular
+value of a normalised X towards 1 and leave the singular vectors alone.
 
-Gradients are used as they arrive: under Lightning's DDP they are already averaged, so nothing here averages
-them again. What is shared out is the work and the state (ZeRO-1, as nanochat's DistMuonAdamW shards both): with
-several ranks each parameter has one owner (a contiguous share of every same-shape Muon stack, AdamW tensors
-balanced by size), only the owner keeps its optimizer state and computes its update, and the updated parameters
-are then broadcast from their owners. Every rank ends the step with the same weights, as without sharding, while
-holding 1/world of the optimizer state and doing 1/world of the orthogonalisations. `state_dict()` gathers the
-shards into one (every rank must call it, as Lightning's checkpointing does), so a checkpoint is the same whatever
-the world size it was written at, and `load_state_dict` keeps each rank's share.
+With several ranks (gradients arrive averaged by DDP) the work and the state are shared out (ZeRO-1, as nanochat's
+DistMuonAdamW): each parameter's owner rank keeps its state, computes its update and broadcasts it. `state_dict()`
+gathers the shares, so a checkpoint is the same at any world size; `load_state_dict` keeps each rank's share.
 """
 
 from __future__ import annotations
@@ -30,37 +23,61 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from nanochat_pl.common import UserError
-from nanochat_pl.optim.orthogonalize import ORTHOGONALIZERS, iteration_coefficients, orthogonalize
+# Keller Jordan's quintic Newton–Schulz coefficients, the same at every iteration, tuned for the largest slope at zero
+# rather than for convergence: singular values land in about [0.7, 1.2] (kellerjordan.github.io/posts/muon; also
+# torch.optim.Muon and nanochat muon.py@dfc8833).
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+# Polar Express (Amsel, Persson, Musco, Gower, arXiv 2505.16932): a minimax-optimal polynomial per iteration, the
+# paper's for 5 iterations with safety factor 2e-2 and cushion 2, as nanochat optim.py@92d63d4 uses them.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+# X is first divided by (scale·||X||_F + eps), as nanochat: ||X|| + 1e-7 for Newton–Schulz (muon.py@dfc8833),
+# 1.01·||X|| + 1e-6 for Polar Express, leaving room for its safety factor (optim.py@92d63d4).
+NORMALIZATION = {"newton_schulz": (1.0, 1e-7), "polar_express": (1.01, 1e-6)}
+
+
+def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5) -> Tensor:
+    """Approximately orthogonalise a stack of matrices G (K, m, n), in G's dtype. Each matrix is first divided by
+    its Frobenius norm (NORMALIZATION), which bounds its spectral norm; tall ones are transposed so that the Gram
+    matrix A = X X^T is the small one. Each iteration is two fused multiply-adds: B = b·A + c·A·A, X = a·X + B·X."""
+    if method == "newton_schulz":
+        coefficients = [NEWTON_SCHULZ_COEFFICIENTS] * steps
+    else:
+        assert steps <= len(POLAR_EXPRESS_COEFFICIENTS), "Polar Express has coefficients for 5 steps"
+        coefficients = POLAR_EXPRESS_COEFFICIENTS[:steps]
+    scale, eps = NORMALIZATION[method]
+    tall = G.size(-2) > G.size(-1)
+    X = G.mT if tall else G
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * scale + eps)
+    for a, b, c in coefficients:
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    return X.mT if tall else X
+
 
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-# nanochat HEAD's Muon (optim.py@92d63d4); the October recipe switches the extras off (param_groups.py).
-MUON_DEFAULTS = dict(
-    lr=0.02,
-    momentum=0.95,
-    weight_decay=0.0,
-    ns_steps=5,
-    orthogonalizer="polar_express",
-    row_equilibration=True,
-    renormalize=True,
-    normuon=True,
-    beta2=0.9,
-    cautious_wd=True,
-    ortho_dtype="auto",
+# nanochat HEAD's Muon (optim.py@92d63d4): its settings, and the switches of its additions, which the October recipe
+# turns off (recipes.py); ortho_dtype "auto" | "bfloat16" | "float32" (resolve_ortho_dtype)
+MUON_DEFAULTS = dict(lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5, beta2=0.9, ortho_dtype="auto")
+MUON_DEFAULTS |= dict(
+    orthogonalizer="polar_express", row_equilibration=True, renormalize=True, normuon=True, cautious_wd=True
 )
 ORTHO_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def resolve_ortho_dtype(name: str, device: torch.device) -> torch.dtype:
-    """nanochat's rule for "auto" (optim.py@92d63d4 with common.py's COMPUTE_DTYPE): bf16 on CUDA GPUs of compute
-    capability 8.0 or more (Ampere on), fp32 everywhere else, CPUs included.
-
-    On a CPU without native bf16 (AVX2 only: 2 cores of an AMD EPYC Zen 3), the demo model's (d4) orthogonalisation
-    takes ~20x longer in bf16 than in fp32 (43 s vs 2.0-2.6 s per step on a loaded machine, interleaved), and a
-    whole training step ~4x longer. On one with AVX512-BF16, bf16 ran a 4x512x2048 stack 2.4x faster (512 vs
-    1228 ms), but fp32 is what trains like nanochat: with it and nanochat's normalisation, the validation bpb gap to
-    nanochat's base_train at d4 after 200 steps fell from 0.021 to 0.008 (issue 7)."""
+    """nanochat's "auto" (optim.py@92d63d4, common.py COMPUTE_DTYPE): bf16 on CUDA GPUs of compute capability 8.0
+    on, fp32 everywhere else, CPUs included (fp32 trains like nanochat, and CPUs without native bf16 are slow)."""
     if ORTHO_DTYPES[name] is not None:
         return ORTHO_DTYPES[name]
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
@@ -69,47 +86,21 @@ def resolve_ortho_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """Muon for 2-D block matrices, AdamW for embeddings, lm_head and scalars, in one optimizer.
-
-    Args:
-        param_groups: dicts with `params`, `kind` ("adamw" or "muon"), an optional `name` (shown by
-            LearningRateMonitor) and hyperparameters; missing ones take ADAMW_DEFAULTS / MUON_DEFAULTS.
-            AdamW: lr, betas, eps, weight_decay. Muon: lr, momentum, weight_decay, ns_steps,
-            orthogonalizer ("polar_express"|"newton_schulz"), row_equilibration, renormalize, normuon,
-            beta2, cautious_wd, ortho_dtype ("auto"|"bfloat16"|"float32", see resolve_ortho_dtype).
-            A Muon group may mix shapes; same-shape matrices are orthogonalised together in one batched
-            matmul. Each group's starting weight decay is kept as `initial_weight_decay` for schedules.
-        shard: Under torch.distributed with several ranks, share the state and the work out (see the module's
-            docstring); False has every rank compute every update.
-    """
+    """Muon for 2-D block matrices, AdamW for embeddings, lm_head and scalars, in one optimizer. `param_groups`:
+    dicts with `params`, `kind` ("adamw" | "muon"), an optional `name` (for LearningRateMonitor) and the settings of
+    ADAMW_DEFAULTS / MUON_DEFAULTS (missing ones take those). `shard`: share the state and the work out over ranks."""
 
     def __init__(self, param_groups: Iterable[dict], shard: bool = True):
         self.shard = shard
-        self._owners_by_world: dict[int, dict[Tensor, int]] = {}  # computed once per world size (and groups)
         super().__init__(list(param_groups), defaults={})
 
     def add_param_group(self, param_group: dict) -> None:
-        kind = param_group.get("kind")
-        if kind not in ("adamw", "muon"):
-            raise UserError(f"MuonAdamW param group needs kind='adamw' or 'muon', got {kind!r}")
-        group = {**(ADAMW_DEFAULTS if kind == "adamw" else MUON_DEFAULTS), **param_group}
+        group = {**{"adamw": ADAMW_DEFAULTS, "muon": MUON_DEFAULTS}[param_group["kind"]], **param_group}
         params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
         group["params"] = params  # a generator would be empty by the time torch reads it
-        if kind == "muon":
-            if any(p.ndim != 2 for p in params):
-                shapes = [tuple(p.shape) for p in params if p.ndim != 2]
-                raise UserError(f"Muon group {group.get('name', '')!r} holds non-matrix parameters {shapes}")
-            if group["orthogonalizer"] not in ORTHOGONALIZERS:
-                raise UserError(f"orthogonalizer must be one of {ORTHOGONALIZERS}, got {group['orthogonalizer']!r}")
-            if group["ortho_dtype"] not in ORTHO_DTYPES:
-                raise UserError(f"ortho_dtype must be one of {tuple(ORTHO_DTYPES)}, got {group['ortho_dtype']!r}")
-            try:
-                iteration_coefficients(group["orthogonalizer"], group["ns_steps"])
-            except ValueError as error:
-                raise UserError(str(error)) from None
+        assert group["kind"] == "adamw" or all(p.ndim == 2 for p in params), "Muon updates matrices only"
         group.setdefault("initial_weight_decay", group["weight_decay"])
         super().add_param_group(group)
-        self._owners_by_world.clear()  # ownership depends on the groups
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -133,19 +124,14 @@ class MuonAdamW(torch.optim.Optimizer):
             self._broadcast_from_owners(owners, rank, world)
         return loss
 
-    # ---- sharing the work out across ranks -----------------------------------------------------------------
-
     def _rank_and_world(self) -> tuple[int, int]:
         if self.shard and dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
     def _owners(self, world: int) -> dict[Tensor, int]:
-        """The rank that updates each parameter: a contiguous share of every same-shape Muon stack (nanochat
-        splits its stacks so), and AdamW tensors largest first to the least-loaded rank. The same on every rank:
-        it depends on the groups and the world size only."""
-        if world in self._owners_by_world:
-            return self._owners_by_world[world]
+        """The rank that updates each parameter: a contiguous share of every same-shape Muon stack (as nanochat),
+        and AdamW tensors largest first to the least-loaded rank."""
         owners: dict[Tensor, int] = {}
         load = [0] * world
         for group in self.param_groups:
@@ -159,7 +145,6 @@ class MuonAdamW(torch.optim.Optimizer):
         for p in sorted(adamw, key=lambda p: -p.numel()):  # stable: ties keep the groups' order
             owners[p] = min(range(world), key=lambda r: load[r])
             load[owners[p]] += p.numel()
-        self._owners_by_world[world] = owners
         return owners
 
     def _broadcast_from_owners(self, owners: dict[Tensor, int], rank: int, world: int) -> None:
@@ -170,18 +155,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 if r == owner:
                     by_dtype[p.dtype].append(p)
             for params in by_dtype.values():
-                if rank == owner:
-                    flat = torch.cat([p.detach().reshape(-1) for p in params])
-                else:
-                    flat = params[0].new_empty(sum(p.numel() for p in params))
+                size = sum(p.numel() for p in params)
+                flat = _flatten_dense_tensors(params) if rank == owner else params[0].new_empty(size)
                 dist.broadcast(flat, src=owner)
                 if rank != owner:
-                    pieces = flat.split([p.numel() for p in params])
-                    torch._foreach_copy_(params, [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)])
+                    torch._foreach_copy_(params, list(_unflatten_dense_tensors(flat, params)))
 
     def state_dict(self) -> dict[str, Any]:
-        """The whole optimizer's state: under sharding, every rank's share gathered on rank 0 (a collective:
-        every rank calls it, as Lightning's checkpointing does; the other ranks get their own share back)."""
+        """The whole state: under sharding, every rank's share gathered on rank 0 (a collective, as Lightning's
+        checkpointing calls it; the other ranks get their own share back)."""
         local = super().state_dict()
         rank, world = self._rank_and_world()
         if world == 1:
@@ -197,9 +179,8 @@ class MuonAdamW(torch.optim.Optimizer):
         return local
 
     def _host_group(self) -> dist.ProcessGroup | None:
-        """A gloo group over all ranks for gathering the state as Python objects: under NCCL, gather_object would
-        stage every rank's pickled share on rank 0's GPU (world x a share, mid-run, at each checkpoint). Made once,
-        by every rank (state_dict is called on all of them)."""
+        """A gloo group for gathering the state as Python objects: under NCCL, gather_object would stage every
+        rank's pickled share on rank 0's GPU. Made once, by every rank."""
         if dist.get_backend() == "gloo":
             return None
         if getattr(self, "_gloo_group", None) is None:
@@ -207,8 +188,7 @@ class MuonAdamW(torch.optim.Optimizer):
         return self._gloo_group
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load this rank's share of a whole state (from a checkpoint written at any world size): the other ranks'
-        entries are dropped before torch moves the state onto the parameters' device."""
+        """Load this rank's share of a whole state (written at any world size)."""
         rank, world = self._rank_and_world()
         if world > 1:
             owners = self._owners(world)
@@ -218,12 +198,9 @@ class MuonAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
-        """Bias-corrected AdamW with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101).
-
-        Same arithmetic, in the same order, as torch.optim.AdamW's single-tensor path, batched over the
-        group with torch._foreach_* ops. Math is fp32 even for bf16-stored parameters: 1 - beta2 = 0.005
-        is below bf16's resolution near 1 (nanochat e02b339).
-        """
+        """Bias-corrected AdamW with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101): torch.optim.AdamW's
+        single-tensor arithmetic in the same order, batched with torch._foreach_* ops. Math is fp32 even for
+        bf16-stored parameters: 1 - beta2 = 0.005 is below bf16's resolution near 1."""
         states = [self.state[p] for p in params]
         for p, state in zip(params, states, strict=True):
             if not state:
@@ -303,12 +280,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _normuon(U: Tensor, second_moments: list[Tensor], beta2: float) -> Tensor:
-        """NorMuon variance reduction (Li et al., arXiv 2510.05491; nanochat optim.py@92d63d4).
-
-        Muon's output has uneven scales across neurons. Keep an EMA (beta2) of each row's (tall/square
-        matrices) or each column's (wide ones) mean squared update, divide the update by its square root
-        like Adam does per entry, then restore the Frobenius norm each matrix had before.
-        """
+        """NorMuon variance reduction (Li et al., arXiv 2510.05491; nanochat optim.py@92d63d4): Muon's output has uneven
+        scales across neurons, so keep an EMA (beta2) of each row's (tall/square matrices) or column's (wide ones)
+        mean squared update, divide by its square root as Adam does per entry, and restore each matrix's norm."""
         rows, cols = U.shape[-2:]
         reduce_dim = -1 if rows >= cols else -2
         mean_square = U.square().mean(dim=reduce_dim, keepdim=True)

@@ -1,12 +1,10 @@
-"""Every training recipe in one table: the model, the optimizer groups and the schedules of each stage.
+"""Every training recipe in one table, the MuonAdamW param groups a recipe gives a model, and its schedules.
 
-A recipe is what a stage's `recipe:` setting names. The pretraining recipes ("2026", "oct") say everything:
-the architecture (GPTConfig overrides), the optimizer settings of each parameter family, the schedules and
-where the Muon weight decay comes from. The chat recipes ("mid", "sft", "sft_oct") and RL's ("rl") start from a
-checkpoint, so they keep its architecture and its optimizer settings (the learning rates the base run used, batch
-scaling included, as nanochat's chat_sft inherits them from the base checkpoint) and say only what changes: a
-fraction of those learning rates, the weight decay and the schedules (the chat recipes' run on progress through
-the data, RL's on steps).
+A pretraining recipe ("2026", "oct") says everything: architecture, optimizer settings per parameter family,
+schedule. The recipes of the stages that start from a checkpoint ("mid", "sft", "sft_oct", "rl") keep its model and
+optimizer settings (as nanochat's chat_sft inherits them) and say what changes: a fraction of the learning rates,
+the schedule, and for a chat recipe its stage name and packing. The schedules (LR multiplier for LambdaLR, Muon
+momentum and weight decay) are functions of the optimizer step (0-based, trainer.global_step before the update).
 
 Sources: nanochat base_train.py / gpt.py / optim.py @92d63d4 (2026), @dfc8833 (October 2025); mid_train.py
 @dfc8833; chat_sft.py @92d63d4 (sft) and @dfc8833 (sft_oct); chat_rl.py (rl).
@@ -14,11 +12,20 @@ Sources: nanochat base_train.py / gpt.py / optim.py @92d63d4 (2026), @dfc8833 (O
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from torch import Tensor
+from torch.optim import Optimizer
 
 from nanochat_pl.common import UserError
 from nanochat_pl.model.gpt import OCT_2025
+from nanochat_pl.optim.muon_adamw import MUON_DEFAULTS
+
+# The optimizer families of GPT.param_families() (model/gpt.py), in the order of the param groups.
+FAMILIES = ("lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "scalars", "matrices")
+ADAMW_EPS = 1e-10  # every AdamW group's (nanochat gpt.py@92d63d4 setup_optimizer)
 
 
 @dataclass(frozen=True)
@@ -36,42 +43,29 @@ class AdamWGroup:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A row of the table (see the module docstring).
+    """A row of the table. Only pretraining recipes set `architecture` (GPTConfig overrides), `adamw` (settings per
+    AdamW family) and `muon`; the others keep their checkpoint's."""
 
-    Args:
-        architecture: GPTConfig overrides; None: the starting checkpoint's model as it is.
-        adamw: Settings per AdamW family; None: the starting checkpoint's recipe's.
-        muon: The Muon group's settings (MuonAdamW's per-group keys); None: the starting checkpoint's recipe's.
-        schedule: Schedule fields (optim/schedules.py) that differ from the 2026 defaults.
-        lr_frac: Multiplies every learning rate (chat stages: a fraction of the base run's).
-        weight_decay: Muon weight decay; None: the T_epoch rule from depth (scaling.py).
-        lr_by_progress: The LR schedule runs on the fraction of the data consumed, not on steps: a chat stage
-            ends when its data does, so its number of steps is not known in advance (chat_sft.py@92d63d4).
-    """
-
-    architecture: dict[str, Any] | None
-    adamw: dict[str, AdamWGroup] | None
-    muon: dict[str, Any] | None
-    schedule: dict[str, Any] = field(default_factory=dict)
-    lr_frac: float = 1.0
-    weight_decay: float | None = None
-    lr_by_progress: bool = False
+    schedule: dict[str, Any]  # Schedule fields that differ from the 2026 defaults
+    architecture: dict[str, Any] | None = None
+    adamw: dict[str, AdamWGroup] | None = None
+    muon: dict[str, Any] = field(default_factory=dict)  # what differs from MuonAdamW's defaults (nanochat HEAD's)
+    lr_frac: float = 1.0  # multiplies every learning rate (after a checkpoint: the fraction of the base run's)
+    weight_decay: float | None = 0.0  # Muon's; None: the T_epoch rule from depth (scaling.py)
+    stage: str = "sft"  # a chat recipe's stage: the name its checkpoints carry
+    # a chat recipe's packing (data/chat_data.py): "pad", loss on the assistant's tokens; "crop", on every token
+    packing: Literal["pad", "crop"] = "pad"
 
 
-# Momentum of the chat stages: 0.85 -> 0.95 over the first 300 steps, then constant (mid_train.py@dfc8833,
-# chat_sft.py@92d63d4 get_muon_momentum); no warmup, constant weight decay.
-_CHAT_SCHEDULE = dict(
-    warmup_steps=0,
-    momentum_start=0.85,
-    momentum_peak=0.95,
-    momentum_warmup_steps=300,
-    momentum_end=0.95,
-    cosine_weight_decay=False,
-)
+# October 2025 (base, mid): no warmup, the last 20% linearly to 0, Muon momentum 0.85 -> 0.95 over 300 steps and
+# then constant, constant weight decay (base_train.py / mid_train.py@dfc8833, chat_sft.py@92d63d4 get_muon_momentum)
+OCT_SCHEDULE = dict(warmup_steps=0, warmdown_ratio=0.2, final_lr_frac=0.0, cosine_weight_decay=False)
+OCT_SCHEDULE |= dict(momentum_peak=0.95, momentum_warmup_steps=300, momentum_end=0.95)
 
 RECIPES: dict[str, Recipe] = {
-    # nanochat HEAD: Polar Express + NorMuon + cautious weight decay, warmup 40, warmdown 65% to 0.05
+    # nanochat HEAD: MuonAdamW's defaults, warmup 40, warmdown 65% to 0.05, Muon weight decay from depth
     "2026": Recipe(
+        schedule={},
         architecture={},
         adamw={
             "lm_head": AdamWGroup(0.008, (0.8, 0.96), 0.01, width_scaled=True),
@@ -82,86 +76,143 @@ RECIPES: dict[str, Recipe] = {
             "x0_lambdas": AdamWGroup(0.5, (0.96, 0.95), 0.0, width_scaled=False),
             "scalars": AdamWGroup(0.2, (0.8, 0.95), 0.0, width_scaled=False, batch_scaled=False),
         },
-        # Muon weight decay 0.28 is d12's; the T_epoch rule rescales it per depth (scaling.py)
-        muon=dict(lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9, orthogonalizer="polar_express", weight_decay=0.28),
+        weight_decay=None,
     ),
-    # October 2025: plain Newton–Schulz Muon and AdamW on embeddings and lm_head only, no weight decay,
-    # no warmup, last 20% linearly to 0, momentum 0.85 -> 0.95 over 300 steps
+    # October 2025: plain Newton–Schulz Muon, AdamW on embeddings and lm_head only, no weight decay
     "oct": Recipe(
+        schedule=OCT_SCHEDULE,
         architecture=OCT_2025,
         adamw={
             "lm_head": AdamWGroup(0.004, (0.8, 0.95), 0.0, width_scaled=True),
             "wte": AdamWGroup(0.2, (0.8, 0.95), 0.0, width_scaled=True),
         },
         muon=dict(
-            lr=0.02,
-            momentum=0.95,
-            ns_steps=5,
-            orthogonalizer="newton_schulz",
-            row_equilibration=False,
-            renormalize=False,
-            normuon=False,
-            cautious_wd=False,
-            weight_decay=0.0,
+            orthogonalizer="newton_schulz", row_equilibration=False, renormalize=False, normuon=False, cautious_wd=False
         ),
-        schedule=dict(
-            warmup_steps=0,
-            warmdown_ratio=0.2,
-            final_lr_frac=0.0,
-            momentum_peak=0.95,
-            momentum_warmup_steps=300,
-            momentum_end=0.95,
-            cosine_weight_decay=False,
-        ),
-        weight_decay=0.0,
     ),
-    # October's midtraining: the base LRs, constant, then the last 20% of the data linearly to 0
-    "mid": Recipe(
-        architecture=None,
-        adamw=None,
-        muon=None,
-        schedule=dict(_CHAT_SCHEDULE, warmdown_ratio=0.2, final_lr_frac=0.0),
-        weight_decay=0.0,
-        lr_by_progress=True,
-    ),
-    # HEAD's SFT: 0.8 of the base LRs, constant, then the second half of the data linearly to 0; pretraining's
-    # cosine already took the weight decay to zero, so SFT goes on without it
-    "sft": Recipe(
-        architecture=None,
-        adamw=None,
-        muon=None,
-        schedule=dict(_CHAT_SCHEDULE, warmdown_ratio=0.5, final_lr_frac=0.0),
-        lr_frac=0.8,
-        weight_decay=0.0,
-        lr_by_progress=True,
-    ),
-    # October's SFT (after midtraining): 0.02 of the base LRs, linearly to 0 over the whole run
-    "sft_oct": Recipe(
-        architecture=None,
-        adamw=None,
-        muon=None,
-        schedule=dict(_CHAT_SCHEDULE, warmdown_ratio=1.0, final_lr_frac=0.0, momentum_start=0.95),
-        lr_frac=0.02,
-        weight_decay=0.0,
-        lr_by_progress=True,
-    ),
-    # RL after SFT (chat_rl.py, the same in October and HEAD): 0.05 of the base LRs, linearly to 0 over the run
-    # (lr = initial x (1 - step / steps)); Muon momentum a constant 0.95 and no weight decay, as nanochat's
-    # optimizer is built there without schedules on either
-    "rl": Recipe(
-        architecture=None,
-        adamw=None,
-        muon=None,
-        schedule=dict(_CHAT_SCHEDULE, warmdown_ratio=1.0, final_lr_frac=0.0, momentum_start=0.95),
-        lr_frac=0.05,
-        weight_decay=0.0,
-    ),
+    # October's midtraining: the base LRs on every token of the data, the last 20% decaying
+    "mid": Recipe(schedule=OCT_SCHEDULE, stage="mid", packing="crop"),
+    # HEAD's SFT: 0.8 of the base LRs, the second half of the data decaying; pretraining's cosine already took the
+    # weight decay to zero, so SFT goes on without it
+    "sft": Recipe(schedule=dict(OCT_SCHEDULE, warmdown_ratio=0.5), lr_frac=0.8),
+    # October's SFT (after midtraining): 0.02 of the base LRs, decaying over the whole run
+    "sft_oct": Recipe(schedule=dict(OCT_SCHEDULE, warmdown_ratio=1.0, momentum_start=0.95), lr_frac=0.02),
+    # RL after SFT (chat_rl.py): 0.05 of the base LRs, linearly to 0 over the run; Muon momentum a constant 0.95 and
+    # no weight decay, as nanochat builds its optimizer there without schedules on either
+    "rl": Recipe(schedule=dict(OCT_SCHEDULE, warmdown_ratio=1.0, momentum_start=0.95), lr_frac=0.05),
 }
-PRETRAINING_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.architecture is not None)
-CHAT_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.architecture is None)
 
 
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe {name!r}, expected one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+def build_param_groups(
+    named_families: dict[str, list[Tensor]],
+    model_dim: int,
+    recipe: str = "2026",
+    lr_scale: float = 1.0,
+    weight_decay: float = 0.0,
+    lr_frac: float = 1.0,
+) -> list[dict]:
+    """Param groups for MuonAdamW, one per non-empty family (FAMILIES: "matrices" go to Muon, the others to AdamW),
+    named after it for LearningRateMonitor, with the settings of pretraining recipe `recipe`. `lr_scale` multiplies
+    the rates that follow the batch-size rule (scaling.py), `lr_frac` every rate (a later stage's fraction of the
+    base run's, nanochat chat_sft.py@92d63d4 init_lr_frac); `weight_decay` is Muon's."""
+    settings = RECIPES[recipe]
+    assert set(named_families) <= set(FAMILIES), f"unknown parameter families in {sorted(named_families)}"
+    width_scale = (model_dim / 768) ** -0.5
+    groups = []
+    for family in FAMILIES:
+        params = list(named_families.get(family, []))
+        if not params:
+            continue
+        if family == "matrices":
+            lr = settings.muon.get("lr", MUON_DEFAULTS["lr"]) * lr_scale * lr_frac
+            muon = dict(settings.muon, lr=lr, weight_decay=weight_decay)
+            groups.append(dict(kind="muon", name=family, params=params, **muon))
+            continue
+        if family not in settings.adamw:  # e.g. recipe oct with an architecture that has value embeddings
+            raise UserError(f"the {recipe!r} optimizer recipe has no settings for parameter family {family!r}")
+        adamw = settings.adamw[family]
+        lr = adamw.lr * (width_scale if adamw.width_scaled else 1.0) * (lr_scale if adamw.batch_scaled else 1.0)
+        group = dict(kind="adamw", name=family, params=params, lr=lr * lr_frac, betas=adamw.betas, eps=ADAMW_EPS)
+        groups.append(dict(group, weight_decay=adamw.weight_decay))
+    return groups
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The shape of a run over `total_steps` optimizer steps (None: a run that ends with its data, whose LR runs on
+    progress, `lr_multiplier_at_progress`). LR: linear warmup over `warmup_steps`, constant, then linear over the
+    last `warmdown_ratio` of the run down to `final_lr_frac`. Muon momentum: `momentum_start` -> `momentum_peak`
+    over `momentum_warmup_steps`, then during the LR warmdown -> `momentum_end`. Muon weight decay: a cosine to 0
+    over the run when `cosine_weight_decay`, else constant."""
+
+    total_steps: int | None
+    warmup_steps: int = 40
+    warmdown_ratio: float = 0.65
+    final_lr_frac: float = 0.05
+    momentum_start: float = 0.85
+    momentum_peak: float = 0.97
+    momentum_warmup_steps: int = 400
+    momentum_end: float = 0.90
+    cosine_weight_decay: bool = True
+
+    def __post_init__(self) -> None:
+        assert self.total_steps is not None or not self.cosine_weight_decay, "a cosine needs the run's steps"
+
+    @classmethod
+    def for_recipe(cls, recipe: str, total_steps: int | None, warmdown_ratio: float | None = None) -> Schedule:
+        """The schedule of a recipe ("2026", "oct", "mid", "sft", ...), its warmdown as set."""
+        overrides = {} if warmdown_ratio is None else {"warmdown_ratio": warmdown_ratio}
+        return cls(total_steps, **{**RECIPES[recipe].schedule, **overrides})
+
+    @property
+    def warmdown_steps(self) -> int:
+        return round(self.warmdown_ratio * self.total_steps)
+
+    def lr_multiplier(self, step: int) -> float:
+        """Factor on every group's initial_lr at `step`: pass this as LambdaLR's lr_lambda."""
+        step = min(step, self.total_steps)  # a step past the end keeps the final value
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if step <= self.total_steps - self.warmdown_steps:
+            return 1.0
+        progress = (self.total_steps - step) / self.warmdown_steps  # 1 -> 0 over the warmdown
+        return progress + (1 - progress) * self.final_lr_frac
+
+    def lr_multiplier_at_progress(self, progress: float) -> float:
+        """The same LR shape on the fraction of the run done (0 -> 1): a stage that ends when its data does knows
+        only how far through it it is (chat_sft.py@92d63d4)."""
+        assert not self.warmup_steps, "a schedule on progress has no warmup steps"
+        progress = min(max(progress, 0.0), 1.0)
+        if progress <= 1.0 - self.warmdown_ratio:
+            return 1.0
+        decay = (progress - (1.0 - self.warmdown_ratio)) / self.warmdown_ratio  # 0 -> 1 over the warmdown
+        return (1.0 - decay) + decay * self.final_lr_frac
+
+    def muon_momentum(self, step: int) -> float:
+        step = step if self.total_steps is None else min(step, self.total_steps)
+        if step < self.momentum_warmup_steps:
+            frac = step / self.momentum_warmup_steps
+            return (1 - frac) * self.momentum_start + frac * self.momentum_peak
+        if self.total_steps is None:
+            return self.momentum_peak
+        warmdown_start = self.total_steps - self.warmdown_steps
+        if self.warmdown_steps > 0 and step >= warmdown_start:
+            frac = (step - warmdown_start) / self.warmdown_steps
+            return (1 - frac) * self.momentum_peak + frac * self.momentum_end
+        return self.momentum_peak
+
+    def weight_decay_multiplier(self, step: int) -> float:
+        if not self.cosine_weight_decay:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+
+def apply_muon_schedules(optimizer: Optimizer, step: int, schedule: Schedule) -> None:
+    """Set every Muon group's momentum and weight decay for `step` (call before each optimizer step); the learning
+    rate is LambdaLR's (schedule.lr_multiplier)."""
+    momentum = schedule.muon_momentum(step)
+    wd_multiplier = schedule.weight_decay_multiplier(step)
+    for group in optimizer.param_groups:
+        if group.get("kind") == "muon":
+            group["momentum"] = momentum
+            group["weight_decay"] = group["initial_weight_decay"] * wd_multiplier

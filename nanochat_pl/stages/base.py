@@ -1,9 +1,8 @@
 """Pretraining: a GPT of a given depth on a token stream, with everything the run derives from that depth.
 
-From `depth` alone the stage derives the model shape (GPTConfig.from_depth), the token horizon, the total batch,
-the learning-rate and weight-decay scaling (optim/scaling.py), and from those plus the trainer's world size and
-the data module's batch shape the gradient accumulation and the number of steps. Any of them can be set in the
-config instead. Everything else a stage does (optimizer, schedules, steps, checkpoints) is stages/lm.py's.
+From `depth` the stage derives the model shape (GPTConfig.from_depth), the token horizon, the total batch, the
+learning-rate and weight-decay scaling and the number of steps (optim/scaling.py); any of them can be set in the
+config instead. Everything else a stage does is stages/lm.py's.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ from typing import Any, Literal
 
 from nanochat_pl.common import UserError
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.optim import Schedule, grad_accumulation_steps, plan_from_depth
-from nanochat_pl.optim.recipes import get_recipe
+from nanochat_pl.optim.recipes import RECIPES, Schedule
+from nanochat_pl.optim.scaling import plan_from_depth
 from nanochat_pl.stages.lm import LanguageModelStage, RunPlan, meta_model
 from nanochat_pl.tokenizer import get_tokenizer, tokenizer_location
 
-Recipe = Literal["2026", "oct"]
 # GPTConfig fields the stage derives itself; `architecture` may set any of the others
 SHAPE_FIELDS = {"n_layer", "n_head", "n_embd", "sequence_len", "vocab_size"}
 
@@ -31,27 +29,23 @@ class BaseTraining(LanguageModelStage):
         sequence_len: Context length T (also given to the data module).
         tokenizer_dir: Tokenizer (a directory, or a checkpoint, which carries one); default: the data home's
             tokenizer/ (also given to the data module).
-        recipe: "2026" (nanochat HEAD: sliding windows, value embeddings, residual scalars, smear, backout,
-            Polar Express + NorMuon + cautious weight decay, warmdown 65%) or "oct" (the October 2025
-            architecture, optimizer groups and schedule; the horizon, batch and LR scaling still come from the
-            2026 depth rules, and the data is packed by best fit: set target_param_data_ratio, total_batch_tokens
-            and lr_scale to reproduce October's 20x-params horizon at 524,288 tokens per step).
+        recipe: "2026" (nanochat HEAD) or "oct" (October 2025's architecture, optimizer groups and schedule; the
+            horizon, batch and LR scaling still follow the 2026 depth rules: set target_param_data_ratio 20,
+            total_batch_tokens 524288 and lr_scale 1 for October's).
         aspect_ratio: Width per layer (model_dim = depth · aspect_ratio rounded up to head_dim).
         head_dim: Channels per attention head.
         architecture: Any other GPTConfig field to override, e.g. {window_pattern: L, n_kv_head: 2}.
         target_param_data_ratio: Training tokens per scaling parameter (matrices + lm_head).
         total_batch_tokens: Tokens per optimizer step over all devices; default derived from the horizon.
         num_iterations: Optimizer steps; default horizon / total batch. `trainer.max_steps`, if set, wins.
-        lr_scale: Multiplier on the learning rates (all but the smear/backout scalars', as nanochat); default
-            sqrt(total batch / 2^19).
+        lr_scale: Multiplier on the learning rates (but the smear/backout scalars'); default sqrt(total batch / 2^19).
         weight_decay: Muon weight decay; default from the T_epoch rule (0.28 at d12).
         warmdown_ratio: Fraction of the run over which the learning rate decays; default the recipe's.
         eval_every: Optimizer steps between validations (bits per byte); sets trainer.val_check_interval.
         sample_every: Optimizer steps between samples from fixed prompts (0: never); at validation time.
-        compile: torch.compile the GPT's training forward (faster on GPUs and CPUs alike; the first steps then
-            take a minute or more).
+        compile: torch.compile the GPT's training forward (faster on GPUs and CPUs alike, after a slow start).
         fp8: Train the large linears in float8, tensorwise (nanochat's --fp8, model/fp8.py): for GPUs with fp8
-            matmuls (H100 on), with compile; validation and samples run in the usual precision.
+            matmuls (H100 on), with compile.
     """
 
     stage_name = "base"
@@ -61,7 +55,7 @@ class BaseTraining(LanguageModelStage):
         depth: int = 20,
         sequence_len: int = 2048,
         tokenizer_dir: str | None = None,
-        recipe: Recipe = "2026",
+        recipe: Literal["2026", "oct"] = "2026",
         aspect_ratio: int = 64,
         head_dim: int = 128,
         architecture: dict[str, Any] | None = None,
@@ -78,8 +72,9 @@ class BaseTraining(LanguageModelStage):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.check_settings("depth", "sequence_len", "target_param_data_ratio", "total_batch_tokens", "num_iterations")
         tokenizer = get_tokenizer(tokenizer_dir)
-        overrides = {**get_recipe(recipe).architecture, **(architecture or {})}
+        overrides = {**RECIPES[recipe].architecture, **(architecture or {})}
         unknown = set(overrides) - set(GPTConfig.__dataclass_fields__)
         if unknown:
             raise UserError(f"model.architecture has unknown GPTConfig fields: {', '.join(sorted(unknown))}")
@@ -90,19 +85,12 @@ class BaseTraining(LanguageModelStage):
                 "aspect_ratio, head_dim, sequence_len and the tokenizer"
             )
         gpt_config = GPTConfig.from_depth(
-            depth,
-            vocab_size=tokenizer.vocab_size,
-            sequence_len=sequence_len,
-            aspect_ratio=aspect_ratio,
-            head_dim=head_dim,
-            **overrides,
+            depth, tokenizer.vocab_size, sequence_len, aspect_ratio, head_dim, **overrides
         )
         self.set_model(gpt_config, tokenizer, tokenizer_location(tokenizer_dir))
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()
-
-    # ---- the plan --------------------------------------------------------------------------------------------
 
     def plan_run(self, device_batch_size: int) -> RunPlan:
         h, trainer = self.hparams, self.trainer
@@ -117,28 +105,15 @@ class BaseTraining(LanguageModelStage):
             lr_scale=h.lr_scale,
             weight_decay=h.weight_decay,
         )
-        self.depth_plan = depth_plan
-        recipe = get_recipe(h.recipe)
-        overrides = {} if h.warmdown_ratio is None else {"warmdown_ratio": h.warmdown_ratio}
+        recipe = RECIPES[h.recipe]
         return RunPlan(
             recipe=h.recipe,
-            schedule=Schedule.for_recipe(h.recipe, depth_plan.num_iterations, **overrides),
+            schedule=Schedule.for_recipe(h.recipe, depth_plan.num_iterations, h.warmdown_ratio),
             lr_scale=depth_plan.lr_scale,
             lr_frac=recipe.lr_frac,
             # October's Muon had no weight decay: the T_epoch rule applies where the recipe leaves it open
             weight_decay=depth_plan.weight_decay if recipe.weight_decay is None else recipe.weight_decay,
-            accumulation=grad_accumulation_steps(
-                depth_plan.total_batch_tokens, device_batch_size, h.sequence_len, trainer.world_size
-            ),
+            total_batch_tokens=depth_plan.total_batch_tokens,
             max_steps=depth_plan.num_iterations,
             summary=depth_plan.describe(),
         )
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        # what a chat stage inherits from its base: the optimizer settings and the batch shape
-        return {
-            "recipe": self.hparams.recipe,
-            "lr_scale": self.plan.lr_scale,
-            "total_batch_tokens": self.depth_plan.total_batch_tokens,
-            "device_batch_size": self.trainer.datamodule.device_batch_size,
-        }

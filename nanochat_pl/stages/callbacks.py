@@ -15,21 +15,13 @@ from nanochat_pl.precision import peak_flops
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
-    """Lightning's ThroughputMonitor for (inputs, targets) token batches: samples are rows, items are tokens,
-    so `train/items_per_sec` is tokens/s; with the module's `flops_per_batch` it also logs MFU where the device's
-    peak FLOP/s is known (`precision.peak_flops`; e.g. H100: 989 TFLOP/s bf16, the basis nanochat's MFU uses).
+    """Lightning's ThroughputMonitor for (inputs, targets) token batches: samples are rows, items are tokens; with the
+    module's `flops_per_batch`, MFU where the device's peak is known (`precision.peak_flops`). Its running totals
+    (`train/time`, `train/batches`, `train/samples`, `train/lengths`, of rank 0) go on across a resume."""
 
-    Its running totals `train/time`, `train/batches`, `train/samples` and `train/lengths` (training seconds,
-    micro-batches, rows and tokens of rank 0) go on across a resume: a checkpoint holds them, and the resumed run
-    counts on from there instead of from zero.
-    """
-
-    def __init__(self, window_size: int = 20) -> None:
-        super().__init__(
-            batch_size_fn=lambda batch: batch[0].size(0),
-            length_fn=lambda batch: batch[0].numel(),
-            window_size=window_size,
-        )
+    def __init__(self) -> None:
+        rows, tokens = (lambda batch: batch[0].size(0)), (lambda batch: batch[0].numel())
+        super().__init__(batch_size_fn=rows, length_fn=tokens, window_size=20)
         self._resumed_totals: dict[str, float] = {}
 
     def state_dict(self) -> dict[str, float]:
@@ -48,9 +40,8 @@ class TokenThroughputMonitor(ThroughputMonitor):
         self._resumed_totals = state_dict
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Lightning's setup, with the peak FLOP/s MFU divides by taken as nanochat takes it: the card's dense bf16
-        peak for any bf16 precision (Lightning reads NanochatBf16, a plain Precision plugin, as fp32; its table
-        has the H200's sparse figure and misses "NVIDIA H200")."""
+        """Lightning's setup, with MFU's peak FLOP/s taken as nanochat takes it: the card's dense bf16 peak for any
+        bf16 precision (Lightning reads NanochatBf16 as fp32, and its own table lacks the H200's dense figure)."""
         super().setup(trainer, pl_module, stage)
         if "bf16" in str(trainer.precision):
             self.available_flops = peak_flops(trainer.strategy.root_device, torch.bfloat16)
@@ -70,14 +61,9 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
 
 class FinalCheckpoint(L.Callback):
-    """Checkpoint the final step when training ends, as the run's ModelCheckpoint saves at its own triggers.
-
-    ModelCheckpoint saves every N steps, so a run whose length is not a multiple of N would otherwise end with
-    its last steps (most of the warmdown) in no checkpoint. The final step is saved under the callback's usual
-    name (`epoch=0-step=N.ckpt`, subject to its `save_top_k`) and `last.ckpt` follows it as the callback is
-    configured: with `save_last: link` a symbolic link to that file, not a second copy. Runs on every rank: the
-    data module's state is gathered from all of them.
-    """
+    """Checkpoint the final step when training ends, as the run's ModelCheckpoint saves at its own triggers (a run
+    whose length is not a multiple of its every_n_train_steps would otherwise lose its last steps), `last.ckpt`
+    following it as configured. Runs on every rank: the data module's state is gathered from all of them."""
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         callback = trainer.checkpoint_callback
@@ -95,15 +81,9 @@ class FinalCheckpoint(L.Callback):
 
 
 class StepProgressBar(RichProgressBar):
-    """Lightning's rich progress bar for runs that steps end. With `max_epochs: -1` (the pretraining stream has no
-    epochs) Lightning's reads "Epoch 0/-2" and counts micro-batches towards no total; this one reads "train" and,
-    when the data has no length, counts them towards max_steps x accumulation. A stage puts it in place of the
-    Trainer's RichProgressBar, with that bar's settings (`like`), never where the bar is off or of another kind."""
-
-    @classmethod
-    def like(cls, bar: RichProgressBar) -> StepProgressBar:
-        """This bar with `bar`'s settings (refresh rate, leave, theme, console), as configured or Lightning's."""
-        return cls(bar.refresh_rate, bar._leave, bar.theme, bar._console_kwargs)
+    """Lightning's rich progress bar for runs that steps end: with `max_epochs: -1` Lightning's reads "Epoch 0/-2"
+    and counts towards no total; this one reads "train" and counts towards max_steps x accumulation. A stage puts it
+    in place of the Trainer's RichProgressBar, with that bar's settings."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:

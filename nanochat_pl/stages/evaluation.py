@@ -1,12 +1,7 @@
-"""Evaluation during training: CORE every N steps of pretraining, ChatCORE every N steps of SFT.
-
-Both run on every rank, each rank scoring its share of the problems, the counts summed across ranks (evals/common.py),
-with the eager model (the compiled forward is kept for training's fixed shapes; evaluation's shapes change with
-every batch), under no_grad, in eval mode, then back to training. They fire when an optimizer step `global_step` is
-a multiple of `every_n_steps`, and once more at the end of training, as nanochat's base_train.py and chat_sft.py do
-(never at step 0: there is nothing to see yet). The figures go to every logger at that step, from rank 0 (they are
-already the same on every rank): `core_metric` and `core/<task>` (centered accuracy), `chatcore_metric`,
-`chatcore_cat` (the categorical tasks' mean) and `chatcore/<task>`, nanochat's keys.
+"""Evaluation during training, as nanochat's base_train.py and chat_sft.py do it: CORE of pretraining, ChatCORE of
+SFT, every `every_n_steps` steps and at the end. Every rank scores its share of the problems with the eager model, the
+counts summed across ranks (evals/harness.py); rank 0 logs nanochat's keys: `core_metric`, `core/<task>`,
+`chatcore_metric`, `chatcore_cat` (the categorical tasks' mean) and `chatcore/<task>`.
 """
 
 from __future__ import annotations
@@ -16,6 +11,7 @@ from typing import Any
 
 import lightning as L
 
+from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine
 
 
@@ -24,28 +20,27 @@ class _EveryNSteps(L.Callback, ABC):
 
     def __init__(self, every_n_steps: int):
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+            raise UserError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._last_evaluated: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step  # on the micro-batch that completed an optimizer step, already counted
-        if step > 0 and step % self.every_n_steps == 0 and step != self._last_evaluated:
+        # on every micro-batch: global_step already counts the optimizer step the micro-batch completed
+        if trainer.global_step % self.every_n_steps == 0:
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step > 0 and trainer.global_step != self._last_evaluated:
-            self._run(trainer, pl_module)
+        self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step in (0, self._last_evaluated):
+            return
         self._last_evaluated = trainer.global_step
         model = pl_module.model
         was_training = model.training
         model.eval()
-        try:
-            metrics = self.evaluate(trainer, pl_module)
-        finally:
-            model.train(was_training)
+        metrics = self.evaluate(trainer, pl_module)
+        model.train(was_training)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -69,7 +64,7 @@ class CoreEvaluation(_EveryNSteps):
     def __init__(self, every_n_steps: int = 2000, max_per_task: int | None = 500, bundle: str | None = None):
         super().__init__(every_n_steps)
         self.max_per_task, self.bundle = max_per_task, bundle
-        self._tasks: list | None = None
+        self._tasks: list | None = None  # loaded at setup, with the reasons some are skipped
         self._skipped: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -80,27 +75,20 @@ class CoreEvaluation(_EveryNSteps):
         # rank 0 first: it may download the bundle, which the others then read from the cache
         if trainer.is_global_zero:
             self._tasks, self._skipped = load_core_tasks(self.bundle)
+            for reason in self._skipped:
+                print(f"CORE during training skips {reason}")
         trainer.strategy.barrier("core bundle")
         if not trainer.is_global_zero:
             self._tasks, self._skipped = load_core_tasks(self.bundle)
-        if trainer.is_global_zero:
-            for reason in self._skipped:
-                print(f"CORE during training skips {reason}")
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         from nanochat_pl.evals.core import evaluate_core
 
+        model, tokenizer, tasks = pl_module.model, pl_module.tokenizer, self._tasks
         result = evaluate_core(
-            pl_module.model,
-            pl_module.tokenizer,
-            self._tasks,
-            max_per_task=self.max_per_task,
-            skipped=self._skipped,
-            progress=False,
+            model, tokenizer, tasks, max_per_task=self.max_per_task, skipped=self._skipped, progress=False
         )
-        metrics = {"core_metric": result.core}
-        metrics.update({f"core/{task.label}": task.centered for task in result.tasks})
-        return metrics
+        return {"core_metric": result.core, **{f"core/{task.label}": task.centered for task in result.tasks}}
 
 
 class ChatCoreEvaluation(_EveryNSteps):
@@ -136,12 +124,9 @@ class ChatCoreEvaluation(_EveryNSteps):
         from nanochat_pl.evals.chatcore import evaluate_chat
 
         engine = Engine(pl_module.model, pl_module.tokenizer)
+        max_problems = {"categorical": self.max_categorical, "generative": self.max_generative}
         result = evaluate_chat(
-            engine,
-            self.tasks,
-            max_problems={"categorical": self.max_categorical, "generative": self.max_generative},
-            max_tokens=self.max_tokens,
-            progress=False,
+            engine, self.tasks, max_problems=max_problems, max_tokens=self.max_tokens, progress=False
         )
         metrics = {f"chatcore/{task.name}": task.centered for task in result.tasks}
         categorical = [task.centered for task in result.tasks if task.kind == "categorical"]

@@ -2,9 +2,8 @@
 wiring of accumulation / steps / validation interval, stopping, bits per byte, and the checkpoint's metadata.
 
 A stage is a thin subclass: it decides the model (`gpt_config`, and how its weights start: `init_model`) and the
-plan of the run (`plan_run`: steps, accumulation, learning-rate scale, weight decay, schedule); everything else
-lives here once. Pretraining (stages/base.py) plans from depth; the chat stages (stages/chat.py) start from a
-checkpoint and run until their data is used up.
+plan of the run (`plan_run`); everything else lives here once. Pretraining (stages/base.py) plans from depth; the
+stages that go on from a checkpoint (stages/chat_sft.py, stages/rl.py) are `FromCheckpoint`s.
 """
 
 from __future__ import annotations
@@ -17,51 +16,67 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
-from nanochat_pl.checkpoint import CHECKPOINT_KEY, check_vocab_matches
-from nanochat_pl.common import UserError
+from nanochat_pl.checkpoint import (
+    CHECKPOINT_KEY,
+    MODEL_PREFIX,
+    check_vocab_matches,
+    checkpoint_tokenizer,
+    latest_last_checkpoint,
+    read_checkpoint,
+)
+from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.engine import Engine
 from nanochat_pl.evals.bpb import BitsPerByte
 from nanochat_pl.model.fp8 import convert_to_float8
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.optim import MuonAdamW, Schedule, apply_muon_schedules, build_param_groups
+from nanochat_pl.optim.muon_adamw import MuonAdamW
+from nanochat_pl.optim.recipes import RECIPES, Schedule, apply_muon_schedules, build_param_groups
+from nanochat_pl.optim.scaling import grad_accumulation_steps
 from nanochat_pl.stages.callbacks import FinalCheckpoint, StepProgressBar, TokenThroughputMonitor
-from nanochat_pl.stages.samples import log_samples
-from nanochat_pl.tokenizer import Tokenizer
+from nanochat_pl.tokenizer import Tokenizer, tokenizer_location
+
+# Samples logged during training, greedy: continuations of the prompts nanochat's base_train samples from (facts a
+# small model picks up early), and a chat model's replies to who it is, arithmetic (its calculator) and spelling.
+PROMPTS = (
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "The planets of the solar system are:",
+    "My favorite color is",
+    "If 5*x + 3 = 13, then x is",
+)
+CHAT_PROMPTS = (
+    "Who are you?",
+    "What is 23 times 17?",
+    "A book costs $12 and a pen costs $3. How much do 2 books and 4 pens cost?",
+    "How many r are in strawberry?",
+)
+# optimizer-group settings a stage sets itself, whatever optimizer state it warm-starts from
+FRESH_GROUP_KEYS = ("lr", "initial_lr", "weight_decay", "initial_weight_decay", "momentum")
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a stage decides about its run once the Trainer (world size) and the data (batch shape) are known.
+    """What a stage decides about its run once the Trainer (world size) and the data (batch shape) are known."""
 
-    Args:
-        recipe: The pretraining recipe whose optimizer settings the parameter groups take (optim/recipes.py).
-        schedule: LR, Muon momentum and weight-decay schedules.
-        lr_scale: Batch-size rule on the learning rates (scaling.py), as the base run used it.
-        lr_frac: Fraction of those learning rates this stage trains with.
-        weight_decay: Muon weight decay at the start of the run.
-        accumulation: Micro-batches per optimizer step on each device.
-        max_steps: Optimizer steps; None: until the data module says its data is used up.
-        summary: Lines printed at the start of the run.
-    """
-
-    recipe: str
+    recipe: str  # the pretraining recipe whose optimizer settings the param groups take (optim/recipes.py)
     schedule: Schedule
-    lr_scale: float
-    lr_frac: float
-    weight_decay: float
-    accumulation: int
-    max_steps: int | None
-    summary: str
+    lr_scale: float  # the batch-size rule on the learning rates (scaling.py), as the base run used it
+    lr_frac: float  # the fraction of those learning rates this stage trains with
+    weight_decay: float  # Muon's, at the start of the run
+    total_batch_tokens: int | None  # per optimizer step over all devices; None: the stage accumulates by hand
+    max_steps: int | None  # None: until the data module says its data is used up
+    summary: str  # printed at the start of the run
 
 
 class LanguageModelStage(L.LightningModule, ABC):
-    """A GPT trained on (inputs, targets) token batches, targets -1 where no loss is taken.
-
-    A subclass's `__init__` saves its hyperparameters, which include `eval_every` and `sample_every` (and may
-    include `compile`), and calls `set_model`; it implements `init_model` and `plan_run`.
-    """
+    """A GPT trained on (inputs, targets) token batches, targets -1 where no loss is taken. A subclass's `__init__`
+    saves its hyperparameters (`eval_every`, `sample_every`, maybe `compile`) and calls `set_model`."""
 
     stage_name = "run"
     chat_samples = False  # sample replies to chat prompts rather than continuations of text
@@ -76,8 +91,6 @@ class LanguageModelStage(L.LightningModule, ABC):
         self.plan: RunPlan | None = None
         self._checked_step = -1  # the last optimizer step whose end was checked for stopping
 
-    # ---- what a stage decides --------------------------------------------------------------------------------
-
     @abstractmethod
     def init_model(self, model: GPT) -> None:
         """Give the freshly materialised `model` its starting weights."""
@@ -86,23 +99,37 @@ class LanguageModelStage(L.LightningModule, ABC):
     def plan_run(self, device_batch_size: int) -> RunPlan:
         """The run's plan, called at fit time when `self.trainer` knows the world size."""
 
-    def device_batch_size(self) -> int:
-        """Rows of one forward/backward pass on each device: the data module's batch, unless the stage makes its own."""
-        return self.trainer.datamodule.device_batch_size
+    def check_settings(self, *positive: str) -> None:
+        """The one-line error for settings out of range (None: not set), as the config hands them over."""
+        h = self.hparams
+        wrong = [f"{name} {h[name]} (must be positive)" for name in positive if h[name] is not None and h[name] <= 0]
+        if h.get("warmdown_ratio") is not None and not 0 <= h.warmdown_ratio <= 1:
+            wrong.append(f"warmdown_ratio {h.warmdown_ratio} (must be in [0, 1])")
+        if wrong:
+            raise UserError(f"settings out of range: {', '.join(wrong)}")
 
-    def data_exhausted(self) -> bool:
-        """Whether this rank's data for the run is used up (a stage that ends with its data says so)."""
-        return False
+    def device_batch_size(self) -> int:
+        """Rows of one forward/backward pass on each device: the data module's, unless the stage makes its own."""
+        return self.trainer.datamodule.device_batch_size
 
     def lr_multiplier(self, step: int) -> float:
         """The factor on every group's initial LR for optimizer step `step`."""
         return self.plan.schedule.lr_multiplier(step)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """What the next stage inherits from this one's checkpoint, beyond the model and the tokenizer."""
-        return {}
-
-    # ---- the model -------------------------------------------------------------------------------------------
+        """The checkpoint's own entry: the stage, the model, the tokenizer and what the next stage inherits (the base
+        run's optimizer settings and the batch shape)."""
+        meta = {
+            "stage": self.stage_name,
+            "gpt_config": asdict(self.gpt_config),
+            "tokenizer": self.tokenizer.to_state(),  # the checkpoint is whole wherever it is copied
+            "tokenizer_dir": None if self.tokenizer_dir is None else str(self.tokenizer_dir),
+            "recipe": self.plan.recipe,
+            "lr_scale": self.plan.lr_scale,
+        }
+        if self.plan.total_batch_tokens is not None:
+            meta.update(total_batch_tokens=self.plan.total_batch_tokens, device_batch_size=self.device_batch_size())
+        return meta
 
     def configure_model(self) -> None:
         """Build the GPT straight on the training device: a large model never materialises on the CPU first."""
@@ -113,57 +140,39 @@ class LanguageModelStage(L.LightningModule, ABC):
         self.init_model(model)
         if self.hparams.get("fp8", False):  # before compiling, as nanochat converts before torch.compile
             convert_to_float8(model)
-        # Training and validation go through the compiled forward (fixed shapes, compiled once); samples use the
-        # eager model, whose KV-cached calls change shape every token and would recompile each time. Compiling
-        # the bound method keeps the state-dict keys free of `_orig_mod.`.
+        # Training and validation go through the compiled forward (fixed shapes); samples use the eager model, whose
+        # KV-cached calls change shape every token. Compiling the bound method keeps `_orig_mod.` out of the keys.
         compile_forward = self.hparams.get("compile", False)
         self.forward_fn = torch.compile(model.forward, dynamic=False) if compile_forward else model.forward
         self.model = model
 
-    # ---- the plan --------------------------------------------------------------------------------------------
-
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        trainer = self.trainer
+        trainer, cfg = self.trainer, self.gpt_config
         device_batch_size = self.device_batch_size()
-        self.plan = self.plan_run(device_batch_size)
+        plan = self.plan = self.plan_run(device_batch_size)
         # Values the plan derives reach the Trainer here, the first place where the world size is known.
-        trainer.accumulate_grad_batches = self.plan.accumulation
-        if self.plan.max_steps is not None:
-            trainer.fit_loop.epoch_loop.max_steps = self.plan.max_steps
-        trainer.val_check_interval = self.hparams.eval_every * self.plan.accumulation  # counted in micro-batches
-        model, sequence_len = meta_model(self.gpt_config), self.gpt_config.sequence_len
-        self.flops_per_batch = model.flops_per_token(sequence_len) * device_batch_size * sequence_len
-        rank_zero_info(self._describe(model, device_batch_size))
-
-    def _describe(self, model: GPT, device_batch_size: int) -> str:
-        cfg, plan = self.gpt_config, self.plan
-        lines = [
-            "",
-            f"{self.stage_name}: GPT d{cfg.n_layer}, width {cfg.n_embd}, {cfg.n_head} heads ({cfg.n_kv_head} kv) "
-            f"of {cfg.head_dim}, vocab {cfg.vocab_size:,}, windows {cfg.window_pattern}, recipe {plan.recipe}",
-            f"parameters {model.num_params():,}; FLOPs/token {model.flops_per_token():.3e}",
-            plan.summary,
-            f"device batch {device_batch_size} x {cfg.sequence_len} tokens x {self.trainer.world_size} devices "
-            f"x {plan.accumulation} accumulation steps",
-            "",
-        ]
-        return "\n".join(lines)
-
-    # ---- optimisation ----------------------------------------------------------------------------------------
+        tokens, batch = plan.total_batch_tokens, (device_batch_size, cfg.sequence_len, trainer.world_size)
+        accumulation = trainer.accumulate_grad_batches = (
+            1 if tokens is None else grad_accumulation_steps(tokens, *batch)
+        )
+        if plan.max_steps is not None:
+            trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
+        trainer.val_check_interval = self.hparams.eval_every * accumulation  # counted in micro-batches
+        model = meta_model(cfg)
+        self.flops_per_batch = model.flops_per_token(cfg.sequence_len) * device_batch_size * cfg.sequence_len
+        rank_zero_info(
+            f"\n{self.stage_name}: GPT d{cfg.n_layer}, width {cfg.n_embd}, {cfg.n_head} heads ({cfg.n_kv_head} kv) "
+            f"of {cfg.head_dim}, vocab {cfg.vocab_size:,}, windows {cfg.window_pattern}, recipe {plan.recipe}\n"
+            f"parameters {model.num_params():,}; FLOPs/token {model.flops_per_token():.3e}\n{plan.summary}\n"
+            f"device batch {device_batch_size} x {cfg.sequence_len} tokens x {trainer.world_size} devices "
+            f"x {accumulation} accumulation steps\n"
+        )
 
     def configure_optimizers(self) -> dict:
-        plan = self.plan
-        groups = build_param_groups(
-            self.model.param_families(),
-            self.gpt_config.n_embd,
-            recipe=plan.recipe,
-            lr_scale=plan.lr_scale,
-            lr_frac=plan.lr_frac,
-            weight_decay=plan.weight_decay,
-        )
-        optimizer = MuonAdamW(groups)
+        p, families, width = self.plan, self.model.param_families(), self.gpt_config.n_embd
+        optimizer = MuonAdamW(build_param_groups(families, width, p.recipe, p.lr_scale, p.weight_decay, p.lr_frac))
         self.warm_start_optimizer(optimizer)
         scheduler = LambdaLR(optimizer, self.lr_multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -176,18 +185,16 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # LearningRateMonitor refuses to start without a logger (`trainer.logger: false`)
-        lr_monitor = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
+        callbacks = [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
         rich = self.trainer.progress_bar_callback
-        bar = [StepProgressBar.like(rich)] if type(rich) is RichProgressBar else []
-        return [*lr_monitor, *bar, TokenThroughputMonitor(), FinalCheckpoint()]
-
-    # ---- steps -----------------------------------------------------------------------------------------------
+        if type(rich) is RichProgressBar:  # in its place, with its settings
+            callbacks.append(StepProgressBar(rich.refresh_rate, rich._leave, rich.theme, rich._console_kwargs))
+        return [*callbacks, TokenThroughputMonitor(), FinalCheckpoint()]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         # The mean over the targets that count; a micro-batch whose targets are all masked adds zero loss (and
-        # zero gradient), not the NaN of an empty mean (nanochat #590). With every target counted this is
-        # exactly the mean cross-entropy.
+        # zero gradient), not the NaN of an empty mean.
         loss_sum = self.forward_fn(inputs, targets, loss_reduction="sum")
         loss = loss_sum / (targets >= 0).sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True)
@@ -214,8 +221,9 @@ class LanguageModelStage(L.LightningModule, ABC):
             return
         self._checked_step = self.global_step
         done = self.plan.max_steps is not None and self.global_step >= self.plan.max_steps
+        done = done or getattr(self.trainer.datamodule, "data_progress", 0.0) >= 1.0  # a chat stage's data used up
         # one rank out of data stops them all, so none waits forever for the others (nanochat's all_reduce MAX)
-        if self.trainer.strategy.reduce_boolean_decision(done or self.data_exhausted(), all=False):
+        if self.trainer.strategy.reduce_boolean_decision(done, all=False):
             self.trainer.should_stop = True
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -228,26 +236,122 @@ class LanguageModelStage(L.LightningModule, ABC):
         every, step = self.hparams.sample_every, self.global_step
         # validation runs every eval_every steps: sample at the first validation at or after each multiple
         if every and self.trainer.state.fn == "fit" and step > 0 and step % every < self.hparams.eval_every:
-            log_samples(self, chat=self.chat_samples)
+            self.log_samples()
 
-    # ---- checkpoints -----------------------------------------------------------------------------------------
+    @rank_zero_only
+    def log_samples(self) -> None:
+        """Print the greedy answers to the fixed prompts and log them as text."""
+        chat, tokenizer, engine = self.chat_samples, self.tokenizer, Engine(self.model, self.tokenizer)
+        was_training = self.model.training
+        self.model.eval()
+        lines = []
+        for prompt in CHAT_PROMPTS if chat else PROMPTS:
+            if chat:
+                ids = tokenizer.render_for_completion([{"role": "user", "content": prompt}])
+            else:
+                ids = tokenizer.encode(prompt, prepend=tokenizer.bos_token_id)
+            sequences, _ = engine.generate_batch(ids, max_tokens=64 if chat else 16, temperature=0.0)
+            reply = tokenizer.decode(sequences[0][len(ids) :])
+            lines.append(f"{prompt} -> {reply}" if chat else prompt + reply)
+        self.model.train(was_training)
+        text = "\n".join(lines)
+        print(f"\nsamples at step {self.global_step}:\n{text}\n")
+        self.log_text("samples", text)
+
+    def log_text(self, tag: str, text: str) -> None:
+        """Text for TensorBoard (its Markdown breaks a line at two spaces), where the run logs to it."""
+        if isinstance(self.logger, TensorBoardLogger):
+            self.logger.experiment.add_text(tag, text.replace("\n", "  \n"), self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "stage": self.stage_name,
-            "gpt_config": asdict(self.gpt_config),
-            "tokenizer": self.tokenizer.to_state(),  # the checkpoint is whole wherever it is copied
-            "tokenizer_dir": None if self.tokenizer_dir is None else str(self.tokenizer_dir),
-            **self.checkpoint_metadata(),
-        }
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_vocab_matches(checkpoint, self.tokenizer)
-        saved = checkpoint[CHECKPOINT_KEY]["gpt_config"]
-        differ = sorted(k for k, v in asdict(self.gpt_config).items() if saved.get(k) != v)
-        if differ:
-            changes = ", ".join(f"{k} {saved.get(k)!r} -> {getattr(self.gpt_config, k)!r}" for k in differ)
+        saved, ours = checkpoint[CHECKPOINT_KEY]["gpt_config"], asdict(self.gpt_config)
+        changes = ", ".join(f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items() if saved.get(k) != v)
+        if changes:
             raise UserError(f"the checkpoint is of another model than this config builds ({changes})")
+
+
+class FromCheckpoint(LanguageModelStage):
+    """A stage that goes on from another stage's checkpoint (SFT after base or mid, RL after SFT): it takes its model,
+    weights, tokenizer and what its metadata passes on (`self.inherited`). Its `__init__` calls `start_from`."""
+
+    def start_from(self, init_from: str, sequence_len: int | None = None, tokenizer_dir: str | None = None) -> None:
+        """`init_from`: a checkpoint's path, or "base" / "chat" for the newest run's last.ckpt under runs/<it>."""
+        is_stage = init_from in ("base", "chat")
+        self.init_path = latest_last_checkpoint(home_dir() / "runs" / init_from) if is_stage else Path(init_from)
+        # read (and verified) once: the weights for configure_model, the optimizer state for configure_optimizers
+        self._init_checkpoint: dict[str, Any] | None = read_checkpoint(self.init_path)
+        self.inherited = self._init_checkpoint[CHECKPOINT_KEY]
+        config = GPTConfig(**self.inherited["gpt_config"])
+        if sequence_len is not None:
+            config.sequence_len = sequence_len
+        tokenizer = checkpoint_tokenizer(self._init_checkpoint, self.init_path, tokenizer_dir)
+        self.set_model(config, tokenizer, None if tokenizer_dir is None else tokenizer_location(tokenizer_dir))
+
+    def init_model(self, model: GPT) -> None:
+        model.init_weights()  # the rotary tables, which checkpoints do not hold
+        state = self._init_checkpoint["state_dict"]
+        model.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)})
+
+    def warm_start_optimizer(self, optimizer: MuonAdamW) -> None:
+        """With `load_optimizer`, start from the checkpoint's optimizer state (momentum buffers) where it has one for
+        the same param groups, keeping this stage's learning rates, weight decay and momentum."""
+        checkpoint, self._init_checkpoint = self._init_checkpoint, None  # not needed after this: free it
+        if not self.hparams.get("load_optimizer"):
+            return
+        fresh = [{key: group[key] for key in FRESH_GROUP_KEYS if key in group} for group in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict((checkpoint.get("optimizer_states") or [])[0])
+        except (IndexError, ValueError, KeyError) as error:
+            rank_zero_warn(f"not warm-starting the optimizer: {self.init_path} has no matching state ({error})")
+            return
+        for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+            for key in FRESH_GROUP_KEYS:  # the checkpoint's (e.g. its initial_lr) must not outlive the load
+                group.pop(key, None)
+            group.update(settings)
+        rank_zero_info(f"optimizer state (momentum buffers) warm-started from {self.init_path}")
+
+    def inherited_plan(self, recipe: str, max_steps: int | None, batch_tokens: int | None, summary: str) -> RunPlan:
+        """The plan of a run on the checkpoint's optimizer settings with recipe `recipe`'s changes to them: its
+        fraction of the learning rates and its schedule, unless the stage sets `lr_frac` / `warmdown_ratio`."""
+        row, h = RECIPES[recipe], self.hparams
+        lr_frac = row.lr_frac if h.lr_frac is None else h.lr_frac
+        base_recipe, lr_scale = self.inherited.get("recipe", "2026"), self.inherited.get("lr_scale", 1.0)
+        schedule = Schedule.for_recipe(recipe, max_steps, h.get("warmdown_ratio"))
+        summary = (
+            f"{recipe} from {self.init_path} ({self.inherited['stage']} stage, {base_recipe} recipe): {summary}; "
+            f"LR {lr_frac:g} x the base's (batch scale {lr_scale:.4f})"
+        )
+        return RunPlan(base_recipe, schedule, lr_scale, lr_frac, row.weight_decay, batch_tokens, max_steps, summary)
+
+    def lr_multiplier(self, step: int) -> float:
+        # on progress through the run (nanochat chat_sft.py, chat_rl.py): step / steps where their number is known,
+        # else through the data
+        steps = self.plan.max_steps
+        progress = step / steps if steps is not None else self.trainer.datamodule.data_progress
+        return self.plan.schedule.lr_multiplier_at_progress(progress)
+
+    def setting(self, name: str, default: Any) -> Any:
+        """A setting given here, else the checkpoint's, else nanochat's default; says where it came from."""
+        value = self.hparams.get(name)
+        if value is None:
+            value = self.inherited.get(name, default)
+            rank_zero_info(f"{name}={value} (inherited from {self.init_path})")
+        return value
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {**super().checkpoint_metadata(), "init_from": str(self.init_path)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint[CHECKPOINT_KEY]["stage"] != self.stage_name:
+            raise UserError(
+                f"resuming a {self.stage_name} run from a {checkpoint[CHECKPOINT_KEY]['stage']} checkpoint: "
+                "to start from it, give it as model.init_from"
+            )
+        super().on_load_checkpoint(checkpoint)
 
 
 def meta_model(config: GPTConfig) -> GPT:

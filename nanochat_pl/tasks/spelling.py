@@ -1,13 +1,9 @@
 """Spelling and letter counting: SpellingBee ("How many r are in strawberry?") and SimpleSpelling.
 
 A token is a chunk of several letters, so a small model cannot see how a word is spelled; these synthetic tasks
-teach it (nanochat tasks/spellingbee.py@23c5171, used for midtraining, SFT and ChatCORE). SpellingBee's answer
-spells the word out, counts by hand, checks the count with the calculator tool (`'word'.count('r')`, which
-`nanochat_pl.sandbox.calculator` evaluates at inference) and ends with GSM8K's `#### n` line; SimpleSpelling
-just spells a word. Example i is drawn from `random.Random(i)` in the train split and `Random(10_000_000 + i)`
-in the test split, with nanochat's draws in nanochat's order, so the same word list gives nanochat's problems.
-
-Data: generated here; the words come from a word list (see `load_words`):
+teach it (nanochat tasks/spellingbee.py, with nanochat's draws in nanochat's order). SpellingBee's answer spells
+the word out, counts by hand, checks the count with the calculator tool (`'word'.count('r')`) and ends with
+GSM8K's `#### n` line; SimpleSpelling just spells a word. The words come from a list (see `load_words`):
 - "dwyl": nanochat's list, `words_alpha.txt` of github.com/dwyl/english-words (370K words), downloaded once;
   its README says the copyright of the list stays with its authors (infochimps, from Moby), no licence file;
 - "web2": PyPI `english-words` (MIT): Webster's Second International (1934, public domain), 234K words;
@@ -23,24 +19,19 @@ import string
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sources.download import download_file
-from nanochat_pl.tasks.arithmetic import final_answer_matches
-from nanochat_pl.tasks.hub import check_choice, task_data_dir
-from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task
+from nanochat_pl.tasks.gsm8k import final_answer_matches
+from nanochat_pl.tasks.hub import task_data_dir
+from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, GeneratedTask, Split, exact_match, qa
 
 WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
 WAMERICAN_PATH = Path("/usr/share/dict/american-english")
 WORD_LISTS = ("dwyl", "web2", "wamerican")  # "auto" takes the first of these it can get
-# larger than any word list, so train and test seeds never meet (nanochat 9777070; its October version used
-# -(i+1) for test, which collides with train because Random(-k) == Random(k))
-TEST_SEED_OFFSET = 10_000_000
-Split = Literal["train", "test"]
 
-# The user's question, in nanochat's 51 phrasings (tasks/spellingbee.py@23c5171): 30 English, then Spanish,
-# Chinese, Korean, French, German and Japanese, so the skill does not hang on one way of asking.
+# nanochat's 51 phrasings of the question (tasks/spellingbee.py), in 7 languages: the skill hangs on no one way to ask
 TEMPLATES = (
     "How many {letter} are in the word {word}",
     "How many {letter} are in {word}",
@@ -97,46 +88,16 @@ TEMPLATES = (
 QUOTES = ("", "'", '"')
 
 
-class _WordTask(Task):
-    """`size` examples made from the words of a list; example i of a split is fixed by its seed.
+class SpellingBee(GeneratedTask):
+    """Letter-counting problems whose answers count by hand, check with the calculator and end in `#### n`; the
+    words are those of `words`: "auto", "dwyl", "web2", "wamerican" or a file."""
 
-    Args:
-        size: How many examples (any number: they are generated, and a word may come up twice).
-        split: "train" or "test" (disjoint random seeds).
-        words: The word list: "auto", "dwyl", "web2", "wamerican" or a file (see `load_words`).
-    """
-
-    def __init__(
-        self,
-        size: int = 1000,
-        split: Split = "train",
-        words: str = "auto",
-        *,
-        start: int = 0,
-        stop: int | None = None,
-        step: int = 1,
-    ):
-        super().__init__(start, stop, step)
-        check_choice(f"{self.name} split", split, get_args(Split))
-        if size < 0:
-            raise UserError(f"{self.name} size must be at least 0, got {size}")
-        self.size, self.split, self.words = size, split, words
-
-    def num_examples(self) -> int:
-        return self.size
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.name}(size={self.size}, split={self.split!r}, words={self.words!r}, "
-            f"start={self.start}, stop={self.stop}, step={self.step})"
-        )
-
-
-class SpellingBee(_WordTask):
-    """Letter-counting problems whose answers count by hand, check with the calculator and end in `#### n`."""
+    def __init__(self, size: int = 1000, split: Split = "train", words: str = "auto", **kwargs: Any):
+        super().__init__(size, split, **kwargs)
+        self.words = words
 
     def get_example(self, index: int) -> Conversation:
-        rng = random.Random(_seed(self.split, index))
+        rng = self.rng(index)
         word = rng.choice(load_words(self.words))
         # mostly a letter of the word, sometimes any letter (the answer is then often 0)
         letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(string.ascii_lowercase)
@@ -145,23 +106,16 @@ class SpellingBee(_WordTask):
         template = rng.choice(TEMPLATES)
         if rng.random() < 0.3:  # people type without shift
             template = template.lower()
-        letter_quote, word_quote = rng.choice(QUOTES), rng.choice(QUOTES)
-        question = template.format(
-            letter=f"{letter_quote}{letter}{letter_quote}", word=f"{word_quote}{word}{word_quote}"
-        )
+        letter_q, word_q = rng.choice(QUOTES), rng.choice(QUOTES)
+        question = template.format(letter=f"{letter_q}{letter}{letter_q}", word=f"{word_q}{word}{word_q}")
         if rng.random() < 0.5:
             question += "?"
 
-        # "{i}:{c}" with no space after the colon: " a" and "a" are different tokens, and the spelled-out word
-        # above uses "a"
-        counting = ""
-        hits = 0
-        for i, char in enumerate(word, 1):
-            if char == letter:
-                hits += 1
-                counting += f"{i}:{char} hit! count={hits}\n"
-            else:
-                counting += f"{i}:{char}\n"
+        # "{i}:{c}", no space: " a" and "a" are different tokens, and the spelled-out word above uses "a"
+        counting = "".join(
+            f"{i}:{char} hit! count={word[:i].count(letter)}\n" if char == letter else f"{i}:{char}\n"
+            for i, char in enumerate(word, 1)
+        )
         by_hand = (
             f"We are asked to find the number '{letter}' in the word '{word}'. "
             "Let me try a manual approach first.\n\n"
@@ -176,37 +130,27 @@ class SpellingBee(_WordTask):
             {"type": "python_output", "text": str(count)},  # what calculator() returns for it
             {"type": "text", "text": f"\n\nPython gives us {count}.\n\nMy final answer is:\n\n#### {count}"},
         ]
-        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        return qa(question, answer)
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:
         return final_answer_matches(conversation, reply)
 
 
-class SimpleSpelling(_WordTask):
-    """Words to spell: "Spell the word: apple" -> "apple:a,p,p,l,e"."""
+class SimpleSpelling(SpellingBee):
+    """Words of the same lists to spell: "Spell the word: apple" -> "apple:a,p,p,l,e"."""
 
     def get_example(self, index: int) -> Conversation:
-        word = random.Random(_seed(self.split, index)).choice(_shuffled_words(self.words))
-        return {
-            "messages": [
-                {"role": "user", "content": f"Spell the word: {word}"},
-                {"role": "assistant", "content": f"{word}:{','.join(word)}"},
-            ]
-        }
+        word = self.rng(index).choice(_shuffled_words(self.words))
+        return qa(f"Spell the word: {word}", f"{word}:{','.join(word)}")
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:
-        return reply.strip() == conversation["messages"][-1]["content"]
+        return exact_match(conversation, reply)
 
 
 @functools.cache
 def load_words(source: str = "auto") -> tuple[str, ...]:
-    """The words of a list, lowercase a-z only, in a fixed order (the same list gives the same tasks).
-
-    `source` is "dwyl" (downloaded once into NANOCHAT_PL_HOME/task_data), "web2" (the `english-words` package),
-    "wamerican" (Debian's /usr/share/dict/american-english), a path to a file of one word per line, or
-    "auto": the first of dwyl, web2 and wamerican that this machine has or can download (one attempt; which one
-    is printed), so the CPU demo runs offline. Which list "auto" takes changes the generated tasks.
-    """
+    """The words of a list (see the module's docstring), lowercase a-z only, in a fixed order. "auto" is the first
+    of WORD_LISTS this machine has or can get (which one is printed), so the CPU demo runs offline."""
     if source == "auto":
         reasons = []
         for name in WORD_LISTS:
@@ -218,23 +162,23 @@ def load_words(source: str = "auto") -> tuple[str, ...]:
             print(f"spelling tasks: the {name} word list ({len(words):,} words)", file=sys.stderr)
             return words
         raise UserError(f"no word list for the spelling tasks ({'; '.join(reasons)})")
-    if source == "dwyl":
-        # one attempt: "auto" has offline fallbacks, and an explicit "dwyl" fails with the reason at once
-        path = download_file(WORD_LIST_URL, task_data_dir() / "words_alpha.txt", _check_word_file, attempts=1)
-        return _clean(path.read_text(encoding="utf-8").split(), str(path))
     if source == "web2":
         try:
             from english_words import get_english_words_set
         except ImportError as e:
             raise UserError("the web2 word list needs the english-words package (pip install english-words)") from e
         return _clean(get_english_words_set(["web2"], alpha=True, lower=True), "english-words web2")
-    if source == "wamerican":
+    if source == "dwyl":
+        # one attempt: "auto" has offline fallbacks, and an explicit "dwyl" fails with the reason at once
+        path = download_file(WORD_LIST_URL, task_data_dir() / "words_alpha.txt", _check_word_file, attempts=1)
+    elif source == "wamerican":
         if not WAMERICAN_PATH.exists():
             raise UserError(f"{WAMERICAN_PATH} is missing (Debian/Ubuntu: apt-get install wamerican)")
-        return _clean(WAMERICAN_PATH.read_text(encoding="utf-8").split(), str(WAMERICAN_PATH))
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise UserError(f"word list {source!r} is none of auto, {', '.join(WORD_LISTS)} and not a file")
+        path = WAMERICAN_PATH
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(f"word list {source!r} is none of auto, {', '.join(WORD_LISTS)} and not a file")
     return _clean(path.read_text(encoding="utf-8").split(), str(path))
 
 
@@ -257,13 +201,6 @@ def _clean(words: Iterable[str], where: str) -> tuple[str, ...]:
 
 def _check_word_file(path: Path) -> None:
     """A downloaded word list is ASCII words, one a line; anything else (an HTML error page) is refused."""
-    try:
-        words = path.read_text(encoding="ascii").split()
-    except UnicodeDecodeError as e:
-        raise UserError("the downloaded word list is not ASCII text") from e
-    if not words or not all(w.isalpha() for w in words):
+    words = path.read_bytes().split()
+    if not words or not all(word.isalpha() for word in words):  # bytes.isalpha(): ASCII letters only
         raise UserError("the downloaded file is not a list of words")
-
-
-def _seed(split: str, index: int) -> int:
-    return index if split == "train" else TEST_SEED_OFFSET + index

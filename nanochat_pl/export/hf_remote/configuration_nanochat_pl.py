@@ -1,8 +1,5 @@
-"""The config of a nanochat-pl model exported for transformers' remote code (`trust_remote_code=True`).
-
-`nanochat-pl export` writes this file next to `gpt.py`, `rotary.py` and `kv_cache.py`, copies of nanochat-pl's own
-model code, and `modeling_nanochat_pl.py`. Loading needs torch and transformers>=5, not nanochat-pl.
-"""
+"""The config of a nanochat-pl model exported as transformers remote code: loading needs torch and transformers,
+not nanochat-pl."""
 
 from __future__ import annotations
 
@@ -19,9 +16,7 @@ from .rotary import rotary_tables  # noqa: F401
 
 
 class NanochatPLConfig(PretrainedConfig):
-    """Every field of `GPTConfig` (the model's shape and its 2026 switches: sliding windows, value embeddings,
-    residual scalars, smear, backout, qk_scale, rope_base) as an attribute, plus the standard names transformers
-    and lm-eval read (`hidden_size`, `max_position_embeddings`, ...) mapped onto them."""
+    """Every field of `GPTConfig` as an attribute, plus the standard names transformers and lm-eval read."""
 
     model_type = "nanochat_pl"
     attribute_map = {
