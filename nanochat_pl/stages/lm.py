@@ -108,6 +108,12 @@ class LanguageModelStage(L.LightningModule, ABC):
         if wrong:
             raise UserError(f"settings out of range: {', '.join(wrong)}")
 
+    def engine(self) -> Engine:
+        """An engine of the model in training, in a fixed dtype (bf16 on CUDA, else fp32) rather than a CPU's timed
+        pick (precision.py), which can differ between ranks and reruns: their samples must be the same."""
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return Engine(self.model, self.tokenizer, compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+
     def device_batch_size(self) -> int:
         """Rows of one forward/backward pass on each device: the data module's, unless the stage makes its own."""
         return self.trainer.datamodule.device_batch_size
@@ -241,7 +247,7 @@ class LanguageModelStage(L.LightningModule, ABC):
     @rank_zero_only
     def log_samples(self) -> None:
         """Print the greedy answers to the fixed prompts and log them as text."""
-        chat, tokenizer, engine = self.chat_samples, self.tokenizer, Engine(self.model, self.tokenizer)
+        chat, tokenizer, engine = self.chat_samples, self.tokenizer, self.engine()
         was_training = self.model.training
         self.model.eval()
         lines = []

@@ -20,7 +20,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from nanochat_pl.common import UserError
-from nanochat_pl.engine import Engine
 from nanochat_pl.evals.harness import pass_at_k, rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.limits import check_sampling
 from nanochat_pl.reply import read_reply
@@ -148,7 +147,7 @@ class RLTraining(FromCheckpoint):
     def rollout(self, task: Task, conversation: Conversation, index: int, step: int) -> Rollout:
         """Sample `num_samples` replies to problem `index` with the eager model and score them."""
         h, tokenizer = self.hparams, self.tokenizer
-        engine = Engine(self.model, tokenizer)
+        engine = self.engine()
         prompt = tokenizer.render_for_completion(conversation)
         sequences, masks = [], []
         self.model.eval()
@@ -209,7 +208,7 @@ class RLTraining(FromCheckpoint):
         data, h = self.trainer.datamodule, self.hparams
         if data.val is None:
             return {}
-        engine = Engine(self.model, self.tokenizer)
+        engine = self.engine()
         self.model.eval()
         # the same draws at every evaluation (seed: the problem): the figures move with the model only
         problems = rank_share(min(len(data.val), data.val_examples))
