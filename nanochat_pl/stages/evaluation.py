@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 
 from nanochat_pl.common import UserError
+from nanochat_pl.engine import Engine
 
 
 class _EveryNSteps(L.Callback, ABC):
@@ -122,7 +123,7 @@ class ChatCoreEvaluation(_EveryNSteps):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         from nanochat_pl.evals.chatcore import evaluate_chat
 
-        engine = pl_module.engine()
+        engine = Engine(pl_module.model, pl_module.tokenizer)
         max_problems = {"categorical": self.max_categorical, "generative": self.max_generative}
         result = evaluate_chat(
             engine, self.tasks, max_problems=max_problems, max_tokens=self.max_tokens, progress=False
