@@ -1,8 +1,9 @@
 """Checkpoints are the hand-off between stages: any stage's `.ckpt` rebuilds its GPT and carries its tokenizer.
 
-`AtomicCheckpointIO` (installed by the CLI) writes Lightning's checkpoint atomically with a checksum of the weights
-that every load verifies. Every stage adds `checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer", ...}`
-so the model loads without its LightningModule; a nanochat checkpoint is read into the same form.
+`AtomicCheckpointIO` (installed by the CLI) writes Lightning's checkpoint atomically with checksums of the weights,
+which every load verifies, and of every other tensor (optimizer, loops, callbacks, data), which a resume verifies.
+Every stage adds `checkpoint["nanochat_pl"] = {"stage", "gpt_config", "tokenizer", ...}` so the model loads
+without its LightningModule; a nanochat checkpoint is read into the same form.
 """
 
 from __future__ import annotations
@@ -17,50 +18,63 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nanochat_pl import nanochat_format
-from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_path, home_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer, carried_tokenizer, get_tokenizer
 
 MODEL_PREFIX = "model."  # the stages hold the GPT as `self.model`
+STAGES = ("base", "mid", "sft", "rl")  # one name each: its runs/<stage> folder, its checkpoints' stage, its alias
 CHECKSUM_KEY = "state_dict_crc32"  # beside Lightning's "state_dict", so any module's checkpoint has one
+STATE_CHECKSUM_KEY = "training_state_crc32"  # every tensor outside "state_dict" (older checkpoints lack it)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, staging a local checkpoint in the target's own directory and renaming it
     onto the target (Lightning stages it in $TMPDIR, and a move across filesystems can leave it half-written).
-    URLs (s3://, ...) keep Lightning's path. Writes record the weights' checksum; reads verify it."""
+    URLs (s3://, ...) keep Lightning's path. Writes record the checksums; reads verify them."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        checkpoint[CHECKSUM_KEY] = weights_checksum(checkpoint["state_dict"])
+        checkpoint[CHECKSUM_KEY] = tensors_checksum(checkpoint["state_dict"])
+        checkpoint[STATE_CHECKSUM_KEY] = tensors_checksum(_training_state(checkpoint))
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Lightning's resume (`fit`/`validate --ckpt_path`) reads through here: refuse corrupted weights."""
+        """Lightning's resume (`fit`/`validate --ckpt_path`) reads through here: refuse any corrupted tensor."""
         checkpoint = super().load_checkpoint(path, *args, **kwargs)
-        verify_weights(checkpoint, path)
+        verify_weights(checkpoint, path, training_state=True)
         return checkpoint
 
 
-def weights_checksum(state_dict: dict[str, Any]) -> int:
-    """CRC-32 over the state dict's tensors in name order (name, dtype, shape, bytes): torch.load checks nothing of
-    a tensor's bytes."""
-    crc = 0
-    tensors = {name: t for name, t in state_dict.items() if isinstance(t, torch.Tensor)}  # not `_extra_state`s
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        crc = zlib.crc32(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode(), crc)
-        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+def _training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in checkpoint.items() if k not in ("state_dict", CHECKSUM_KEY, STATE_CHECKSUM_KEY)}
+
+
+def tensors_checksum(value: Any, path: str = "", crc: int = 0) -> int:
+    """CRC-32 over every tensor in `value` and the dicts, lists and tuples in it, in key order (path, dtype, shape,
+    bytes): torch.load checks nothing of a tensor's bytes. A state dict's paths are its names."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        crc = zlib.crc32(f"{path} {tensor.dtype} {tuple(tensor.shape)}".encode(), crc)
+        return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    if isinstance(value, dict | list | tuple):
+        items = sorted(value.items(), key=lambda kv: str(kv[0])) if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            crc = tensors_checksum(item, f"{path}/{key}" if path else str(key), crc)
     return crc
 
 
-def verify_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """UserError if the weights are not those the checksum was taken of; one written without a checksum loads."""
-    expected = checkpoint.get(CHECKSUM_KEY)
-    if expected is not None and weights_checksum(checkpoint["state_dict"]) != expected:
-        raise UserError(f"{path} is corrupt: its weights do not match the checksum written with them")
+def verify_weights(checkpoint: dict[str, Any], path: str | Path, training_state: bool = False) -> None:
+    """UserError if the weights (and with `training_state`, every other tensor: a resume's) are not those the
+    checksums were taken of; one written without a checksum (older ones have the weights' alone) loads."""
+    checks = [(CHECKSUM_KEY, checkpoint["state_dict"], "weights")]
+    if training_state:
+        checks.append((STATE_CHECKSUM_KEY, _training_state(checkpoint), "optimizer, loop or callback tensors"))
+    for key, tensors, what in checks:
+        if checkpoint.get(key) not in (None, tensors_checksum(tensors)):
+            raise UserError(f"{path} is corrupt: its {what} do not match the checksum written with them")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -68,8 +82,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     model_<step>.pt) comes back in the same form."""
     path = Path(path)
     if not nanochat_format.is_nanochat_checkpoint(path):
-        if not path.is_file():
-            raise UserError(f"no checkpoint at {path}")
+        check_checkpoint_file(path)
         checkpoint = nanochat_format.torch_load(path)
         if CHECKPOINT_KEY not in checkpoint:
             raise UserError(f"{path} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
@@ -114,7 +127,7 @@ def check_checkpoint_file(path: str | Path) -> None:
     if nanochat_format.is_nanochat_checkpoint(path):
         nanochat_format.find_model_file(path)
     elif not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
+        raise UserError(f"no checkpoint at {path} (a path, or a name: {', '.join(STAGES)}, or e.g. sft@step=100)")
     elif not zipfile.is_zipfile(path):
         raise UserError(f"cannot read checkpoint {path}: not a complete torch checkpoint (truncated or foreign?)")
 
@@ -148,13 +161,34 @@ def load_model(
     return model.eval(), tokenizer, checkpoint[CHECKPOINT_KEY]
 
 
-def latest_last_checkpoint(root_dir: Path) -> Path:
-    """The newest run's last.ckpt under a stage's runs directory, resolved to the file it links to: what
-    `--ckpt_path last` resumes and `init_from: base` starts from (Lightning alone looks only in the new run's own
-    folder and silently starts from scratch)."""
-    candidates = sorted(root_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.lstat().st_mtime)
-    if not candidates:
-        raise UserError(f"no last.ckpt under {root_dir}/lightning_logs/*/checkpoints to resume from")
-    latest = candidates[-1].resolve()
-    check_checkpoint_file(latest)
-    return latest
+def stage_checkpoints(root_dir: Path) -> list[Path]:
+    """The checkpoint files of a stage's runs (`runs/<stage>`), newest first; `last.ckpt` links are left out."""
+    files = [p for p in root_dir.glob("lightning_logs/*/checkpoints/*.ckpt") if not p.is_symlink()]
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def newest_checkpoint(root_dir: Path) -> Path:
+    """The newest checkpoint of a stage's runs: what `--ckpt_path last` resumes and `init_from: base` starts from
+    (Lightning alone looks only in the new run's own folder and silently starts from scratch)."""
+    found = stage_checkpoints(root_dir)
+    if not found:
+        raise UserError(f"no checkpoint under {root_dir}/lightning_logs/*/checkpoints (`nanochat-pl runs` lists them)")
+    check_checkpoint_file(found[0])
+    return found[0]
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A checkpoint by name: `base`, `mid`, `sft`, `rl` (the newest of that stage's runs in the home), `sft@step=100`
+    (the newest of that stage at that optimizer step), or a path (a `.ckpt`, a nanochat checkpoint)."""
+    stage, _, step = str(name).partition("@step=")
+    if stage not in STAGES or Path(name).exists():
+        return Path(name).expanduser()
+    root = home_dir() / "runs" / stage
+    if not step:
+        return newest_checkpoint(root)
+    if not step.isdigit():
+        raise UserError(f"{name}: the step must be a number, as in {stage}@step=100")
+    found = [p for p in stage_checkpoints(root) if peek_checkpoint(p).get("global_step") == int(step)]
+    if not found:
+        raise UserError(f"no {stage} checkpoint at step {step} under {root} (`nanochat-pl runs` lists them)")
+    return found[0]

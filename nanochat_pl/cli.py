@@ -8,10 +8,12 @@ imported, so `nanochat-pl --help` answers without loading torch.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from nanochat_pl.common import UserError
+from nanochat_pl.common import UserError, config_path
 
 LIGHTNING_COMMANDS = {
     "fit": "train a stage (pretraining, midtraining, SFT, RL) from a YAML config",
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "serve": ("commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
     "speedrun": ("commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
     "report": ("report:write_report", "the report card (report/report.md) of the runs in the home"),
+    "runs": ("commands.runs:runs", "every checkpoint in the home, newest first, by name (--tree: their lineage)"),
     "data": {
         "download": ("commands.data:download", "download FineWeb-Edu or ClimbMix shards (resumable, atomic)"),
         "offline": ("commands.data:offline", "build the offline demo corpus from installed docs"),
@@ -68,7 +71,8 @@ def _load(path: str) -> Callable:
 
 
 def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
-    """`--vocab-size 8` -> `--vocab_size 8`, and the group's short options to their long names."""
+    """`--vocab-size 8` -> `--vocab_size 8`, the group's short options to their long names, and a checkpoint given by
+    name (`--checkpoint sft`, checkpoint.resolve_checkpoint) to its path, said in a line."""
     out = []
     for arg in args:
         if arg in short:
@@ -76,7 +80,37 @@ def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
         elif arg.startswith("--"):
             flag, eq, value = arg[2:].partition("=")
             arg = "--" + flag.replace("-", "_") + eq + value
+        if out and out[-1] == "--checkpoint" and not Path(arg).exists():
+            from nanochat_pl.checkpoint import resolve_checkpoint
+
+            path = str(resolve_checkpoint(arg))
+            if path != arg:
+                print(f"checkpoint {arg}: {path}", file=sys.stderr)
+            arg = path
         out.append(arg)
+    return out
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    """Every `--config NAME` (`base_d20`, `cpu/base_tiny`) to its packaged file (common.config_path); paths stay."""
+    out = []
+    for arg in args:
+        if out and out[-1] == "--config":
+            arg = str(config_path(arg))
+        elif arg.startswith("--config="):
+            arg = f"--config={config_path(arg.removeprefix('--config='))}"
+        out.append(arg)
+    return out
+
+
+def _bare_booleans(args: list[str], function: Callable) -> list[str]:
+    """`--tree` alone is `--tree true` for a bool parameter (jsonargparse wants the value)."""
+    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation == "bool"}
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(args) or args[i + 1].lower() not in ("true", "false")):
+            out.append("true")
     return out
 
 
@@ -93,10 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, args = argv[0], argv[1:]
     try:
+        args = _config_paths(args)
+        if argv == sys.argv[1:]:  # the command line, as LightningCLI and DDP's relaunch read it: with names resolved
+            sys.argv[1:] = [command, *args]
         if command in LIGHTNING_COMMANDS:
             from nanochat_pl.lightning_cli import run_lightning_cli
 
-            run_lightning_cli(argv)
+            run_lightning_cli([command, *args])
             return
         if command not in COMMANDS:
             raise UserError(f"unknown command {command!r}; run `nanochat-pl --help` for the list")
@@ -105,12 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         entry = COMMANDS[command]
         if isinstance(entry, tuple):
             function = _load(entry[0])
-            args = _normalise_flags(args, SHORT_FLAGS.get(command, {}))
+            args = _bare_booleans(_normalise_flags(args, SHORT_FLAGS.get(command, {})), function)
         else:
             if args and args[0] in entry:  # import only the command asked for
                 args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
                 entry = {args[0]: entry[args[0]]}
             function = {name: _load(path) for name, (path, _) in entry.items()}
+            if len(function) == 1:
+                args = [args[0], *_bare_booleans(args[1:], function[args[0]])]
         # every parameter of a function is an option (`--checkpoint PATH`), none positional
         CLI(function, args=args, prog=f"nanochat-pl {command}", as_positional=False)
     except UserError as error:

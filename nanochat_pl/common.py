@@ -93,3 +93,17 @@ def error_line(lines: list[str]) -> str:
     """What a failed command said last: its last `error: ...` line, else its last non-blank line, else ""."""
     said = [line for line in lines if line.strip()]
     return next((line for line in reversed(said) if line.startswith("error:")), said[-1] if said else "")
+
+
+def config_path(name: str) -> Path:
+    """A config file as given, else a packaged one (nanochat_pl/configs, in the wheel too) by name: `base_d20`,
+    `cpu/base_tiny`, or a clone's path `configs/cpu/base_tiny.yaml`, as the speedrun configs name theirs."""
+    if Path(name).expanduser().is_file():
+        return Path(name).expanduser()
+    configs = Path(__file__).resolve().parent / "configs"
+    packaged = configs / name.removeprefix("configs/")
+    for candidate in (packaged, Path(f"{packaged}.yaml")):
+        if candidate.is_file():
+            return candidate
+    names = sorted(str(p.relative_to(configs).with_suffix("")) for p in configs.rglob("*.yaml"))
+    raise UserError(f"no config at {name}; the packaged configs: {', '.join(names)}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
-from nanochat_pl.precision import choose_precision, model_width
+from nanochat_pl.precision import choose_precision, eval_precision, model_width
 from nanochat_pl.sandbox import calculator
 
 
@@ -61,9 +61,9 @@ class _Row:
 
 
 class Engine:
-    """Generates from a `GPT` and its tokenizer. `compute_dtype` (None: the weights' dtype, or over fp32 weights
-    `choose_precision`'s): fp32 weights (a training module's) are copied in it once per generation rather than cast
-    by autocast at every step, since decoding reads every weight once per token."""
+    """Generates from a `GPT` and its tokenizer. `compute_dtype` (None: the weights' dtype, or over fp32 weights the
+    device's fixed `eval_precision`): fp32 weights (a training module's) are copied in it once per generation rather
+    than cast by autocast at every step, since decoding reads every weight once per token."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None):
         self.model = model
@@ -71,14 +71,10 @@ class Engine:
         self.device = next(model.parameters()).device
         floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
         held = floating.pop() if len(floating) == 1 else None  # the one dtype all weights are stored in
-        if compute_dtype is not None:
-            self.compute_dtype, self.precision = compute_dtype, f"{compute_dtype} (given)"
-        elif held not in (None, torch.float32):
-            self.compute_dtype, self.precision = held, f"{held} (the dtype of the model's weights)"
-        else:
-            choice = choose_precision(self.device, model_width(model))
-            self.compute_dtype, self.precision = choice.dtype, choice.reason
-        assert held in (None, torch.float32, self.compute_dtype), f"{held} weights cannot compute in {compute_dtype}"
+        if compute_dtype is None:
+            compute_dtype = held if held not in (None, torch.float32) else eval_precision(self.device).dtype
+        assert held in (None, torch.float32, compute_dtype), f"{held} weights cannot compute in {compute_dtype}"
+        self.compute_dtype = compute_dtype
         self.casts_weights = held != self.compute_dtype
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
@@ -181,5 +177,5 @@ def load_engine(
     # read and cast on the CPU: the device never holds the fp32 weights beside their bf16 copy
     model, tokenizer, meta = load_model(checkpoint, device=torch.device("cpu"), tokenizer_dir=tokenizer_dir)
     choice = choose_precision(device, model_width(model), precision)
-    print(f"engine: {device.type}, {choice.reason}", file=sys.stderr)
+    print(f"engine: {device.type}, precision {choice.reason}", file=sys.stderr)
     return Engine(model.to(choice.dtype).to(device), tokenizer, compute_dtype=choice.dtype), meta

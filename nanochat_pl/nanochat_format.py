@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import tiktoken
 import torch
 
 from nanochat_pl.common import UserError, atomic_path, atomic_write_text
@@ -191,18 +192,11 @@ def write_checkpoint(
     with atomic_path(folder / f"model_{step:06d}.pt") as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
     atomic_write_text(folder / f"meta_{step:06d}.json", json.dumps(nanochat_meta, indent=2) + "\n")
-    write_tokenizer(output / "tokenizer", tokenizer)
-    return folder
-
-
-def write_tokenizer(folder: Path, tokenizer: Any) -> None:
-    """nanochat's tokenizer files: the tiktoken.Encoding pickled as nanochat's RustBPETokenizer.save does (its
-    name there is "rustbpe"), and the bytes of every token id."""
-    import tiktoken
-
+    # the tokenizer pickled as nanochat's RustBPETokenizer.save does (its name there is "rustbpe"), and its token bytes
     ranks, specials = tokenizer.mergeable_ranks, tokenizer.special_tokens
     encoding = tiktoken.Encoding("rustbpe", pat_str=tokenizer.pattern, mergeable_ranks=ranks, special_tokens=specials)
-    with atomic_path(folder / TOKENIZER_PICKLE) as tmp:
+    with atomic_path(output / "tokenizer" / TOKENIZER_PICKLE) as tmp:
         tmp.write_bytes(pickle.dumps(encoding))
-    with atomic_path(folder / "token_bytes.pt") as tmp:
+    with atomic_path(output / "tokenizer" / "token_bytes.pt") as tmp:
         torch.save(tokenizer.token_bytes(), tmp)
+    return folder

@@ -1,9 +1,10 @@
-"""Which dtype makes a model's matmuls fast on a device (bf16 or fp32), and the device's peak FLOP/s for MFU.
+"""Which dtype a model computes in (bf16 or fp32), and the device's peak FLOP/s for MFU.
 
-On CUDA bf16 (nanochat's choice) wherever the card has it. On a CPU no flag tells whether oneDNN runs bf16 natively
-or emulates it, and the gain depends on the shapes, so at first use the model's own kind of matmul (an MLP's input
-projection, at the row counts of decoding and of a short prefill) is timed in both and the faster is kept for the
-process. "bf16" or "fp32" forces either.
+Evaluations run in a fixed dtype per device, as nanochat's (`eval_precision`): bf16 on CUDA wherever the card has it,
+else fp32, so a checkpoint scores alike on every machine. `chat` and `serve` may go faster (`choose_precision`): on a
+CPU no flag tells whether oneDNN runs bf16 natively or emulates it, and the gain depends on the shapes, so the model's
+own kind of matmul (an MLP's input projection, at the row counts of decoding and of a short prefill) is timed in both
+once per process and the faster kept. "bf16" or "fp32" forces either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
 from torch.utils.benchmark import Timer
 
-PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Dense bf16 tensor-core peaks in FLOP/s, from NVIDIA's data sheets (which print twice these, with sparsity), most
 # specific name first: the basis of MFU, as nanochat's 989e12 for an H100. Lightning's table gives the H200 and
 # the H100 NVL their sparse figures and does not know the name "NVIDIA H200".
@@ -35,20 +36,30 @@ class PrecisionChoice(NamedTuple):
     dtype: torch.dtype
     reason: str
 
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+
+def eval_precision(device: torch.device, precision: str = "auto") -> PrecisionChoice:
+    """The dtype evaluations run in on `device`: `precision` unless "auto", else bf16 on CUDA where the card has it,
+    else fp32."""
+    if precision != "auto":
+        return PrecisionChoice(PRECISIONS[precision], f"{precision} (asked for)")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return PrecisionChoice(torch.bfloat16, "bf16 (the default on CUDA)")
+    where = "this CUDA device, which has no bf16" if device.type == "cuda" else f"a {device.type.upper()}"
+    return PrecisionChoice(torch.float32, f"fp32 (the default on {where})")
+
 
 def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
-    """The compute dtype for a model of hidden size `width` on `device`, and why."""
-    if PRECISIONS[precision] is not None:
-        return PrecisionChoice(PRECISIONS[precision], f"{precision} (asked for)")
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice(torch.bfloat16, "bf16 (CUDA)")
-        return PrecisionChoice(torch.float32, "fp32 (this CUDA device has no bf16)")
-    if device.type != "cpu":
-        return PrecisionChoice(torch.float32, f"fp32 ({device.type})")
+    """`chat`'s and `serve`'s dtype for a model of hidden size `width`: `eval_precision`'s, except that "auto" on a
+    CPU takes the faster of bf16 and fp32, measured."""
+    if precision != "auto" or device.type != "cpu":
+        return eval_precision(device, precision)
     fp32, bf16 = measured_cpu_seconds(width)
     faster = "bf16" if bf16 < fp32 else "fp32"
-    reason = f"{faster} (measured on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
+    reason = f"{faster} (faster on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
     return PrecisionChoice(PRECISIONS[faster], reason)
 
 

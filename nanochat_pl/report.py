@@ -25,19 +25,17 @@ import torch
 import yaml
 
 import nanochat_pl
-from nanochat_pl.checkpoint import peek_checkpoint
+from nanochat_pl.checkpoint import STAGES, peek_checkpoint
 from nanochat_pl.common import CHECKPOINT_KEY, REPO, UserError, atomic_path, format_duration, home_dir
 from nanochat_pl.evals.harness import run_eval_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
 
 STATE_FILE = Path("speedrun") / "state.json"  # in the data home
-STAGE_KINDS = ("base", "mid", "sft", "rl")  # the summary's columns, in pipeline order
-RUN_ROOTS = ("base", "chat", "rl")  # runs/<stage_name>/ of the LightningModules (mid and SFT share "chat")
 MISSING = "—"
 # nanochat's summary table (its README): a metric per row, a stage per column
 SUMMARY_ROWS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE")
 # the project's code, as nanochat's report counts its "bloat": sources and configs, no data, no build outputs
-CODE_DIRS = ("nanochat_pl", "apps", "rustbpe/src", "configs", "tests")
+CODE_DIRS = ("nanochat_pl", "rustbpe/src", "tests")  # nanochat_pl/ holds apps/ and configs/
 CODE_SUFFIXES = {".py", ".rs", ".yaml", ".html", ".css", ".js"}
 # a stage's plot: a panel per entry that matches tags it logged (patterns), two panels per row
 PLOT_PANELS = (
@@ -103,7 +101,7 @@ class SpeedrunState:
 def find_runs(runs: Path) -> list[StageRecord]:
     """The newest run (highest version_N) with a checkpoint of each stage kind, in pipeline order."""
     newest: dict[str, StageRecord] = {}
-    for root in RUN_ROOTS:
+    for root in STAGES:
         versions = [d for d in (runs / root / "lightning_logs").glob("version_*") if d.name[8:].isdigit()]
         for run_dir in sorted(versions, key=lambda d: int(d.name[8:])):
             checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -113,7 +111,7 @@ def find_runs(runs: Path) -> list[StageRecord]:
                 kind = read_meta(checkpoint)[1]["stage"]
                 newest[kind] = StageRecord(kind, "fit", "done", run_dir=str(run_dir), checkpoint=str(checkpoint))
                 newest[kind].config = str(run_dir / "config.yaml")  # the whole config, as LightningCLI saved it
-    return [newest[kind] for kind in STAGE_KINDS if kind in newest]
+    return [newest[kind] for kind in STAGES if kind in newest]
 
 
 def read_meta(checkpoint: Path) -> tuple[int, dict[str, Any]]:
@@ -405,9 +403,9 @@ def summary_table(fits: list[FitReport]) -> str:
         chat = fit.evals.get("chat", {})
         values[fit.kind] = {"CORE": fit.evals.get("core", {}).get("core"), "ChatCORE": chat.get("chatcore")}
         values[fit.kind] |= {task.get("name"): task["accuracy"] for task in chat.get("tasks", [])}
-    lines = ["| Metric | " + " | ".join(k.upper() for k in STAGE_KINDS) + " |", "|---|" + "---:|" * len(STAGE_KINDS)]
+    lines = ["| Metric | " + " | ".join(k.upper() for k in STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
     for metric in dict.fromkeys([*SUMMARY_ROWS, *(metric for kind in values.values() for metric in kind)]):
-        lines.append(f"| {metric} | " + " | ".join(number(values.get(k, {}).get(metric)) for k in STAGE_KINDS) + " |")
+        lines.append(f"| {metric} | " + " | ".join(number(values.get(k, {}).get(metric)) for k in STAGES) + " |")
     return "\n".join(lines)
 
 

@@ -48,9 +48,6 @@ CONFIG_FILE = "tokenizer.json"
 # the 256 single bytes plus the 9 special tokens: a vocabulary without a single merge
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
-# what the assistant may put in a turn besides plain text (nanochat tokenizer.py@92d63d4)
-ASSISTANT_PART_TYPES = ("text", "python", "python_output")
-
 
 class Tokenizer:
     """A trained BPE merge table and split pattern, with the special tokens and the chat format on top."""

@@ -3,6 +3,7 @@ plain requests. One server runs a tiny real checkpoint with two replicas (plumbi
 limits); another a scripted engine whose reply and received prompts the test knows (tool calls, special-token
 text, a stream cut short)."""
 
+import socket
 import threading
 
 import httpx
@@ -10,7 +11,8 @@ import openai
 import pytest
 import torch
 
-from apps.web import create_app
+from nanochat_pl.apps.web import create_app
+from nanochat_pl.cli import main
 from nanochat_pl.engine import load_engine
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, make_checkpoint, running_server
@@ -140,6 +142,14 @@ BAD_REQUESTS = {  # body, the field at fault (OpenAI's `param`), the message
     ),
     "seed out of range": ({"messages": [user("hi")], "seed": 2**70}, "seed", "seed must be between 0 and"),
     "top_p out of range": ({"messages": [user("hi")], "top_p": 0}, "top_p", "top_p must be above 0"),
+    "fields the server does not honour": (
+        {"messages": [{**user("hi"), "name": "ann"}], "logprobs": True, "frequency_penalty": 0.5},
+        "messages.0.name",
+        "messages.0.name, logprobs, frequency_penalty: not supported by this server",
+    ),
+    "two choices": ({"messages": [user("hi")], "n": 2}, "n", "n: Input should be 1"),
+    "five stop strings": ({"messages": [user("hi")], "stop": list("abcde")}, "stop", "stop: at most 4 strings"),
+    "an empty stop string": ({"messages": [user("hi")], "stop": ""}, "stop", "none of them empty"),
     "longer than the context": (
         {"messages": [user("hello world " * 200)]},
         "messages",
@@ -175,14 +185,44 @@ def test_the_openai_client_raises_the_message(real_server):
         client(url).chat.completions.create(model="any", messages=[user("hi")], temperature=2.5)
 
 
+def test_unsupported_fields_and_choices_are_refused_through_the_client(scripted_server):
+    url, _ = scripted_server
+    with pytest.raises(openai.BadRequestError, match="presence_penalty: not supported by this server"):
+        client(url).chat.completions.create(model="any", messages=[user("hi")], presence_penalty=1.0)
+    with pytest.raises(openai.BadRequestError, match="n: Input should be 1"):
+        client(url).chat.completions.create(model="any", messages=[user("hi")], n=2)
+    response = client(url).chat.completions.create(model="any", messages=[user("hi")], n=1, user="ann")
+    assert len(response.choices) == 1 and response.choices[0].message.content == FULL_REPLY
+
+
+FULL_REPLY = "Adding: <<2+3=5>> so 5. ß中"
+
+
+@pytest.mark.parametrize("stop", ["+3", ["5.", "=5"], " so", "Adding", "中", ["\n", "not there"]])
+def test_stop_ends_the_reply_before_the_stop_text(scripted_server, stop):
+    """Streamed or not, the text is the script's up to the first stop string (str.find on the whole reply is the
+    reference), and generation ends there: the replica produces fewer tokens than the script has."""
+    url, engine = scripted_server
+    stops = [stop] if isinstance(stop, str) else stop
+    found = [i for i in (FULL_REPLY.find(s) for s in stops) if i >= 0]
+    expected = FULL_REPLY[: min(found, default=len(FULL_REPLY))]
+    request = dict(model="any", messages=[user("add 2 and 3")], max_tokens=100, stop=stop)
+    response = client(url).chat.completions.create(**request)
+    produced = engine.produced[-1]
+    text, chunks = stream_text(url, **request)
+    assert response.choices[0].message.content == text == expected
+    assert response.choices[0].finish_reason == [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    ended_early = [produced < len(engine.reply), engine.produced[-1] < len(engine.reply)]
+    assert ended_early == [bool(found)] * 2 or stop == "中"  # 中 ends the script: its end token may be out already
+
+
 def test_tool_calls_are_inline_and_split_characters_arrive_whole(scripted_server):
     url, engine = scripted_server
     assert len(engine.tokenizer.encode("中")) == 3  # a character in three byte tokens
     request = dict(model="any", messages=[user("add 2 and 3")], max_tokens=100)
     response = client(url).chat.completions.create(**request)
     text, chunks = stream_text(url, **request)
-    expected = "Adding: <<2+3=5>> so 5. ß中"
-    assert response.choices[0].message.content == text == expected
+    assert response.choices[0].message.content == text == FULL_REPLY
     assert response.choices[0].finish_reason == "stop"
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 5 and not any("\ufffd" in piece for piece in pieces)
@@ -214,6 +254,20 @@ def test_the_server_answers_while_generating_and_a_stream_cut_short_frees_its_re
         engine.delay = engine_delay
     # the only replica must be free again for this request to be answered
     response = client(url).chat.completions.create(model="any", messages=[user("again")], max_tokens=100)
-    assert response.choices[0].message.content == "Adding: <<2+3=5>> so 5. ß中"
+    assert response.choices[0].message.content == FULL_REPLY
     assert engine.produced[-2] < len(engine.reply)  # the abandoned reply stopped early
     assert httpx.get(url + "/health").json()["free"] == 1
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "taken"])
+def test_serve_on_a_port_it_cannot_listen_on_says_one_line(tmp_path, capsys, port):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.touch()  # never read: the port is checked before the model loads
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1]) if port == "taken" else port
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--checkpoint", str(checkpoint), "--port", port])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert ("in use" if port.isdigit() and int(port) < 65536 else "port must be 0-65535") in err

@@ -1,5 +1,6 @@
 """Checkpoints on disk: durable atomic writes, last.ckpt as a link to the final step, a checksum of the weights
-that every load verifies, and throughput totals that go on across a resume."""
+that every load verifies and one of every other tensor that a resume verifies, and throughput totals that go on
+across a resume."""
 
 import os
 import shutil
@@ -14,7 +15,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from nanochat_pl import common
-from nanochat_pl.checkpoint import CHECKSUM_KEY, AtomicCheckpointIO, latest_last_checkpoint, load_model, read_checkpoint
+from nanochat_pl.checkpoint import (
+    CHECKSUM_KEY,
+    STATE_CHECKSUM_KEY,
+    AtomicCheckpointIO,
+    load_model,
+    newest_checkpoint,
+    read_checkpoint,
+)
 from nanochat_pl.common import UserError, atomic_write_bytes
 from nanochat_pl.engine import load_engine
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
@@ -68,7 +76,7 @@ def test_last_ckpt_is_a_link_to_the_final_step(corpus, tmp_path):
     assert sorted(p.name for p in directory.iterdir()) == ["last.ckpt", "step=7.ckpt"]
     assert os.readlink(directory / "last.ckpt") == "step=7.ckpt"
     assert read_checkpoint(directory / "last.ckpt")["global_step"] == 7
-    assert latest_last_checkpoint(tmp_path) == directory / "step=7.ckpt"
+    assert newest_checkpoint(tmp_path) == directory / "step=7.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +127,31 @@ def test_a_checkpoint_with_corrupted_weights_is_refused_in_one_line(corpus, trai
     del checkpoint[CHECKSUM_KEY]
     torch.save(checkpoint, tmp_path / "old.ckpt")
     load_model(tmp_path / "old.ckpt")
+
+
+def test_a_checkpoint_with_a_corrupted_optimizer_state_is_refused_on_resume_in_one_line(
+    corpus, trained_checkpoint, tmp_path
+):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    states = checkpoint["optimizer_states"][0]["state"]
+    momentum = next(t for state in states.values() for t in state.values() if torch.is_tensor(t) and t.numel() > 64)
+    corrupt = tmp_path / "corrupt.ckpt"
+    flip_a_byte_of(trained_checkpoint, momentum, corrupt)
+
+    what = "its optimizer, loop or callback tensors do not match the checksum written with them"
+    with pytest.raises(UserError) as error:
+        AtomicCheckpointIO().load_checkpoint(corrupt)
+    assert str(error.value) == f"{corrupt} is corrupt: {what}"
+    shards, tokenizer = corpus
+    with pytest.raises(UserError, match="optimizer, loop or callback tensors"):  # Lightning's resume
+        module, data = tiny_module(tokenizer, num_iterations=4), tiny_data(shards, tokenizer)
+        tiny_trainer(tmp_path).fit(module, data, ckpt_path=corrupt)
+    load_model(corrupt)  # its weights are intact: chat, serve and a next stage read nothing else
+
+    # one written with the weights' checksum alone (before the optimizer's was) resumes, its weights checked
+    del checkpoint[STATE_CHECKSUM_KEY]
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    assert AtomicCheckpointIO().load_checkpoint(tmp_path / "older.ckpt")[CHECKSUM_KEY] == checkpoint[CHECKSUM_KEY]
 
 
 class Recorder(Logger):

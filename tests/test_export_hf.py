@@ -188,7 +188,7 @@ def remote_results(remote, batch, tmp_path_factory) -> dict:
 
 def test_remote_export_ships_our_code(remote):
     model, directory = remote
-    for name in ("gpt.py", "rotary.py", "kv_cache.py", "configuration_nanochat_pl.py", "modeling_nanochat_pl.py"):
+    for name in ("gpt.py", "attention.py", "kv_cache.py", "configuration_nanochat_pl.py", "modeling_nanochat_pl.py"):
         assert "nanochat_pl." not in "".join(
             line for line in (directory / name).read_text().splitlines() if line.lstrip().startswith(("from", "import"))
         )

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nanochat_pl.common import UserError
-from nanochat_pl.model import GPT, OCT_2025, GPTConfig
 from nanochat_pl.model.attention import attention, banded_attention
+from nanochat_pl.model.gpt import GPT, OCT_2025, GPTConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # d20 on the meta device: shapes, parameter counts and FLOPs as nanochat computes them

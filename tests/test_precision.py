@@ -1,5 +1,5 @@
-"""The compute dtype: forced, or chosen on a CPU by timing the model's kind of matmul in bf16 and in fp32; the
-engine runs in the choice and says it at start. The peak FLOP/s MFU divides by."""
+"""The compute dtype: forced; for evaluations fixed per device (fp32 on a CPU); for chat and serve chosen on a CPU
+by timing the model's kind of matmul in bf16 and in fp32, said at start. The peak FLOP/s MFU divides by."""
 
 from types import SimpleNamespace
 
@@ -11,7 +11,7 @@ from nanochat_pl import precision
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.engine import Engine, load_engine
-from nanochat_pl.precision import choose_precision, measured_cpu_seconds, model_width, peak_flops
+from nanochat_pl.precision import choose_precision, eval_precision, measured_cpu_seconds, model_width, peak_flops
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
 from nanochat_pl.stages.precision import NanochatBf16
 from tests.fixtures_chat import make_checkpoint
@@ -20,14 +20,23 @@ CPU = torch.device("cpu")
 
 
 def test_a_forced_precision_is_used_as_given():
-    assert choose_precision(CPU, 64, "bf16").dtype == torch.bfloat16
+    assert choose_precision(CPU, 64, "bf16").dtype == torch.bfloat16 == eval_precision(CPU, "bf16").dtype
     assert choose_precision(CPU, 64, "fp32") == precision.PrecisionChoice(torch.float32, "fp32 (asked for)")
 
 
-@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_evaluations_run_in_a_fixed_precision_per_device_never_a_measured_one(monkeypatch):
+    monkeypatch.setattr(precision, "measured_cpu_seconds", lambda width: pytest.fail("an evaluation timed matmuls"))
+    assert eval_precision(CPU) == (torch.float32, "fp32 (the default on a CPU)")
+    for bf16, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert eval_precision(torch.device("cuda", 0)).dtype == expected
+        assert choose_precision(torch.device("cuda", 0), 64).dtype == expected  # chat and serve too, on CUDA
+
+
+@pytest.mark.parametrize("command", [["chat"], ["serve"], ["eval", "core"], ["eval", "chat"], ["bench", "eval"]])
 def test_an_unknown_precision_is_refused_on_the_command_line(command, capsys):
     with pytest.raises(SystemExit):
-        main([command, "--checkpoint", "x.pt", "--precision", "fp16"])
+        main([*command, "--checkpoint", "x.pt", "--precision", "fp16"])
     assert "fp16" in capsys.readouterr().err
 
 
@@ -38,7 +47,7 @@ def test_auto_on_a_cpu_takes_the_faster_measured_dtype(seconds, expected, monkey
     assert choice.dtype == expected
     winner = "bf16" if expected == torch.bfloat16 else "fp32"
     timings = f"bf16 {seconds[1] * 1e3:.2f} ms vs fp32 {seconds[0] * 1e3:.2f} ms"
-    assert choice.reason == f"{winner} (measured on this CPU at width 256: {timings})"
+    assert choice.reason == f"{winner} (faster on this CPU at width 256: {timings})" and choice.name == winner
 
 
 def test_the_measurement_runs_here_once_per_width():
@@ -50,19 +59,21 @@ def test_the_measurement_runs_here_once_per_width():
     assert choose_precision(CPU, 64).dtype == (torch.bfloat16 if bf16 < fp32 else torch.float32)
 
 
-def test_the_engine_runs_in_the_choice_and_the_chat_command_says_it(tmp_path, monkeypatch, capsys):
+def test_chat_runs_in_the_measured_choice_and_says_it_an_engine_in_the_fixed_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(precision, "measured_cpu_seconds", lambda width: (2e-3, 1e-3))  # bf16 measured faster
     checkpoint = make_checkpoint(tmp_path)
     model, tokenizer, _ = load_model(checkpoint)
     assert model_width(model) == model.config.n_embd
-    engine = Engine(model, tokenizer)
-    assert engine.compute_dtype == torch.bfloat16 and engine.precision.startswith("bf16 (measured")
-    assert Engine(model, tokenizer, compute_dtype=torch.float32).compute_dtype == torch.float32
+    assert Engine(model, tokenizer).compute_dtype == torch.float32  # over fp32 weights: the evaluations' fixed dtype
+    assert Engine(model, tokenizer, compute_dtype=torch.bfloat16).compute_dtype == torch.bfloat16
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for forced, said in (("auto", "engine: cpu, bf16 (measured"), ("fp32", "engine: cpu, fp32 (asked for)")):
+        for forced, said in (
+            ("auto", "engine: cpu, precision bf16 (faster on this CPU at width 128: bf16 1.00 ms vs fp32 2.00 ms)\n"),
+            ("fp32", "engine: cpu, precision fp32 (asked for)\n"),
+        ):
             main(["chat", "--checkpoint", str(checkpoint), "-p", "hi", "--max_tokens", "2", "--precision", forced])
             assert said in capsys.readouterr().err
         # an engine of a loaded checkpoint holds its weights in the compute dtype: nothing to cast

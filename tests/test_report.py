@@ -265,9 +265,9 @@ def test_a_pipeline_run_by_hand(home, tokenizer_state):
     second_curves = {"train/loss": [(s, 4.0 - 0.1 * s) for s in range(6, 12)], "val/bpb": [(9, 1.5), (11, 1.55)]}
     write_run(logs / "version_1", "base", 12, second_curves, tokenizer_state, resumed_from=crashed, wall_start=2000)
 
-    chat_logs = home / "runs" / "chat" / "lightning_logs"
-    write_run(chat_logs / "version_0", "mid", 4, {"train/loss": [(0, 3.0), (3, 2.0)]}, tokenizer_state)
-    sft = write_run(chat_logs / "version_1", "sft", 5, {"train/loss": [(0, 2.0), (4, 1.0)]}, tokenizer_state)
+    mid_logs, sft_logs = home / "runs" / "mid" / "lightning_logs", home / "runs" / "sft" / "lightning_logs"
+    write_run(mid_logs / "version_0", "mid", 4, {"train/loss": [(0, 3.0), (3, 2.0)]}, tokenizer_state)
+    sft = write_run(sft_logs / "version_0", "sft", 5, {"train/loss": [(0, 2.0), (4, 1.0)]}, tokenizer_state)
     with torch.device("meta"):
         earlier = write_checkpoint(sft.parent.parent, 2, GPT(CONFIG), {"stage": "sft"})
     write_eval("chat", earlier, chat_result({"ARC-Easy": 0.1}, chatcore=None))  # not the final checkpoint's

@@ -15,8 +15,8 @@ import yaml
 
 from nanochat_pl.cli import main
 from nanochat_pl.commands import speedrun
-from nanochat_pl.commands.speedrun import REPO, Stage, check_stages, resolve_config
-from nanochat_pl.common import UserError, format_duration
+from nanochat_pl.commands.speedrun import Stage, check_stages, resolve_config
+from nanochat_pl.common import REPO, UserError, format_duration
 from tests.stage_helpers import B, T, cpu_trainer_config, write_corpus
 
 BASE_STEPS, SFT_STEPS = 4, 2
@@ -128,7 +128,7 @@ def test_the_stages_run_in_order_and_hand_their_checkpoints_on(home, tmp_path, c
     assert base["checkpoint"] in sft["argv"] and "--model.init_args.init_from" in sft["argv"]
     sft_checkpoint = checkpoint_meta(sft["checkpoint"])
     assert sft_checkpoint["global_step"] == SFT_STEPS
-    assert sft_checkpoint["nanochat_pl"]["init_from"] == base["checkpoint"]
+    assert sft_checkpoint["nanochat_pl"]["parent"] == {"path": base["checkpoint"], "stage": "base", "step": BASE_STEPS}
     # the eval took SFT's checkpoint and its printed JSON is kept
     assert evaluation["argv"][evaluation["argv"].index("--checkpoint") + 1] == sft["checkpoint"]
     assert evaluation["result"]["tasks"][0]["name"] == "Arithmetic"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from apps.web import create_app
+from nanochat_pl.apps.web import create_app
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, running_server
 

@@ -4,16 +4,18 @@
 size: time to first token (a batch-1 prefill), median time per later token, tokens/s and, where the device's peak
 bandwidth is known, MBU. Its tokenizer's special tokens lie past the vocabulary: every run decodes `decode_len` tokens.
 
-`bench eval` times each part once after a warm-up: CORE in examples/s, nanochat's way (one example per forward) and
-batched (up to `batch_tokens`), which must score alike; ChatCORE's categorical (ARC, MMLU) and generative (GSM8K,
-SpellingBee) parts in problems/s. A task without data (found as `eval core` / `eval chat` find it) is left out.
+`bench eval` times each part once after a warm-up, in the evaluations' precision: CORE in examples/s, nanochat's way
+(one example per forward) and batched (up to `batch_tokens`), which must score alike; ChatCORE's categorical (ARC,
+MMLU) and generative (GSM8K, SpellingBee) parts in problems/s. A task without data is left out.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine, resolve_device
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.precision import choose_precision
+from nanochat_pl.precision import PRECISIONS, choose_precision, eval_precision
 from nanochat_pl.tokenizer import SPECIAL_TOKENS, get_tokenizer
 
 # Peak memory bandwidth in bytes/s from NVIDIA's data sheets, most specific name first.
@@ -36,7 +38,6 @@ PEAK_BANDWIDTH = (
     ("A100 80GB PCIe", 1.935e12),
     ("A100", 1.555e12),  # 40GB
 )
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class NeverStopping:
@@ -115,7 +116,7 @@ def bench_infer(
     result = {
         "device": name,
         "threads": torch.get_num_threads() if torch_device.type == "cpu" else None,
-        "auto_precision": "bf16" if auto.dtype == torch.bfloat16 else "fp32",
+        "auto_precision": auto.name,
         "checkpoint": checkpoint,
         "depth": config.n_layer,
         "params": model.num_params(),
@@ -174,6 +175,7 @@ def bench_eval(
     max_tokens: int = 128,
     device: str = "auto",
     tokenizer_dir: str | None = None,
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> dict:
     """Time CORE (nanochat's one example per forward vs batched) and ChatCORE's two parts.
 
@@ -189,6 +191,7 @@ def bench_eval(
         max_tokens: New tokens per generated reply at most.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         tokenizer_dir: A tokenizer instead of the checkpoint's (or, for a random model, the data home's).
+        precision: "auto" (as `eval core` and `eval chat`: bf16 on CUDA, fp32 on a CPU), "bf16" or "fp32".
     """
     from nanochat_pl.evals.chatcore import evaluate_chat
     from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, count_examples, evaluate_core
@@ -203,18 +206,19 @@ def bench_eval(
         tokenizer = get_tokenizer(tokenizer_dir)
         torch.manual_seed(0)
         model = random_model(depth, tokenizer.vocab_size, torch_device)
-    batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS
+    batch_tokens, choice = batch_tokens or DEFAULT_BATCH_TOKENS, eval_precision(torch_device, precision)
     result: dict = {"device": device_name(torch_device), "checkpoint": checkpoint, "depth": model.config.n_layer}
-    result["params"] = model.num_params()
+    result |= {"params": model.num_params(), "precision": choice.name}
+    print(f"precision: {choice.reason}")
 
     tasks, skipped = load_core_tasks(bundle)
     result["core"] = {"skipped": skipped}
     if tasks:
         examples = count_examples(tasks, max_per_task)
-        evaluate_core(model, tokenizer, tasks[:1], max_per_task=4, progress=False)  # warm-up
+        core = functools.partial(evaluate_core, model, tokenizer, compute_dtype=choice.dtype)
+        core(tasks[:1], max_per_task=4, progress=False)  # warm-up
         (nanochat_s, one_by_one), (batched_s, batched) = (
-            _timed(torch_device, evaluate_core, model, tokenizer, tasks, max_per_task=max_per_task, batch_tokens=t)
-            for t in (0, batch_tokens)
+            _timed(torch_device, core, tasks, max_per_task=max_per_task, batch_tokens=t) for t in (0, batch_tokens)
         )
         result["core"] |= {
             "tasks": len(tasks),
@@ -234,7 +238,7 @@ def bench_eval(
     for reason in skipped:
         print(f"CORE skipped {reason}")
 
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, compute_dtype=choice.dtype)
     for part, names, cap, kwargs in (
         ("categorical", ("ARC-Easy", "ARC-Challenge", "MMLU"), categorical_problems, {"batch_size": batch_size}),
         ("generative", ("GSM8K", "SpellingBee"), generative_problems, {"max_tokens": max_tokens}),

@@ -3,6 +3,7 @@
 Lightning Fabric starts `--devices` processes (or joins torchrun's), each scoring its rank's share; the counts are
 summed across them, so the figure is the one a single process prints. Rank 0 prints a table, writes it as CSV and JSON
 in the checkpoint's run (`<run>/eval/core-last.csv`), and prints the whole result as one JSON object, the last line.
+Both run in a fixed precision per device (precision.py `eval_precision`), which the table and the JSON state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse.typing import PositiveInt
@@ -22,6 +23,7 @@ from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from nanochat_pl.common import UserError, atomic_write_text
 from nanochat_pl.engine import Engine, resolve_device
 from nanochat_pl.evals.harness import run_eval_dir
+from nanochat_pl.precision import eval_precision
 
 
 def core(
@@ -33,6 +35,7 @@ def core(
     device: str = "auto",
     output: str | None = None,
     tokenizer_dir: str | None = None,
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> dict:
     """CORE of a (base) model: the 22 DCLM tasks, centered accuracy each, and their mean (GPT-2: 0.2565).
 
@@ -47,8 +50,9 @@ def core(
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
         output: Directory for the CSV and JSON; default: eval/ in the checkpoint's run.
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
+        precision: "auto" (bf16 on CUDA, fp32 on a CPU, as nanochat), "bf16" or "fp32".
     """
-    options = {"max_per_task": max_per_task, "bundle": bundle, "batch_tokens": batch_tokens}
+    options = {"max_per_task": max_per_task, "bundle": bundle, "batch_tokens": batch_tokens, "precision": precision}
     return _launch("core", checkpoint, options, devices, device, output, tokenizer_dir)
 
 
@@ -66,6 +70,7 @@ def chat(
     output: str | None = None,
     tokenizer_dir: str | None = None,
     allow_unconfined: bool = False,
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> dict:
     """ChatCORE of a chat model: ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, SpellingBee, and their mean.
 
@@ -83,6 +88,7 @@ def chat(
         output: Directory for the CSV and JSON; default: eval/ in the checkpoint's run.
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
         allow_unconfined: Run HumanEval's programs even where the sandbox cannot isolate them (code you trust).
+        precision: "auto" (bf16 on CUDA, fp32 on a CPU, as nanochat), "bf16" or "fp32".
     """
     from nanochat_pl.evals.chatcore import CHANCE, CHATCORE_TASKS
     from nanochat_pl.limits import check_sampling
@@ -101,6 +107,7 @@ def chat(
         "top_k": top_k,
         "batch_size": batch_size,
         "allow_unconfined": allow_unconfined,
+        "precision": precision,
     }
     return _launch("chat", checkpoint, options, devices, device, output, tokenizer_dir)
 
@@ -140,6 +147,7 @@ def _evaluate(
     from nanochat_pl.checkpoint import load_model
 
     model, tokenizer, _ = load_model(checkpoint, device=fabric.device, tokenizer_dir=tokenizer_dir)
+    choice = eval_precision(fabric.device, options.pop("precision"))
     if kind == "core":
         from nanochat_pl.evals.core import evaluate_core
         from nanochat_pl.evals.core_data import load_core_tasks
@@ -147,15 +155,17 @@ def _evaluate(
         with fabric.rank_zero_first():  # rank 0 may download the bundle; the others then read its copy
             tasks, skipped = load_core_tasks(options["bundle"])
         kwargs = {"batch_tokens": options["batch_tokens"]} if options["batch_tokens"] else {}
-        result = evaluate_core(model, tokenizer, tasks, max_per_task=options["max_per_task"], skipped=skipped, **kwargs)
+        kwargs |= {"max_per_task": options["max_per_task"], "skipped": skipped, "compute_dtype": choice.dtype}
+        result = evaluate_core(model, tokenizer, tasks, **kwargs)
     else:
         from nanochat_pl.evals.chatcore import evaluate_chat
 
-        result = evaluate_chat(Engine(model, tokenizer), **options)
+        result = evaluate_chat(Engine(model, tokenizer, compute_dtype=choice.dtype), **options)
     summary = {
         "kind": kind,
         "checkpoint": checkpoint,
         "world_size": fabric.world_size,
+        "precision": choice.name,
         **{k: v for k, v in options.items() if k != "names"},
         **result.as_dict(),
     }
@@ -186,6 +196,8 @@ def write_result(summary: dict, output: str | None = None) -> None:
         print(f"{name:<{width}}  {accuracy:>8.4f}  {centered:>8.4f}  {examples:>8}  {source}")
     value = summary.get(metric)
     print(f"{metric.upper():<{width}}  {'':>8}  " + ("  (not all tasks ran)" if value is None else f"{value:>8.4f}"))
+    if "precision" in summary:  # the evaluations write it (a report's tests build summaries without it)
+        print(f"precision: {summary['precision']}")
     for reason in summary["skipped"]:
         print(f"skipped: {reason}")
     directory = Path(output or run_eval_dir(checkpoint))

@@ -1,13 +1,15 @@
-"""`nanochat-pl serve`: the web app (apps/) on any stage's checkpoint, imported when the command runs: the app
-imports the library, never the reverse."""
+"""`nanochat-pl serve`: the web app (nanochat_pl.apps) on any stage's checkpoint, imported when the command runs:
+the app imports the library, never the reverse."""
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 
 import torch
 from jsonargparse.typing import PositiveInt
 
+from nanochat_pl.common import UserError
 from nanochat_pl.engine import load_engine, resolve_device
 
 
@@ -33,9 +35,13 @@ def serve(
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.
         precision: "auto" (bf16 on CUDA; on a CPU the faster of bf16 and fp32, measured), "bf16" or "fp32".
     """
+    try:  # before the model loads: a port out of range, taken or not ours, an unknown host
+        socket.create_server((host, port)).close()
+    except (OSError, OverflowError) as error:
+        raise UserError(f"cannot listen on {host}:{port}: {error}") from None
     import uvicorn
 
-    from apps.web import create_app
+    from nanochat_pl.apps.web import create_app
 
     if device == "auto" and torch.cuda.is_available():
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]

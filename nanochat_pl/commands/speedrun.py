@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.checkpoint import latest_last_checkpoint
+from nanochat_pl.checkpoint import STAGES, newest_checkpoint
 from nanochat_pl.common import (
-    REPO,
     UserError,
     atomic_write_text,
+    config_path,
     error_line,
     format_duration,
     home_dir,
@@ -109,19 +109,16 @@ def check_stages(stages: list[Stage]) -> None:
         for ref in stage.after:
             if ref not in seen or not seen[ref].background:
                 raise UserError(f"stage {stage.name}: after must name earlier background stages, not {ref!r}")
-        if stage.command == "fit" and stage.config is None:
-            raise UserError(f"stage {stage.name}: a fit stage needs its config")
+        if stage.command == "fit" and (stage.config is None or stage.name not in STAGES):
+            raise UserError(f"stage {stage.name}: a fit stage needs its config, and its stage as name: {STAGES}")
         if stage.background and stage.command == "fit":
             raise UserError(f"stage {stage.name}: a fit stage cannot run in the background")
         seen[stage.name] = stage
 
 
 def resolve_config(path: str) -> Path:
-    """A config path as given, else relative to the repository (the speedrun configs name `configs/...`)."""
-    for candidate in (Path(path).expanduser(), REPO / path):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise UserError(f"no config at {path} (nor at {REPO / path})")
+    """A config path as given, else a packaged config (the speedrun configs name `configs/...`)."""
+    return config_path(path).resolve()
 
 
 class Runner:
@@ -137,6 +134,13 @@ class Runner:
         resume = self.state_file.is_file() and not restart
         self.state = SpeedrunState.load(self.state_file) if resume else SpeedrunState([])
         recorded = {record.name: record for record in self.state.stages}
+        for s in stages:  # a stage of the same name that ran another command or config: another speedrun's state
+            was = recorded.get(s.name)
+            if was and (was.command != s.command or (was.config and was.config != str(resolve_config(s.config)))):
+                raise UserError(
+                    f"{self.state_file} is another speedrun's ({self.state.command or was.config}): add --restart to "
+                    "start this one over in this home, or set NANOCHAT_PL_HOME to another home"
+                )
         self.state.stages = [
             recorded.get(s.name) or StageRecord(s.name, s.command, seconds=0.0, log=f"{self.root}/logs/{s.name}.log")
             for s in stages
@@ -192,14 +196,12 @@ class Runner:
                 preset = self.root / "trainer.yaml"
                 atomic_write_text(preset, yaml.safe_dump({"trainer": self.trainer}, sort_keys=False))
                 argv += ["--config", str(preset)]
-            runs = home_dir() / "runs" / stage.name
-            argv += ["--trainer.default_root_dir", str(runs)]
             source = stage.init_from
             while source is not None and not self.stages[source].enabled:  # a disabled stage hands on its own source
                 source = self.stages[source].init_from
             if source is not None:
                 argv += ["--model.init_args.init_from", self.records[source].checkpoint]
-            resume = self._interrupted_run(runs, record)
+            resume = self._interrupted_run(home_dir() / "runs" / stage.name, record)
             if resume is not None:
                 argv += ["--ckpt_path", str(resume)]
         if stage.checkpoint is not None:
@@ -294,7 +296,7 @@ class Runner:
                 f"{error_line(tail).removeprefix('error: ')} (log: {record.log})"
             )
         if stage.command == "fit":
-            checkpoint = latest_last_checkpoint(home_dir() / "runs" / stage.name)
+            checkpoint = newest_checkpoint(home_dir() / "runs" / stage.name)
             record.checkpoint, record.run_dir = str(checkpoint), str(checkpoint.parent.parent)
         elif stage.checkpoint is not None:
             record.checkpoint = self.records[stage.checkpoint].checkpoint

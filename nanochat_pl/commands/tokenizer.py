@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tiktoken
+import yaml
 from tqdm import tqdm
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sources.shards import iter_texts
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer, tokenizer_location
+
+# short samples of the kinds of text the model will meet, written for `tokenizer eval` (nanochat tok_eval.py's kinds)
+SAMPLE_TEXTS = yaml.safe_load((Path(__file__).parent / "tokenizer_samples.yaml").read_text(encoding="utf-8"))
 
 
 def train(
@@ -104,41 +108,3 @@ def evaluate(
             row += f"{n_tokens:>14,}{n_bytes / max(n_tokens, 1):>10.2f}"
         print(row)
     print(json.dumps({"vocab_size": tokenizer.vocab_size, "bytes_per_token": ratios}))
-
-
-# Short samples of the kinds of text the model will meet, written for this table (nanochat tok_eval.py
-# measures news, Korean, code, math and science the same way).
-SAMPLE_TEXTS = {
-    "news": """\
-City officials announced on Tuesday that the old river bridge will close for eighteen months of repairs
-starting in early spring. Commuters who cross it every morning will be directed to two temporary ferry
-routes and an extended bus line. "We know this is a burden for people who have used the bridge all their
-lives," the deputy mayor told reporters. "But some of the steel is more than ninety years old."
-""",
-    "korean": """\
-오늘 아침 서울에는 올겨울 들어 가장 많은 눈이 내렸습니다. 출근길 도로 곳곳이 얼어붙어 버스와 지하철이
-평소보다 많이 붐볐고, 시민들은 두꺼운 외투를 입고 조심스럽게 걸음을 옮겼습니다. 기상청은 내일까지 눈이
-이어지다가 모레부터 차차 그칠 것으로 내다봤습니다.
-""",
-    "code": """\
-@dataclass
-class Account:
-    owner: str
-    balance: float = 0.0
-
-    def deposit(self, amount: float) -> None:
-        if amount <= 0:
-            raise ValueError(f"deposit must be positive, got {amount}")
-        self.balance += amount
-""",
-    "math": r"""Let $f \colon [a, b] \to \mathbb{R}$ be continuous on $[a, b]$ and differentiable on $(a, b)$.
-Then there exists $c \in (a, b)$ such that \[ f'(c) = \frac{f(b) - f(a)}{b - a}. \]
-For example, $\sum_{k=1}^{n} k^2 = \frac{n(n+1)(2n+1)}{6}$ gives $\sum_{k=1}^{3} k^2 = 14$.
-""",
-    "science": """\
-Photosynthesis turns light energy into chemical energy stored in sugars. In the light-dependent
-reactions, which take place in the thylakoid membranes of the chloroplast, chlorophyll absorbs photons
-and water molecules are split, releasing oxygen as a by-product. In the Calvin cycle the enzyme RuBisCO
-fixes carbon dioxide onto a five-carbon sugar.
-""",
-}

@@ -15,7 +15,7 @@ Faster than nanochat, with the same per-example results up to float rounding (te
 are sorted by length and packed, right-padded with BOS (causal attention: padding after a row changes nothing before
 it), into forwards of at most `batch_tokens` tokens (0: nanochat's way, one example per forward); only the scored
 positions' logits are made (our GPT's `hidden_only` + `readout`) and read back; rows sharing a long token prefix run
-it once through the KV cache (`_score_shared`); bf16 autocast where the device has fast bf16.
+it once through the KV cache (`_score_shared`); bf16 autocast on CUDA, fp32 on a CPU (`eval_precision`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
 from nanochat_pl.evals.harness import centered, rank_and_world, rank_share, sum_across_ranks
-from nanochat_pl.precision import choose_precision, model_width
+from nanochat_pl.precision import eval_precision
 
 SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)
 FEWSHOT_SEED = 1234  # nanochat core_eval.py: Random(1234 + idx)
@@ -273,12 +273,12 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 def score_task(
     model: torch.nn.Module, tokenizer, task: CoreTask, *, batch_tokens: int = DEFAULT_BATCH_TOKENS
 ) -> list[bool]:
-    """Whether each of the task's shuffled examples comes out correct, on this process alone (no ranks). The model
-    must be in eval mode."""
-    examples = task_examples(task)
+    """Whether each of the task's shuffled examples comes out correct, on this process alone (no ranks), in the
+    device's `eval_precision`. The model must be in eval mode."""
+    examples, dtype = task_examples(task), eval_precision(next(model.parameters()).device).dtype
     indices = range(len(examples))
     by_index = dict(
-        pair for batch in _score_task(model, tokenizer, task, examples, indices, batch_tokens) for pair in batch
+        pair for batch in _score_task(model, tokenizer, task, examples, indices, batch_tokens, dtype) for pair in batch
     )
     return [by_index[i] for i in indices]
 
@@ -290,10 +290,10 @@ def _score_task(
     examples: list[dict[str, Any]],
     indices: Sequence[int],
     batch_tokens: int,
+    dtype: torch.dtype,
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
     device = next(model.parameters()).device
-    dtype = choose_precision(device, model_width(model)).dtype
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     limit = _max_positions(model)
     for begin in range(0, len(indices), WINDOW_EXAMPLES):
@@ -329,10 +329,14 @@ def evaluate_core(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool = True,
     skipped: Sequence[str] = (),
+    compute_dtype: torch.dtype | None = None,
 ) -> CoreResult:
     """Score `model` (ids (B, T) -> logits (B, T, V); our GPT's `hidden_only` + `readout` and KV cache where it has
     them) on `tasks`; every rank returns the same result. `batch_tokens`: rows x padded length per forward (0: one
-    example per forward, as nanochat); `skipped`: `load_core_tasks`'s reasons, carried into the result."""
+    example per forward, as nanochat); `skipped`: `load_core_tasks`'s reasons, carried into the result;
+    `compute_dtype`: bf16 autocast or fp32 (None: the device's `eval_precision`)."""
+    device = next(model.parameters()).device
+    dtype = compute_dtype or eval_precision(device).dtype
     cropped = [task_examples(task, max_per_task) for task in tasks]
     shares = [list(rank_share(len(examples))) for examples in cropped]
     correct = [0] * len(tasks)
@@ -342,13 +346,13 @@ def evaluate_core(
     try:
         for t, (task, examples, share) in enumerate(zip(tasks, cropped, shares, strict=True)):
             bar.set_postfix_str(task.label)
-            for batch in _score_task(model, tokenizer, task, examples, share, batch_tokens):
+            for batch in _score_task(model, tokenizer, task, examples, share, batch_tokens, dtype):
                 correct[t] += sum(ok for _, ok in batch)
                 bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
-    totals = sum_across_ranks(correct, device=next(model.parameters()).device).tolist()
+    totals = sum_across_ranks(correct, device=device).tolist()
     results, reasons = [], list(skipped)
     for task, examples, num_correct in zip(tasks, cropped, totals, strict=True):
         if not examples:

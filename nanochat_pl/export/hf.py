@@ -44,54 +44,13 @@ _NATIVE_BLOCK_NAMES = {
 
 # The remote-code files: our model sources, copied, and the hand-written wrapper beside this module.
 _MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
-_MODEL_SOURCES = ("gpt.py", "attention.py", "rotary.py", "kv_cache.py")
+_MODEL_SOURCES = ("gpt.py", "attention.py", "kv_cache.py")
 _WRAPPER_DIR = Path(__file__).resolve().parent / "hf_remote"
 _WRAPPER_SOURCES = ("configuration_nanochat_pl.py", "modeling_nanochat_pl.py")
 
 # `Tokenizer.render_conversation` (nanochat's tokenizer.py) as a Jinja chat template, token for token; {% generation %}
 # marks what its mask trains on, so `return_assistant_tokens_mask=True` gives that mask.
-CHAT_TEMPLATE = """\
-{%- set msgs = messages -%}
-{%- if msgs | length > 1 and msgs[0]['role'] == 'system' and msgs[1]['role'] == 'user' -%}
-    {%- if msgs[0]['content'] is not string -%}
-        {{- raise_exception("a system message's content must be a string") -}}
-    {%- endif -%}
-    {%- set msgs = [{'role': 'user', 'content': msgs[0]['content'] ~ '\\n\\n' ~ msgs[1]['content']}] + msgs[2:] -%}
-{%- endif -%}
-{{- bos_token -}}
-{%- for message in msgs -%}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
-        {{- raise_exception('roles must alternate user/assistant, starting with user (after any system message)') -}}
-    {%- endif -%}
-    {%- if message['role'] == 'user' -%}
-        {%- if message['content'] is not string -%}
-            {{- raise_exception("a user message's content must be a string") -}}
-        {%- endif -%}
-        <|user_start|>{{ message['content'] }}<|user_end|>
-    {%- else -%}
-        <|assistant_start|>
-        {%- if message['content'] is string -%}
-            {%- generation -%}{{ message['content'] }}{%- endgeneration -%}
-        {%- else -%}
-            {%- for part in message['content'] -%}
-                {%- if part['type'] == 'text' -%}
-                    {%- generation -%}{{ part['text'] }}{%- endgeneration -%}
-                {%- elif part['type'] == 'python' -%}
-                    {%- generation -%}<|python_start|>{{ part['text'] }}<|python_end|>{%- endgeneration -%}
-                {%- elif part['type'] == 'python_output' -%}
-                    <|output_start|>{{ part['text'] }}<|output_end|>
-                {%- else -%}
-                    {{- raise_exception('an assistant part needs a type in text, python, python_output') -}}
-                {%- endif -%}
-            {%- endfor -%}
-        {%- endif -%}
-        {%- generation -%}<|assistant_end|>{%- endgeneration -%}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    <|assistant_start|>
-{%- endif -%}
-"""
+CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text(encoding="utf-8")
 
 # text the saved tokenizer must encode exactly as ours: contractions, digit runs, punctuation, unicode, whitespace
 _PROBE_TEXT = "It's 2026: 1234567 cafés, naïve 東京 🙂!\n\n\tdef f(x):\n        return x  # done  \r\n"

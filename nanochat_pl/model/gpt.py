@@ -1,7 +1,7 @@
 """The GPT backbone, a plain nn.Module (no Lightning): nanochat HEAD's architecture, 2026 parts switchable.
 
 Always (both recipes, nanochat gpt.py@dfc8833 and @92d63d4):
-- rotary position embeddings, no learned positions; QK-norm; ReLU² MLP (4x); no biases anywhere;
+- rotary position embeddings (RoPE, arXiv 2104.09864) and no learned ones; QK-norm; ReLU² MLP (4x); no biases anywhere;
 - parameter-free RMSNorm before every block, right after the token embedding and before lm_head;
 - untied token embedding / lm_head; grouped-query attention through n_kv_head;
 - logits soft-capped to 15·tanh(z/15) in fp32; vocabulary padded to a multiple of 64.
@@ -29,7 +29,6 @@ from torch import Tensor
 from nanochat_pl.common import UserError
 from nanochat_pl.model.attention import KERNELS, attention
 from nanochat_pl.model.kv_cache import KVCache
-from nanochat_pl.model.rotary import apply_rotary, rotary_tables
 
 LOGIT_SOFTCAP = 15.0  # 15·tanh(z/15): both recipes
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of the block's normed input
@@ -152,6 +151,22 @@ class GPTConfig:
 
 def norm(x: Tensor) -> Tensor:  # parameter-free RMSNorm
     return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device: torch.device | None = None):
+    """cos and sin of the angles t·base^(-2i/head_dim) of channel pair i at position t, each (seq_len, head_dim/2)."""
+    inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the channel pairs (i, i + D/2) of x (B, H, T, D) by -angle, nanochat's convention (gpt.py@92d63d4):
+    for training the same as +angle (only q·k's relative rotation matters), and nanochat's checkpoints load. The
+    tables are cast to x's dtype, so under bf16 autocast q and k stay bf16 as the matmuls produced them."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
 class Linear(nn.Linear):

@@ -8,7 +8,7 @@ it, and may warm-start the optimizer's momentum buffers from the checkpoint (nan
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from nanochat_pl.optim.recipes import RECIPES
 from nanochat_pl.stages.lm import FromCheckpoint, RunPlan
@@ -19,8 +19,8 @@ class ChatTraining(FromCheckpoint):
 
     Args:
         init_from: The checkpoint to start from: any stage's `.ckpt`, a nanochat checkpoint (a folder of
-            model_<step>.pt and meta_<step>.json, e.g. a published base model), or "base" / "chat" for the newest
-            run's last.ckpt under the home's runs/base or runs/chat.
+            model_<step>.pt and meta_<step>.json, e.g. a published base model), or a name: "base", "mid" (the newest
+            checkpoint of that stage in the home), "base@step=2000".
         recipe: "sft" (nanochat HEAD: 0.8 of the base learning rates, the second half of the data decaying to 0),
             "mid" (October's midtraining: the base rates on every token, the last 20% decaying) or "sft_oct"
             (October's SFT after midtraining: 0.02 of the base rates, decaying to 0 over the whole run).
@@ -39,8 +39,12 @@ class ChatTraining(FromCheckpoint):
         compile: torch.compile the GPT's training forward.
     """
 
-    stage_name = "chat"  # the runs directory; a run's checkpoints carry its recipe's stage ("mid" or "sft")
+    stage_name = "sft"  # or "mid": the recipe's stage (`stage_of`)
     chat_samples = True
+
+    @classmethod
+    def stage_of(cls, init_args: dict[str, Any]) -> str:
+        return RECIPES[init_args.get("recipe") or "sft"].stage
 
     def __init__(
         self,

@@ -25,10 +25,10 @@ from nanochat_pl.checkpoint import (
     MODEL_PREFIX,
     check_vocab_matches,
     checkpoint_tokenizer,
-    latest_last_checkpoint,
     read_checkpoint,
+    resolve_checkpoint,
 )
-from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine
 from nanochat_pl.evals.bpb import BitsPerByte
 from nanochat_pl.model.fp8 import convert_to_float8
@@ -78,8 +78,13 @@ class LanguageModelStage(L.LightningModule, ABC):
     """A GPT trained on (inputs, targets) token batches, targets -1 where no loss is taken. A subclass's `__init__`
     saves its hyperparameters (`eval_every`, `sample_every`, maybe `compile`) and calls `set_model`."""
 
-    stage_name = "run"
+    stage_name = "run"  # base, mid, sft, rl: the runs/<stage> folder and the checkpoints' stage (checkpoint.STAGES)
     chat_samples = False  # sample replies to chat prompts rather than continuations of text
+
+    @classmethod
+    def stage_of(cls, init_args: dict[str, Any]) -> str:
+        """The stage a run of these settings is (the CLI names its folder before the module is built)."""
+        return cls.stage_name
 
     def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path | None) -> None:
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
@@ -125,8 +130,10 @@ class LanguageModelStage(L.LightningModule, ABC):
     def checkpoint_metadata(self) -> dict[str, Any]:
         """The checkpoint's own entry: the stage, the model, the tokenizer and what the next stage inherits (the base
         run's optimizer settings and the batch shape)."""
+        val_bpb = self.trainer.callback_metrics.get("val/bpb")
         meta = {
             "stage": self.stage_name,
+            "val_bpb": None if val_bpb is None else float(val_bpb),  # the newest validation's, for `nanochat-pl runs`
             "gpt_config": asdict(self.gpt_config),
             "tokenizer": self.tokenizer.to_state(),  # the checkpoint is whole wherever it is copied
             "tokenizer_dir": None if self.tokenizer_dir is None else str(self.tokenizer_dir),
@@ -285,12 +292,14 @@ class FromCheckpoint(LanguageModelStage):
     weights, tokenizer and what its metadata passes on (`self.inherited`). Its `__init__` calls `start_from`."""
 
     def start_from(self, init_from: str, sequence_len: int | None = None, tokenizer_dir: str | None = None) -> None:
-        """`init_from`: a checkpoint's path, or "base" / "chat" for the newest run's last.ckpt under runs/<it>."""
-        is_stage = init_from in ("base", "chat")
-        self.init_path = latest_last_checkpoint(home_dir() / "runs" / init_from) if is_stage else Path(init_from)
+        """`init_from`: a checkpoint's path or name (`base`, `sft@step=100`: checkpoint.resolve_checkpoint)."""
+        self.init_path = resolve_checkpoint(init_from)
         # read (and verified) once: the weights for configure_model, the optimizer state for configure_optimizers
         self._init_checkpoint: dict[str, Any] | None = read_checkpoint(self.init_path)
         self.inherited = self._init_checkpoint[CHECKPOINT_KEY]
+        # the lineage `nanochat-pl runs --tree` shows: the parent's file, stage and step
+        self.parent = {"path": str(self.init_path.resolve()), "stage": self.inherited["stage"]}
+        self.parent["step"] = self._init_checkpoint.get("global_step", 0)
         config = GPTConfig(**self.inherited["gpt_config"])
         if sequence_len is not None:
             config.sequence_len = sequence_len
@@ -349,7 +358,7 @@ class FromCheckpoint(LanguageModelStage):
         return value
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {**super().checkpoint_metadata(), "init_from": str(self.init_path)}
+        return {**super().checkpoint_metadata(), "parent": self.parent}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint[CHECKPOINT_KEY]["stage"] != self.stage_name:
@@ -358,6 +367,7 @@ class FromCheckpoint(LanguageModelStage):
                 "to start from it, give it as model.init_from"
             )
         super().on_load_checkpoint(checkpoint)
+        self.parent = checkpoint[CHECKPOINT_KEY].get("parent", self.parent)  # a resumed run's, not re-resolved
 
 
 def meta_model(config: GPTConfig) -> GPT:

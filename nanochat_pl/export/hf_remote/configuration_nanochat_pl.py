@@ -12,7 +12,6 @@ from .gpt import GPTConfig
 # transformers 5.0 copies a local model's remote code into its module cache one level deep: only the files that the
 # loaded file imports itself. gpt.py's own imports are therefore named here too (and in modeling_nanochat_pl.py).
 from .kv_cache import KVCache  # noqa: F401
-from .rotary import rotary_tables  # noqa: F401
 
 
 class NanochatPLConfig(PretrainedConfig):

@@ -9,9 +9,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_nanochat_pl import NanochatPLConfig
-from .gpt import GPT
+from .gpt import GPT, rotary_tables
 from .kv_cache import KVCache
-from .rotary import rotary_tables
 
 # transformers 5.24 renamed `past_key_values` to `cache`: use the name this version's outputs carry
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"

@@ -1,7 +1,10 @@
 """The OpenAI-compatible API: `POST /v1/chat/completions` (streaming or not), `GET /v1/models`, `GET /health`.
 
-OpenAI's chat-completions format, so the `openai` client works unchanged; `top_k` is an extra field (`extra_body`).
-Calculator calls appear as `<<expression=result>>`. A bad request gets a 400 with one line that names the field.
+OpenAI's chat-completions format, so the `openai` client works unchanged. The fields it takes: `messages` (system,
+user and assistant turns of text), `model` and `user` (any), `temperature`, `top_k` (an extra field: `extra_body`),
+`top_p`, `max_tokens` or `max_completion_tokens`, `seed`, `stream`, `stream_options`, `stop` (up to 4 strings: the
+reply ends before the first, not returned) and `n` (1 only); any other is refused, never ignored. Calculator calls
+appear as `<<expression=result>>`. A bad request gets a 400 with one line naming the field(s) at fault.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from apps.pool import ReplicaPool
+from nanochat_pl.apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
 from nanochat_pl.limits import check_sampling
 from nanochat_pl.reply import InlineToolCalls, Reply
@@ -28,24 +31,29 @@ DEFAULT_TOP_K = 50
 DEFAULT_MAX_TOKENS = 512
 
 
-class TextPart(BaseModel):
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a field the server does not honour is a 400, not ignored
+
+
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(Strict):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(Strict):
     """The request's fields and their types; their bounds are checked by `limits`."""
 
     model: str | None = None  # any name is accepted: the server has one model
+    user: str | None = None
     messages: list[Message]
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
@@ -55,6 +63,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1  # one choice per request
 
 
 def error_response(message: str, param: str | None) -> JSONResponse:
@@ -68,8 +78,13 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        """The first problem in one line, "field: what is wrong" where a field is at fault."""
-        first = error.errors()[0]
+        """The first problem in one line, "field: what is wrong" where a field is at fault; else every field the
+        server does not honour."""
+        errors = error.errors()
+        unknown = [".".join(map(str, e["loc"][1:])) for e in errors if e["type"] == "extra_forbidden"]
+        first = next((e for e in errors if e["type"] != "extra_forbidden"), None)
+        if first is None:
+            return error_response(f"{', '.join(unknown)}: not supported by this server", unknown[0])
         if first["type"] == "json_invalid":
             return error_response(f"the request body is not valid JSON: {first['ctx']['error']}", None)
         if first["type"] == "model_attributes_type":
@@ -97,24 +112,60 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
             {"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
             for m in request.messages
         ]
+        stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+        if len(stops) > 4 or "" in stops:
+            return error_response("stop: at most 4 strings, none of them empty", "stop")
         try:
             check_sampling(**sampling, seed=request.seed or 0)
             reply, pieces = pool.reply(messages, seed=request.seed, **sampling)
         except UserError as error:  # LimitError names the field; the tokenizer refuses roles out of order
             return error_response(str(error), getattr(error, "field", "messages"))
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        text = StopText(stops)
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
-            events = _stream_events(reply, pieces, completion, include_usage)
+            events = _stream_events(reply, text.read(pieces), completion, include_usage, text)
             return StreamingResponse(events, media_type="text/event-stream")
-        async for _ in pieces:  # the whole reply, then its text
-            pass
-        message = {"role": "assistant", "content": reply.text}
-        choice = {"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}
+        message = {"role": "assistant", "content": "".join([delta async for delta in text.read(pieces)])}
+        finish_reason = "stop" if text.stopped else reply.finish_reason
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         return {**completion, "object": "chat.completion", "choices": [choice], "usage": _usage(reply)}
 
 
-async def _stream_events(reply: Reply, pieces: AsyncIterator, completion: dict, usage: bool) -> AsyncIterator[str]:
+class StopText:
+    """The reply's text as the API returns it (calculator calls inline), cut before the first of `stops`: `read`
+    holds back the end that could begin a stop string until it cannot, and ends the generation at one (`stopped`)."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.stopped = stops, False
+        self.hold = max(map(len, stops), default=1) - 1
+
+    async def read(self, pieces: AsyncIterator) -> AsyncIterator[str]:
+        inline, held = InlineToolCalls(), ""
+        try:
+            async for piece in pieces:
+                held = self._cut(held + inline.feed(piece))
+                if self.stopped:
+                    break
+                sent = max(len(held) - self.hold, 0)
+                yield held[:sent]
+                held = held[sent:]
+            else:
+                held = self._cut(held + inline.close())
+            yield held
+        finally:
+            await pieces.aclose()  # at a stop string, the replica stops generating
+
+    def _cut(self, text: str) -> str:
+        """`text` up to the first stop string in it, if any (then `stopped`)."""
+        found = [i for i in map(text.find, self.stops) if i >= 0]
+        self.stopped = bool(found)
+        return text[: min(found)] if found else text
+
+
+async def _stream_events(
+    reply: Reply, text: AsyncIterator[str], completion: dict, usage: bool, stop: StopText
+) -> AsyncIterator[str]:
     """Server-sent events as OpenAI streams them: the role, the text, the finish reason, the usage if asked for."""
 
     def event(choices: list[dict], **extra: dict) -> str:
@@ -125,13 +176,10 @@ async def _stream_events(reply: Reply, pieces: AsyncIterator, completion: dict, 
         return event([{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}])
 
     yield chunk({"role": "assistant", "content": ""})
-    inline = InlineToolCalls()
-    async for piece in pieces:
-        if text := inline.feed(piece):
-            yield chunk({"content": text})
-    if inline.close():
-        yield chunk({"content": inline.close()})
-    yield chunk({}, reply.finish_reason)
+    async for delta in text:
+        if delta:
+            yield chunk({"content": delta})
+    yield chunk({}, "stop" if stop.stopped else reply.finish_reason)
     if usage:
         yield event([], usage=_usage(reply))
     yield "data: [DONE]\n\n"

@@ -12,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
-from apps.pool import ReplicaPool
+from nanochat_pl.apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from nanochat_pl.apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
 from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_sampling
 from nanochat_pl.reply import Piece

@@ -6,9 +6,9 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
-from apps.api import add_api
-from apps.pool import ReplicaPool
-from apps.ui import chat_page
+from nanochat_pl.apps.api import add_api
+from nanochat_pl.apps.pool import ReplicaPool
+from nanochat_pl.apps.ui import chat_page
 from nanochat_pl.engine import Engine
 
 
