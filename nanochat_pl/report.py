@@ -25,7 +25,7 @@ import torch
 import yaml
 
 import nanochat_pl
-from nanochat_pl.checkpoint import STAGES, peek_checkpoint
+from nanochat_pl.checkpoint import STAGES, peek_checkpoint, stage_checkpoints
 from nanochat_pl.common import CHECKPOINT_KEY, REPO, UserError, atomic_path, format_duration, home_dir
 from nanochat_pl.evals.harness import run_eval_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
@@ -99,19 +99,16 @@ class SpeedrunState:
 
 
 def find_runs(runs: Path) -> list[StageRecord]:
-    """The newest run (highest version_N) with a checkpoint of each stage kind, in pipeline order."""
-    newest: dict[str, StageRecord] = {}
-    for root in STAGES:
-        versions = [d for d in (runs / root / "lightning_logs").glob("version_*") if d.name[8:].isdigit()]
-        for run_dir in sorted(versions, key=lambda d: int(d.name[8:])):
-            checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-            last = run_dir / "checkpoints" / "last.ckpt"
-            checkpoint = last.resolve() if last.exists() else (checkpoints[-1] if checkpoints else None)
-            if checkpoint is not None:
-                kind = read_meta(checkpoint)[1]["stage"]
-                newest[kind] = StageRecord(kind, "fit", "done", run_dir=str(run_dir), checkpoint=str(checkpoint))
-                newest[kind].config = str(run_dir / "config.yaml")  # the whole config, as LightningCLI saved it
-    return [newest[kind] for kind in STAGES if kind in newest]
+    """The newest checkpoint of each stage, in pipeline order, as a speedrun would have recorded it."""
+    records = []
+    for stage in STAGES:
+        if found := stage_checkpoints(runs / stage):
+            run_dir = found[0].parent.parent  # config.yaml: the whole config, as LightningCLI saved it
+            config = str(run_dir / "config.yaml")
+            records.append(
+                StageRecord(stage, "fit", "done", config=config, run_dir=str(run_dir), checkpoint=str(found[0]))
+            )
+    return records
 
 
 def read_meta(checkpoint: Path) -> tuple[int, dict[str, Any]]:

@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -166,7 +165,6 @@ class ExecResult:
     returncode: int | None
     stdout: str
     stderr: str
-    elapsed_s: float
 
 
 # Runs in the program's interpreter before the program; argv = [-c, memory_bytes, cpu_seconds, file_bytes,
@@ -295,7 +293,7 @@ def _read_truncated(file) -> str:
 
 
 def _not_run(why: str) -> ExecResult:
-    return ExecResult("error", None, "", why, 0.0)
+    return ExecResult("error", None, "", why)
 
 
 def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_unconfined: bool = False) -> ExecResult:
@@ -333,7 +331,6 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
         else:
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="nanochat-unconfined-"))
             env, pass_fds = _environment(cwd), ()
-        start = time.perf_counter()
         try:
             process = subprocess.Popen(
                 command,
@@ -367,7 +364,6 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        elapsed = time.perf_counter() - start
         returncode = process.returncode
         out, err = _read_truncated(stdout), _read_truncated(stderr)
     # bwrap reports a death by signal the shell's way, as 128 + the signal's number
@@ -379,4 +375,4 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
         status: Status = "timeout"
     else:
         status = "passed" if returncode == 0 else "failed"
-    return ExecResult(status, returncode, out, err, elapsed)
+    return ExecResult(status, returncode, out, err)

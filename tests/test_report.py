@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -270,6 +271,7 @@ def test_a_pipeline_run_by_hand(home, tokenizer_state):
     sft = write_run(sft_logs / "version_0", "sft", 5, {"train/loss": [(0, 2.0), (4, 1.0)]}, tokenizer_state)
     with torch.device("meta"):
         earlier = write_checkpoint(sft.parent.parent, 2, GPT(CONFIG), {"stage": "sft"})
+    os.utime(earlier, (sft.stat().st_mtime - 60,) * 2)  # written before the final step's, as in a real run
     write_eval("chat", earlier, chat_result({"ARC-Easy": 0.1}, chatcore=None))  # not the final checkpoint's
     write_eval("chat", sft.parent / "last.ckpt", chat_result({"ARC-Easy": 0.5, "MMLU": 0.3}, chatcore=None))
 

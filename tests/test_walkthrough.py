@@ -85,7 +85,9 @@ def test_the_quick_start_and_the_stages_by_hand_with_names_only(home, tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         main(["speedrun", "--config", other_config])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert exit_info.value.code == 1 and len(errors) == 1 and "--restart" in errors[0] and "NANOCHAT_PL_HOME" in errors[0]
+    assert (
+        exit_info.value.code == 1 and len(errors) == 1 and "--restart" in errors[0] and "NANOCHAT_PL_HOME" in errors[0]
+    )
     main(["speedrun", "--config", other_config, "--restart"])
     restarted = state(home)["stages"]
     assert [record["name"] for record in restarted] == ["base"] and restarted[0]["status"] == "done"
