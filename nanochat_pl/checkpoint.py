@@ -35,7 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         checkpoint[CHECKSUM_KEY] = tensors_checksum(checkpoint["state_dict"])
-        checkpoint[STATE_CHECKSUM_KEY] = tensors_checksum(_training_state(checkpoint))
+        checkpoint[STATE_CHECKSUM_KEY] = tensors_checksum({k: v for k, v in checkpoint.items() if k != "state_dict"})
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
@@ -44,12 +44,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Lightning's resume (`fit`/`validate --ckpt_path`) reads through here: refuse any corrupted tensor."""
         checkpoint = super().load_checkpoint(path, *args, **kwargs)
-        verify_weights(checkpoint, path, training_state=True)
+        verify_weights(checkpoint, path)
+        rest = {k: v for k, v in checkpoint.items() if k != "state_dict"}  # the checksums are ints: not in theirs
+        if checkpoint.get(STATE_CHECKSUM_KEY) not in (None, tensors_checksum(rest)):
+            raise UserError(f"{path} is corrupt: its optimizer, loop or callback tensors do not match their checksum")
         return checkpoint
-
-
-def _training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in checkpoint.items() if k not in ("state_dict", CHECKSUM_KEY, STATE_CHECKSUM_KEY)}
 
 
 def tensors_checksum(value: Any, path: str = "", crc: int = 0) -> int:
@@ -66,15 +65,11 @@ def tensors_checksum(value: Any, path: str = "", crc: int = 0) -> int:
     return crc
 
 
-def verify_weights(checkpoint: dict[str, Any], path: str | Path, training_state: bool = False) -> None:
-    """UserError if the weights (and with `training_state`, every other tensor: a resume's) are not those the
-    checksums were taken of; one written without a checksum (older ones have the weights' alone) loads."""
-    checks = [(CHECKSUM_KEY, checkpoint["state_dict"], "weights")]
-    if training_state:
-        checks.append((STATE_CHECKSUM_KEY, _training_state(checkpoint), "optimizer, loop or callback tensors"))
-    for key, tensors, what in checks:
-        if checkpoint.get(key) not in (None, tensors_checksum(tensors)):
-            raise UserError(f"{path} is corrupt: its {what} do not match the checksum written with them")
+def verify_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """UserError if the weights are not those the checksum was taken of; one written without a checksum loads."""
+    expected = checkpoint.get(CHECKSUM_KEY)
+    if expected is not None and tensors_checksum(checkpoint["state_dict"]) != expected:
+        raise UserError(f"{path} is corrupt: its weights do not match the checksum written with them")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             text = text.rsplit("UserError: ", 1)[-1]
         print(f"error: {' '.join(text.split())}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the exit code a shell gives it (`fit` saves first: FinalCheckpoint)
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -98,11 +98,9 @@ def error_line(lines: list[str]) -> str:
 def config_path(name: str) -> Path:
     """A config file as given, else a packaged one (nanochat_pl/configs, in the wheel too) by name: `base_d20`,
     `cpu/base_tiny`, or a clone's path `configs/cpu/base_tiny.yaml`, as the speedrun configs name theirs."""
-    if Path(name).expanduser().is_file():
-        return Path(name).expanduser()
     configs = Path(__file__).resolve().parent / "configs"
     packaged = configs / name.removeprefix("configs/")
-    for candidate in (packaged, Path(f"{packaged}.yaml")):
+    for candidate in (Path(name).expanduser(), packaged, Path(f"{packaged}.yaml")):
         if candidate.is_file():
             return candidate
     names = sorted(str(p.relative_to(configs).with_suffix("")) for p in configs.rglob("*.yaml"))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.common import UserError
-from nanochat_pl.precision import choose_precision, eval_precision, model_width
+from nanochat_pl.precision import PRECISIONS, choose_precision, eval_precision
 from nanochat_pl.sandbox import calculator
 
 
@@ -72,10 +72,9 @@ class Engine:
         floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
         held = floating.pop() if len(floating) == 1 else None  # the one dtype all weights are stored in
         if compute_dtype is None:
-            compute_dtype = held if held not in (None, torch.float32) else eval_precision(self.device).dtype
+            compute_dtype = held if held not in (None, torch.float32) else PRECISIONS[eval_precision(self.device)]
         assert held in (None, torch.float32, compute_dtype), f"{held} weights cannot compute in {compute_dtype}"
-        self.compute_dtype = compute_dtype
-        self.casts_weights = held != self.compute_dtype
+        self.compute_dtype, self.casts_weights = compute_dtype, held != compute_dtype
         special = tokenizer.encode_special
         self.terminal_tokens = (special("<|assistant_end|>"), tokenizer.bos_token_id)
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -176,6 +175,6 @@ def load_engine(
     """An Engine for `checkpoint` (any stage's) on `device` in `precision` (said on stderr) and its metadata."""
     # read and cast on the CPU: the device never holds the fp32 weights beside their bf16 copy
     model, tokenizer, meta = load_model(checkpoint, device=torch.device("cpu"), tokenizer_dir=tokenizer_dir)
-    choice = choose_precision(device, model_width(model), precision)
-    print(f"engine: {device.type}, precision {choice.reason}", file=sys.stderr)
-    return Engine(model.to(choice.dtype).to(device), tokenizer, compute_dtype=choice.dtype), meta
+    name, why = choose_precision(device, model.config.n_embd, precision)
+    print(f"engine: {device.type}, precision {name} ({why})", file=sys.stderr)
+    return Engine(model.to(PRECISIONS[name]).to(device), tokenizer, compute_dtype=PRECISIONS[name]), meta

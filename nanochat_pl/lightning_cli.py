@@ -15,6 +15,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -102,6 +103,20 @@ class NanochatCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default writer
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except (torch.OutOfMemoryError, RuntimeError) as error:  # a CPU's is a RuntimeError of its allocator
+            text = str(error).split("DefaultCPUAllocator: ")[-1]
+            if not isinstance(error, torch.OutOfMemoryError) and not text.startswith("can't allocate memory"):
+                raise
+            reason = ". ".join(text.split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2.00 GiB"
+            part = "data" if hasattr(self.datamodule, "device_batch_size") else "model"  # RL: the model's
+            flag = f"--{part}.init_args.device_batch_size"
+            raise UserError(
+                f"out of device memory: {reason} (lower {flag}: accumulation keeps the total batch)"
+            ) from None
 
 
 def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> NanochatCLI:

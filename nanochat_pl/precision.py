@@ -1,16 +1,13 @@
 """Which dtype a model computes in (bf16 or fp32), and the device's peak FLOP/s for MFU.
 
-Evaluations run in a fixed dtype per device, as nanochat's (`eval_precision`): bf16 on CUDA wherever the card has it,
-else fp32, so a checkpoint scores alike on every machine. `chat` and `serve` may go faster (`choose_precision`): on a
-CPU no flag tells whether oneDNN runs bf16 natively or emulates it, and the gain depends on the shapes, so the model's
-own kind of matmul (an MLP's input projection, at the row counts of decoding and of a short prefill) is timed in both
-once per process and the faster kept. "bf16" or "fp32" forces either.
+Evaluations run in nanochat's fixed dtype per device (`eval_precision`: bf16 on CUDA where the card has it, else
+fp32), so a checkpoint scores alike on every machine. `chat` and `serve` go for speed (`choose_precision`): on a CPU
+no flag tells whether oneDNN runs bf16 natively or emulates it, so the model's kind of matmul is timed in both.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,42 +27,23 @@ DENSE_BF16_PEAKS = (
 )
 
 
-class PrecisionChoice(NamedTuple):
-    """The compute dtype and why, in one line (the engine says it at start)."""
-
-    dtype: torch.dtype
-    reason: str
-
-    @property
-    def name(self) -> str:
-        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
-
-
-def eval_precision(device: torch.device, precision: str = "auto") -> PrecisionChoice:
-    """The dtype evaluations run in on `device`: `precision` unless "auto", else bf16 on CUDA where the card has it,
-    else fp32."""
+def eval_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision evaluations run in on `device`, "bf16" or "fp32": `precision` unless "auto", else nanochat's,
+    fixed per device: bf16 on CUDA where the card has it, else fp32."""
     if precision != "auto":
-        return PrecisionChoice(PRECISIONS[precision], f"{precision} (asked for)")
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return PrecisionChoice(torch.bfloat16, "bf16 (the default on CUDA)")
-    where = "this CUDA device, which has no bf16" if device.type == "cuda" else f"a {device.type.upper()}"
-    return PrecisionChoice(torch.float32, f"fp32 (the default on {where})")
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def choose_precision(device: torch.device, width: int, precision: str = "auto") -> PrecisionChoice:
-    """`chat`'s and `serve`'s dtype for a model of hidden size `width`: `eval_precision`'s, except that "auto" on a
-    CPU takes the faster of bf16 and fp32, measured."""
+def choose_precision(device: torch.device, width: int, precision: str = "auto") -> tuple[str, str]:
+    """`chat`'s and `serve`'s precision for a model of hidden size `width`, and why: `eval_precision`'s, except
+    that "auto" on a CPU takes the faster of bf16 and fp32, measured."""
     if precision != "auto" or device.type != "cpu":
-        return eval_precision(device, precision)
+        why = "asked for" if precision != "auto" else f"the default on {device.type}"
+        return eval_precision(device, precision), why
     fp32, bf16 = measured_cpu_seconds(width)
-    faster = "bf16" if bf16 < fp32 else "fp32"
-    reason = f"{faster} (faster on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms)"
-    return PrecisionChoice(PRECISIONS[faster], reason)
-
-
-def model_width(model: torch.nn.Module) -> int:
-    """The hidden size the measurement uses: the input size of the model's first Linear (our GPT's c_q: n_embd)."""
-    return next((m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)), 512)
+    why = f"faster on this CPU at width {width}: bf16 {bf16 * 1e3:.2f} ms vs fp32 {fp32 * 1e3:.2f} ms"
+    return "bf16" if bf16 < fp32 else "fp32", why
 
 
 @functools.cache

@@ -29,6 +29,7 @@ from nanochat_pl.checkpoint import STAGES, peek_checkpoint, stage_checkpoints
 from nanochat_pl.common import CHECKPOINT_KEY, REPO, UserError, atomic_path, format_duration, home_dir
 from nanochat_pl.evals.harness import run_eval_dir
 from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.stages.lm import meta_model
 
 STATE_FILE = Path("speedrun") / "state.json"  # in the data home
 MISSING = "—"
@@ -137,8 +138,7 @@ class FitReport:
 def read_fit_stage(stage: StageRecord, records: list[StageRecord]) -> FitReport:
     checkpoint = Path(stage.checkpoint)
     step, meta = read_meta(checkpoint)
-    with torch.device("meta"):
-        model = GPT(GPTConfig(**meta["gpt_config"]))
+    model = meta_model(GPTConfig(**meta["gpt_config"]))
     curves, span = stage_curves(Path(stage.run_dir))
     stage.seconds = span if stage.seconds is None else stage.seconds
     per_step = meta.get("total_batch_tokens")  # what every step takes, padding of chat rows included
@@ -434,12 +434,10 @@ def plot_curves(curves: Curves, title: str, path: Path) -> bool:
         for tag in tags:
             steps, values = zip(*curves[tag], strict=True)
             axes.plot(steps, values, label=tag, marker="." if len(steps) <= 50 else None)  # few points: each shown
-        axes.set_title(name)
-        axes.set_xlabel("step")
+        # a log scale for the learning rates: those of the groups differ by orders of magnitude
+        axes.set(title=name, xlabel="step", yscale="log" if log_scale else "linear")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-        if log_scale:
-            axes.set_yscale("log")  # learning rates of the groups differ by orders of magnitude
         if len(tags) > 1:
             axes.legend(fontsize="small")
     with atomic_path(path) as tmp:

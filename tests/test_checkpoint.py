@@ -138,10 +138,11 @@ def test_a_checkpoint_with_a_corrupted_optimizer_state_is_refused_on_resume_in_o
     corrupt = tmp_path / "corrupt.ckpt"
     flip_a_byte_of(trained_checkpoint, momentum, corrupt)
 
-    what = "its optimizer, loop or callback tensors do not match the checksum written with them"
     with pytest.raises(UserError) as error:
         AtomicCheckpointIO().load_checkpoint(corrupt)
-    assert str(error.value) == f"{corrupt} is corrupt: {what}"
+    assert (
+        str(error.value) == f"{corrupt} is corrupt: its optimizer, loop or callback tensors do not match their checksum"
+    )
     shards, tokenizer = corpus
     with pytest.raises(UserError, match="optimizer, loop or callback tensors"):  # Lightning's resume
         module, data = tiny_module(tokenizer, num_iterations=4), tiny_data(shards, tokenizer)

@@ -91,7 +91,7 @@ def test_eval_core_prints_the_table_writes_csv_and_json_beside_the_run_and_ends_
     main(["eval", "core", "--checkpoint", str(checkpoint), "--bundle", str(bundle), "--device", "cpu"])
     out = capsys.readouterr().out
     result = last_json(out)
-    assert result["precision"] == "fp32" and "\nprecision: fp32\n" in out
+    assert result["precision"] == "fp32" and "precision: fp32\n" in out
     model, tokenizer, _ = load_model(checkpoint)
     expected = evaluate_core(model, tokenizer, load_core_tasks(bundle)[0], progress=False)
     assert [t["label"] for t in result["tasks"]] == ["colours", "pairs", "echo"]
@@ -229,7 +229,7 @@ def test_eval_core_max_per_task_below_the_shots_runs_in_the_precision_asked_for(
           "--device", "cpu", "--max-per-task", "1", "--output", str(tmp_path), "--precision", "bf16"])  # fmt: skip
     out = capsys.readouterr().out
     assert [t["num_examples"] for t in last_json(out)["tasks"]] == [1, 1, 1]
-    assert last_json(out)["precision"] == "bf16" and "\nprecision: bf16\n" in out
+    assert last_json(out)["precision"] == "bf16" and "precision: bf16\n" in out
     assert json.loads((tmp_path / "core-tiny.json").read_text())["precision"] == "bf16"
 
 
@@ -258,7 +258,8 @@ def test_eval_chat_runs_the_asked_tasks_and_refuses_unknown_ones(
 def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "core", "--checkpoint", str(tmp_path / "none.ckpt")])
-    assert capsys.readouterr().err.strip() == f"error: no checkpoint at {tmp_path / 'none.ckpt'}"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no checkpoint at {tmp_path / 'none.ckpt'}") and "\n" not in err
 
 
 class LoggedMetrics(L.pytorch.loggers.Logger):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import nanochat_pl.evals.core as core
 import nanochat_pl.evals.core_data as core_data
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.core import evaluate_core, render_prompts, score_task, task_examples
+from nanochat_pl.evals.core import evaluate_core, render_prompts, task_examples
 from nanochat_pl.evals.core_data import BIGBENCH_CORE_TASKS, CORE_TASKS, CoreTask, load_core_tasks
 from nanochat_pl.evals.harness import centered
 from nanochat_pl.model.gpt import GPT, GPTConfig
@@ -195,6 +195,16 @@ def test_fewer_examples_than_shots_use_all_the_others_and_one_example_runs_zero_
 
 
 # ---- batched scoring ----
+
+
+def score_task(model, tokenizer, task: CoreTask, *, batch_tokens: int) -> list[bool]:
+    """Whether each of the task's shuffled examples comes out correct, in order (one process, the model in eval
+    mode, the device's fixed precision)."""
+    examples = task_examples(task)
+    indices = range(len(examples))
+    batches = core._score_task(model, tokenizer, task, examples, indices, batch_tokens)
+    by_index = dict(pair for batch in batches for pair in batch)
+    return [by_index[i] for i in indices]
 
 
 def _tiny_gpt(vocab_size: int, seed: int = 0, **overrides) -> GPT:

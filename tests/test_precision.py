@@ -11,7 +11,7 @@ from nanochat_pl import precision
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.engine import Engine, load_engine
-from nanochat_pl.precision import choose_precision, eval_precision, measured_cpu_seconds, model_width, peak_flops
+from nanochat_pl.precision import choose_precision, eval_precision, measured_cpu_seconds, peak_flops
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
 from nanochat_pl.stages.precision import NanochatBf16
 from tests.fixtures_chat import make_checkpoint
@@ -20,17 +20,17 @@ CPU = torch.device("cpu")
 
 
 def test_a_forced_precision_is_used_as_given():
-    assert choose_precision(CPU, 64, "bf16").dtype == torch.bfloat16 == eval_precision(CPU, "bf16").dtype
-    assert choose_precision(CPU, 64, "fp32") == precision.PrecisionChoice(torch.float32, "fp32 (asked for)")
+    assert choose_precision(CPU, 64, "bf16") == ("bf16", "asked for") and eval_precision(CPU, "bf16") == "bf16"
+    assert choose_precision(CPU, 64, "fp32") == ("fp32", "asked for")
 
 
 def test_evaluations_run_in_a_fixed_precision_per_device_never_a_measured_one(monkeypatch):
     monkeypatch.setattr(precision, "measured_cpu_seconds", lambda width: pytest.fail("an evaluation timed matmuls"))
-    assert eval_precision(CPU) == (torch.float32, "fp32 (the default on a CPU)")
-    for bf16, expected in ((True, torch.bfloat16), (False, torch.float32)):
+    assert eval_precision(CPU) == "fp32"
+    for bf16, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
-        assert eval_precision(torch.device("cuda", 0)).dtype == expected
-        assert choose_precision(torch.device("cuda", 0), 64).dtype == expected  # chat and serve too, on CUDA
+        assert eval_precision(torch.device("cuda", 0)) == expected
+        assert choose_precision(torch.device("cuda", 0), 64) == (expected, "the default on cuda")  # chat, serve
 
 
 @pytest.mark.parametrize("command", [["chat"], ["serve"], ["eval", "core"], ["eval", "chat"], ["bench", "eval"]])
@@ -40,14 +40,11 @@ def test_an_unknown_precision_is_refused_on_the_command_line(command, capsys):
     assert "fp16" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("seconds", "expected"), [((2e-3, 1e-3), torch.bfloat16), ((1e-3, 2e-3), torch.float32)])
+@pytest.mark.parametrize(("seconds", "expected"), [((2e-3, 1e-3), "bf16"), ((1e-3, 2e-3), "fp32")])
 def test_auto_on_a_cpu_takes_the_faster_measured_dtype(seconds, expected, monkeypatch):
     monkeypatch.setattr(precision, "measured_cpu_seconds", lambda width: seconds)
-    choice = choose_precision(CPU, 256)
-    assert choice.dtype == expected
-    winner = "bf16" if expected == torch.bfloat16 else "fp32"
     timings = f"bf16 {seconds[1] * 1e3:.2f} ms vs fp32 {seconds[0] * 1e3:.2f} ms"
-    assert choice.reason == f"{winner} (faster on this CPU at width 256: {timings})" and choice.name == winner
+    assert choose_precision(CPU, 256) == (expected, f"faster on this CPU at width 256: {timings}")
 
 
 def test_the_measurement_runs_here_once_per_width():
@@ -56,14 +53,13 @@ def test_the_measurement_runs_here_once_per_width():
     assert fp32 > 0 and bf16 > 0
     assert measured_cpu_seconds(64) == (fp32, bf16)  # cached: not measured again
     assert measured_cpu_seconds.cache_info().hits == 1
-    assert choose_precision(CPU, 64).dtype == (torch.bfloat16 if bf16 < fp32 else torch.float32)
+    assert choose_precision(CPU, 64)[0] == ("bf16" if bf16 < fp32 else "fp32")
 
 
 def test_chat_runs_in_the_measured_choice_and_says_it_an_engine_in_the_fixed_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(precision, "measured_cpu_seconds", lambda width: (2e-3, 1e-3))  # bf16 measured faster
     checkpoint = make_checkpoint(tmp_path)
     model, tokenizer, _ = load_model(checkpoint)
-    assert model_width(model) == model.config.n_embd
     assert Engine(model, tokenizer).compute_dtype == torch.float32  # over fp32 weights: the evaluations' fixed dtype
     assert Engine(model, tokenizer, compute_dtype=torch.bfloat16).compute_dtype == torch.bfloat16
 

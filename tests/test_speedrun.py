@@ -15,8 +15,8 @@ import yaml
 
 from nanochat_pl.cli import main
 from nanochat_pl.commands import speedrun
-from nanochat_pl.commands.speedrun import Stage, check_stages, resolve_config
-from nanochat_pl.common import REPO, UserError, format_duration
+from nanochat_pl.commands.speedrun import Stage, check_stages
+from nanochat_pl.common import REPO, UserError, config_path, format_duration
 from tests.stage_helpers import B, T, cpu_trainer_config, write_corpus
 
 BASE_STEPS, SFT_STEPS = 4, 2
@@ -247,7 +247,7 @@ def test_bad_configs_are_one_line_errors():
     with pytest.raises(UserError, match="after must name earlier background stages"):
         check_stages([fit, Stage("eval", "eval core", checkpoint="base", after=["base"])])
     with pytest.raises(UserError, match="no config at nowhere.yaml"):
-        resolve_config("nowhere.yaml")
+        config_path("nowhere.yaml")
 
 
 @pytest.mark.parametrize("config", ["configs/speedrun_d20.yaml", "configs/cpu/speedrun.yaml"])
@@ -265,4 +265,4 @@ def test_the_shipped_speedrun_configs_parse_and_name_real_configs(config, capsys
     check_stages(stages)
     for stage in stages:
         if stage.config is not None:
-            resolve_config(stage.config)
+            config_path(stage.config)

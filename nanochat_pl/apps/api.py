@@ -103,8 +103,8 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
-        given = [n for n in (request.max_completion_tokens, request.max_tokens) if n is not None]
-        max_tokens = given[0] if given else DEFAULT_MAX_TOKENS
+        given = (request.max_completion_tokens, request.max_tokens)
+        max_tokens = next((n for n in given if n is not None), DEFAULT_MAX_TOKENS)
         sampling = dict(
             temperature=request.temperature, top_k=request.top_k, max_tokens=max_tokens, top_p=request.top_p
         )
@@ -121,51 +121,47 @@ def add_api(app: FastAPI, pool: ReplicaPool, model_name: str) -> None:
         except UserError as error:  # LimitError names the field; the tokenizer refuses roles out of order
             return error_response(str(error), getattr(error, "field", "messages"))
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
-        text = StopText(stops)
+        text = StopText(pieces, stops)
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
-            events = _stream_events(reply, text.read(pieces), completion, include_usage, text)
+            events = _stream_events(reply, text, completion, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        message = {"role": "assistant", "content": "".join([delta async for delta in text.read(pieces)])}
+        message = {"role": "assistant", "content": "".join([delta async for delta in text.read()])}
         finish_reason = "stop" if text.stopped else reply.finish_reason
         choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         return {**completion, "object": "chat.completion", "choices": [choice], "usage": _usage(reply)}
 
 
 class StopText:
-    """The reply's text as the API returns it (calculator calls inline), cut before the first of `stops`: `read`
-    holds back the end that could begin a stop string until it cannot, and ends the generation at one (`stopped`)."""
+    """The reply's text as the API returns it (calculator calls inline), up to the first of `stops`: the end that
+    could begin a stop string is held back until it cannot; at one, the generation ends (`stopped`)."""
 
-    def __init__(self, stops: list[str]):
-        self.stops, self.stopped = stops, False
-        self.hold = max(map(len, stops), default=1) - 1
+    def __init__(self, pieces: AsyncIterator, stops: list[str]):
+        self.pieces, self.stops, self.stopped = pieces, stops, False
 
-    async def read(self, pieces: AsyncIterator) -> AsyncIterator[str]:
-        inline, held = InlineToolCalls(), ""
+    async def read(self) -> AsyncIterator[str]:
+        inline, held, hold = InlineToolCalls(), "", max(map(len, self.stops), default=1) - 1
         try:
-            async for piece in pieces:
+            async for piece in self.pieces:
                 held = self._cut(held + inline.feed(piece))
                 if self.stopped:
                     break
-                sent = max(len(held) - self.hold, 0)
+                sent = max(len(held) - hold, 0)
                 yield held[:sent]
                 held = held[sent:]
             else:
                 held = self._cut(held + inline.close())
             yield held
         finally:
-            await pieces.aclose()  # at a stop string, the replica stops generating
+            await self.pieces.aclose()  # at a stop string, the replica stops generating
 
     def _cut(self, text: str) -> str:
-        """`text` up to the first stop string in it, if any (then `stopped`)."""
         found = [i for i in map(text.find, self.stops) if i >= 0]
         self.stopped = bool(found)
-        return text[: min(found)] if found else text
+        return text[: min(found, default=None)]
 
 
-async def _stream_events(
-    reply: Reply, text: AsyncIterator[str], completion: dict, usage: bool, stop: StopText
-) -> AsyncIterator[str]:
+async def _stream_events(reply: Reply, text: StopText, completion: dict, usage: bool) -> AsyncIterator[str]:
     """Server-sent events as OpenAI streams them: the role, the text, the finish reason, the usage if asked for."""
 
     def event(choices: list[dict], **extra: dict) -> str:
@@ -176,10 +172,10 @@ async def _stream_events(
         return event([{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}])
 
     yield chunk({"role": "assistant", "content": ""})
-    async for delta in text:
+    async for delta in text.read():
         if delta:
             yield chunk({"content": delta})
-    yield chunk({}, "stop" if stop.stopped else reply.finish_reason)
+    yield chunk({}, "stop" if text.stopped else reply.finish_reason)
     if usage:
         yield event([], usage=_usage(reply))
     yield "data: [DONE]\n\n"

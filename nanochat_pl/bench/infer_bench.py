@@ -111,12 +111,12 @@ def bench_infer(
                 f"{row['tpot_ms']:7.2f} ms/token, {row['tokens_per_s']:8.1f} tokens/s"
                 + (f", MBU {row['mbu']:.1%}" if peak else "")
             )
-    auto = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
-    print(f"auto precision: {auto.reason}")
+    auto, why = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
+    print(f"auto precision: {auto} ({why})")
     result = {
         "device": name,
         "threads": torch.get_num_threads() if torch_device.type == "cpu" else None,
-        "auto_precision": auto.name,
+        "auto_precision": auto,
         "checkpoint": checkpoint,
         "depth": config.n_layer,
         "params": model.num_params(),
@@ -206,16 +206,16 @@ def bench_eval(
         tokenizer = get_tokenizer(tokenizer_dir)
         torch.manual_seed(0)
         model = random_model(depth, tokenizer.vocab_size, torch_device)
-    batch_tokens, choice = batch_tokens or DEFAULT_BATCH_TOKENS, eval_precision(torch_device, precision)
+    batch_tokens, precision = batch_tokens or DEFAULT_BATCH_TOKENS, eval_precision(torch_device, precision)
     result: dict = {"device": device_name(torch_device), "checkpoint": checkpoint, "depth": model.config.n_layer}
-    result |= {"params": model.num_params(), "precision": choice.name}
-    print(f"precision: {choice.reason}")
+    result |= {"params": model.num_params(), "precision": precision}
+    print(f"precision: {precision}")
 
     tasks, skipped = load_core_tasks(bundle)
     result["core"] = {"skipped": skipped}
     if tasks:
         examples = count_examples(tasks, max_per_task)
-        core = functools.partial(evaluate_core, model, tokenizer, compute_dtype=choice.dtype)
+        core = functools.partial(evaluate_core, model, tokenizer, precision=precision)
         core(tasks[:1], max_per_task=4, progress=False)  # warm-up
         (nanochat_s, one_by_one), (batched_s, batched) = (
             _timed(torch_device, core, tasks, max_per_task=max_per_task, batch_tokens=t) for t in (0, batch_tokens)
@@ -238,7 +238,7 @@ def bench_eval(
     for reason in skipped:
         print(f"CORE skipped {reason}")
 
-    engine = Engine(model, tokenizer, compute_dtype=choice.dtype)
+    engine = Engine(model, tokenizer, compute_dtype=PRECISIONS[precision])
     for part, names, cap, kwargs in (
         ("categorical", ("ARC-Easy", "ARC-Challenge", "MMLU"), categorical_problems, {"batch_size": batch_size}),
         ("generative", ("GSM8K", "SpellingBee"), generative_problems, {"max_tokens": max_tokens}),

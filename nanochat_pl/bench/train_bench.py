@@ -19,7 +19,7 @@ from yaml import safe_load
 
 from nanochat_pl.bench import device_name, peak_memory_mb
 from nanochat_pl.bench.infer_bench import NeverStopping, time_generation
-from nanochat_pl.common import UserError, error_line, format_duration, last_json, nanochat_command
+from nanochat_pl.common import UserError, config_path, error_line, format_duration, last_json, nanochat_command
 from nanochat_pl.engine import Engine
 from nanochat_pl.lightning_cli import run_lightning_cli
 from nanochat_pl.precision import peak_flops
@@ -82,7 +82,7 @@ def bench_train(
             (band-masked SDPA everywhere) or "flex" (CUDA: flex_attention has no CPU backward).
         shard_optimizer: Share MuonAdamW's state and work out across ranks (false: every rank does every update).
     """
-    timer = StepTimer(attention, shard_optimizer)
+    timer, yaml = StepTimer(attention, shard_optimizer), str(config_path(yaml))
     args = ["fit", "--config", yaml]
     if depth is not None:
         args.append(f"--model.init_args.depth={depth}")
@@ -100,11 +100,7 @@ def bench_train(
         "--model.init_args.sample_every=0",
         *(overrides or []),
     ]
-    try:
-        cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer]})
-    except torch.OutOfMemoryError as error:  # finding the largest device batch that fits is a use of this command
-        reason = ". ".join(str(error).split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2.00 GiB"
-        raise UserError(f"out of device memory: {reason} (a smaller data.init_args.device_batch_size?)") from None
+    cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer]})  # out of memory: one line, naming the flag
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
     if not measured:

@@ -3,7 +3,7 @@
 Lightning Fabric starts `--devices` processes (or joins torchrun's), each scoring its rank's share; the counts are
 summed across them, so the figure is the one a single process prints. Rank 0 prints a table, writes it as CSV and JSON
 in the checkpoint's run (`<run>/eval/core-last.csv`), and prints the whole result as one JSON object, the last line.
-Both run in a fixed precision per device (precision.py `eval_precision`), which the table and the JSON state.
+Both state the precision, fixed per device unless asked for (precision.py `eval_precision`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from nanochat_pl.common import UserError, atomic_write_text
 from nanochat_pl.engine import Engine, resolve_device
 from nanochat_pl.evals.harness import run_eval_dir
-from nanochat_pl.precision import eval_precision
+from nanochat_pl.precision import PRECISIONS, eval_precision
 
 
 def core(
@@ -147,7 +147,7 @@ def _evaluate(
     from nanochat_pl.checkpoint import load_model
 
     model, tokenizer, _ = load_model(checkpoint, device=fabric.device, tokenizer_dir=tokenizer_dir)
-    choice = eval_precision(fabric.device, options.pop("precision"))
+    precision = eval_precision(fabric.device, options.pop("precision"))
     if kind == "core":
         from nanochat_pl.evals.core import evaluate_core
         from nanochat_pl.evals.core_data import load_core_tasks
@@ -155,21 +155,22 @@ def _evaluate(
         with fabric.rank_zero_first():  # rank 0 may download the bundle; the others then read its copy
             tasks, skipped = load_core_tasks(options["bundle"])
         kwargs = {"batch_tokens": options["batch_tokens"]} if options["batch_tokens"] else {}
-        kwargs |= {"max_per_task": options["max_per_task"], "skipped": skipped, "compute_dtype": choice.dtype}
+        kwargs |= {"max_per_task": options["max_per_task"], "skipped": skipped, "precision": precision}
         result = evaluate_core(model, tokenizer, tasks, **kwargs)
     else:
         from nanochat_pl.evals.chatcore import evaluate_chat
 
-        result = evaluate_chat(Engine(model, tokenizer, compute_dtype=choice.dtype), **options)
+        result = evaluate_chat(Engine(model, tokenizer, compute_dtype=PRECISIONS[precision]), **options)
     summary = {
         "kind": kind,
         "checkpoint": checkpoint,
         "world_size": fabric.world_size,
-        "precision": choice.name,
+        "precision": precision,
         **{k: v for k, v in options.items() if k != "names"},
         **result.as_dict(),
     }
     if fabric.is_global_zero:
+        print(f"precision: {precision}")
         write_result(summary, output)
     return summary
 
@@ -196,8 +197,6 @@ def write_result(summary: dict, output: str | None = None) -> None:
         print(f"{name:<{width}}  {accuracy:>8.4f}  {centered:>8.4f}  {examples:>8}  {source}")
     value = summary.get(metric)
     print(f"{metric.upper():<{width}}  {'':>8}  " + ("  (not all tasks ran)" if value is None else f"{value:>8.4f}"))
-    if "precision" in summary:  # the evaluations write it (a report's tests build summaries without it)
-        print(f"precision: {summary['precision']}")
     for reason in summary["skipped"]:
         print(f"skipped: {reason}")
     directory = Path(output or run_eval_dir(checkpoint))

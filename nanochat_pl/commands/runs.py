@@ -8,7 +8,7 @@ from typing import Any
 
 from nanochat_pl.checkpoint import STAGES, peek_checkpoint, stage_checkpoints
 from nanochat_pl.common import CHECKPOINT_KEY, home_dir
-from nanochat_pl.report import MISSING, checkpoint_evals
+from nanochat_pl.report import MISSING, checkpoint_evals, number
 
 COLUMNS = ("name", "run", "tokens", "val bpb", "CORE", "ChatCORE", "parent", "size", "path")
 
@@ -54,12 +54,8 @@ def read_row(path: Path, home: Path) -> dict[str, Any]:
         "run_dir": str(path.parent.parent),
         "file": str(path.resolve()),
         "parent_file": None if parent is None else parent["path"],
-        "tokenizer": meta.get("tokenizer_dir") or "the tokenizer the checkpoint carries",
+        "tokenizer": meta.get("tokenizer_dir") or "(carried in the checkpoint)",
     }
-
-
-def number(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.4f}"
 
 
 def draw_tree(rows: list[dict[str, Any]]) -> list[str]:

@@ -116,14 +116,7 @@ def check_stages(stages: list[Stage]) -> None:
         seen[stage.name] = stage
 
 
-def resolve_config(path: str) -> Path:
-    """A config path as given, else a packaged config (the speedrun configs name `configs/...`)."""
-    return config_path(path).resolve()
-
-
 class Runner:
-    """Runs the stages of one speedrun in order, keeping what they did in the state file."""
-
     def __init__(self, stages: list[Stage], trainer: dict[str, Any] | None, hourly_rate: float | None, restart: bool):
         self.stages = {stage.name: stage for stage in stages}
         self.trainer = trainer
@@ -136,7 +129,9 @@ class Runner:
         recorded = {record.name: record for record in self.state.stages}
         for s in stages:  # a stage of the same name that ran another command or config: another speedrun's state
             was = recorded.get(s.name)
-            if was and (was.command != s.command or (was.config and was.config != str(resolve_config(s.config)))):
+            if was and (
+                was.command != s.command or (was.config and was.config != str(config_path(s.config).resolve()))
+            ):
                 raise UserError(
                     f"{self.state_file} is another speedrun's ({self.state.command or was.config}): add --restart to "
                     "start this one over in this home, or set NANOCHAT_PL_HOME to another home"
@@ -190,7 +185,7 @@ class Runner:
     def _argv(self, stage: Stage, record: StageRecord) -> list[str]:
         argv = stage.command.split()
         if stage.command == "fit":
-            record.config = str(resolve_config(stage.config))
+            record.config = str(config_path(stage.config).resolve())
             argv += ["--config", record.config]
             if self.trainer:
                 preset = self.root / "trainer.yaml"

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from nanochat_pl.common import UserError
 from nanochat_pl.evals.core_data import LM, MC, SCHEMA, CoreTask
 from nanochat_pl.evals.harness import centered, rank_and_world, rank_share, sum_across_ranks
-from nanochat_pl.precision import eval_precision
+from nanochat_pl.precision import PRECISIONS, eval_precision
 
 SHUFFLE_SEED = 1337  # nanochat base_eval.py: Random(1337).shuffle(data)
 FEWSHOT_SEED = 1234  # nanochat core_eval.py: Random(1234 + idx)
@@ -270,19 +270,6 @@ def _max_positions(model: torch.nn.Module) -> int | None:
     return int(cos.size(0)) if isinstance(cos, torch.Tensor) else None
 
 
-def score_task(
-    model: torch.nn.Module, tokenizer, task: CoreTask, *, batch_tokens: int = DEFAULT_BATCH_TOKENS
-) -> list[bool]:
-    """Whether each of the task's shuffled examples comes out correct, on this process alone (no ranks), in the
-    device's `eval_precision`. The model must be in eval mode."""
-    examples, dtype = task_examples(task), eval_precision(next(model.parameters()).device).dtype
-    indices = range(len(examples))
-    by_index = dict(
-        pair for batch in _score_task(model, tokenizer, task, examples, indices, batch_tokens, dtype) for pair in batch
-    )
-    return [by_index[i] for i in indices]
-
-
 def _score_task(
     model: torch.nn.Module,
     tokenizer,
@@ -290,10 +277,11 @@ def _score_task(
     examples: list[dict[str, Any]],
     indices: Sequence[int],
     batch_tokens: int,
-    dtype: torch.dtype,
+    precision: str = "auto",
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
     device = next(model.parameters()).device
+    dtype = PRECISIONS[eval_precision(device, precision)]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     limit = _max_positions(model)
     for begin in range(0, len(indices), WINDOW_EXAMPLES):
@@ -329,14 +317,12 @@ def evaluate_core(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool = True,
     skipped: Sequence[str] = (),
-    compute_dtype: torch.dtype | None = None,
+    precision: str = "auto",
 ) -> CoreResult:
     """Score `model` (ids (B, T) -> logits (B, T, V); our GPT's `hidden_only` + `readout` and KV cache where it has
     them) on `tasks`; every rank returns the same result. `batch_tokens`: rows x padded length per forward (0: one
-    example per forward, as nanochat); `skipped`: `load_core_tasks`'s reasons, carried into the result;
-    `compute_dtype`: bf16 autocast or fp32 (None: the device's `eval_precision`)."""
-    device = next(model.parameters()).device
-    dtype = compute_dtype or eval_precision(device).dtype
+    example per forward, as nanochat); `skipped`: `load_core_tasks`'s reasons, carried into the result; `precision`:
+    "bf16" (autocast), "fp32" or "auto" (the device's `eval_precision`)."""
     cropped = [task_examples(task, max_per_task) for task in tasks]
     shares = [list(rank_share(len(examples))) for examples in cropped]
     correct = [0] * len(tasks)
@@ -346,13 +332,13 @@ def evaluate_core(
     try:
         for t, (task, examples, share) in enumerate(zip(tasks, cropped, shares, strict=True)):
             bar.set_postfix_str(task.label)
-            for batch in _score_task(model, tokenizer, task, examples, share, batch_tokens, dtype):
+            for batch in _score_task(model, tokenizer, task, examples, share, batch_tokens, precision):
                 correct[t] += sum(ok for _, ok in batch)
                 bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
-    totals = sum_across_ranks(correct, device=device).tolist()
+    totals = sum_across_ranks(correct, device=next(model.parameters()).device).tolist()
     results, reasons = [], list(skipped)
     for task, examples, num_correct in zip(tasks, cropped, totals, strict=True):
         if not examples:

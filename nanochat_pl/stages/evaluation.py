@@ -13,6 +13,7 @@ import lightning as L
 
 from nanochat_pl.common import UserError
 from nanochat_pl.engine import Engine
+from nanochat_pl.stages.callbacks import FinalCheckpoint
 
 
 class _EveryNSteps(L.Callback, ABC):
@@ -36,11 +37,7 @@ class _EveryNSteps(L.Callback, ABC):
         if trainer.global_step in (0, self._last_evaluated):
             return
         self._last_evaluated = trainer.global_step
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        metrics = self.evaluate(trainer, pl_module)
-        model.train(was_training)
+        metrics = self.evaluate(trainer, pl_module)  # the evaluators run in eval mode and restore the mode
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -84,10 +81,8 @@ class CoreEvaluation(_EveryNSteps):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         from nanochat_pl.evals.core import evaluate_core
 
-        model, tokenizer, tasks = pl_module.model, pl_module.tokenizer, self._tasks
-        result = evaluate_core(
-            model, tokenizer, tasks, max_per_task=self.max_per_task, skipped=self._skipped, progress=False
-        )
+        kwargs = {"max_per_task": self.max_per_task, "skipped": self._skipped, "progress": False}
+        result = evaluate_core(pl_module.model, pl_module.tokenizer, self._tasks, **kwargs)
         return {"core_metric": result.core, **{f"core/{task.label}": task.centered for task in result.tasks}}
 
 

@@ -114,10 +114,9 @@ class LanguageModelStage(L.LightningModule, ABC):
             raise UserError(f"settings out of range: {', '.join(wrong)}")
 
     def engine(self) -> Engine:
-        """An engine of the model in training, in a fixed dtype (bf16 on CUDA, else fp32) rather than a CPU's timed
-        pick (precision.py), which can differ between ranks and reruns: their samples must be the same."""
-        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return Engine(self.model, self.tokenizer, compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+        """An engine of the model in training, in the evals' fixed precision (precision.eval_precision), never a timed
+        pick that could differ between ranks and reruns: their samples must be the same."""
+        return Engine(self.model, self.tokenizer)
 
     def device_batch_size(self) -> int:
         """Rows of one forward/backward pass on each device: the data module's, unless the stage makes its own."""
