@@ -2,8 +2,8 @@
 
 The stage and its data module are chosen by `class_path`; the model's `sequence_len` and `tokenizer_dir` are linked
 to the data module's; runs land in `$NANOCHAT_PL_HOME/runs/<stage>/`; checkpoints are written atomically. With
-`--ckpt_path` (`last`: the stage's newest checkpoint) the checkpoint's model settings and tokenizer win over the config's,
-each override said in a line. Errors in the config or while a module is built are one line. The stage builds its own
+`--ckpt_path` (`last`: the stage's newest checkpoint) the checkpoint's model settings and tokenizer win over the
+config's, each override said in a line. Errors in the config or while a module is built are one line. The stage builds its own
 optimizer (MuonAdamW's groups), so LightningCLI must not inject one over `model.parameters()`.
 """
 
@@ -114,9 +114,7 @@ class NanochatCLI(LightningCLI):
             reason = ". ".join(text.split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2.00 GiB"
             part = "data" if hasattr(self.datamodule, "device_batch_size") else "model"  # RL: the model's
             flag = f"--{part}.init_args.device_batch_size"
-            raise UserError(
-                f"out of device memory: {reason} (lower {flag}: accumulation keeps the total batch)"
-            ) from None
+            raise UserError(f"out of device memory: {reason} (lower {flag}; accumulation keeps the batch)") from None
 
 
 def run_lightning_cli(args: list[str], trainer_defaults: dict | None = None) -> NanochatCLI:

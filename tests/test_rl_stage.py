@@ -121,7 +121,7 @@ def fixed_rollouts(tokenizer: Tokenizer, rewards: list[list[float]]) -> list[Rol
             masks.append(
                 [0] * len(prompt) + [1] * len(tokenizer.encode("hello ") + call) + [0] * len(forced) + [1] * len(tail)
             )
-        rollouts.append(Rollout(index, len(prompt), sequences, masks, [""] * len(sequences), prompt_rewards))
+        rollouts.append(Rollout(len(prompt), sequences, masks, [""] * len(sequences), prompt_rewards))
     return rollouts
 
 

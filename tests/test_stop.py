@@ -31,17 +31,17 @@ STEPS = 8  # of 2 micro-batches each
 class PauseMidStep(L.Callback):
     """As $PAUSE_AT says ("2:wait,5:SIGTERM"), after the first micro-batch of the step after step 2 (mid-accumulation)
     says so on stdout and waits for a signal from outside; after that of the step after step 5 sends SIGTERM to its
-    own process. The signals arrive at known points; unset, it does nothing."""
+    own process ("hold": waits a minute whatever comes). The signals arrive at known points; unset, it does nothing."""
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         plan = dict(item.split(":") for item in os.environ.get("PAUSE_AT", "").split(",") if item)
         if batch_idx % 2 == 0 and (action := plan.get(str(trainer.global_step))):
             print(f"paused after step {trainer.global_step}", flush=True)
-            if action != "wait":
+            if action not in ("wait", "hold"):
                 os.kill(os.getpid(), signal.Signals[action])
             final = next(c for c in trainer.callbacks if isinstance(c, FinalCheckpoint))
             deadline = time.monotonic() + 60
-            while not (final.signum or final.requeue) and time.monotonic() < deadline:
+            while (action == "hold" or not (final.signum or final.requeue)) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
 
@@ -144,6 +144,20 @@ def test_sigint_then_sigterm_save_at_the_steps_end_and_the_resumed_runs_equal_an
     main(resume)
     assert_equal_weights(last_checkpoint(home), straight)
     assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+def test_a_second_ctrl_c_kills_at_once(corpus, tmp_path, home, monkeypatch):
+    """While the run finishes its step (held here), a second Ctrl-C kills it there and then, saving nothing."""
+    monkeypatch.setenv("PAUSE_AT", "2:hold")
+    run = start(["fit", "--config", str(write_config(tmp_path / "tiny.yaml", corpus))])
+    for expected in ("paused after step 2", "SIGINT: stopping at the end of this step"):
+        for line in run.stdout:
+            if line.startswith(expected):
+                os.killpg(run.pid, signal.SIGINT)
+                break
+    assert run.wait(timeout=60) == -signal.SIGINT
+    run.stdout.close()
+    assert not list(home.glob("runs/base/lightning_logs/*/checkpoints/*.ckpt"))
 
 
 def test_slurms_requeue_saves_at_the_steps_end_and_the_requeued_job_resumes_exactly(

@@ -18,8 +18,6 @@ _FINISHED = object()  # what the worker thread sends after the last piece
 
 
 class ReplicaPool:
-    """Engines (one per replica, all of the same checkpoint) lent to one reply at a time."""
-
     def __init__(self, engines: list[Engine]):
         self.engines = engines
         self.free: asyncio.Queue[Engine] = asyncio.Queue()  # bound to the server's event loop at its first wait

@@ -58,7 +58,6 @@ def _text_part(text: str) -> dict[str, str]:
 
 
 def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
-    """Add one piece of the reply to the messages on the page."""
     last = shown[-1] if shown else None
     in_tool = last is not None and last.metadata.get("title") == TOOL_TITLE
     if piece.kind == "python" and piece.text == "":  # a new call opens
@@ -78,8 +77,6 @@ def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
 
 
 def chat_page(pool: ReplicaPool) -> gr.Blocks:
-    """The page: chat box, stop button, and temperature / top-k / max-tokens controls."""
-
     async def respond(
         message: str, history: list[dict[str, Any]], temperature: float, top_k: int, max_tokens: int
     ) -> AsyncIterator[list[gr.ChatMessage]]:

@@ -63,7 +63,7 @@ def bench_infer(
     """Time prefill and decoding of the engine at several batch sizes.
 
     Args:
-        checkpoint: A stage's checkpoint to time; default: a fresh random model of `depth`.
+        checkpoint: A checkpoint (a name such as "sft", or a path) to time; default: a fresh random model of `depth`.
         depth: Depth of the random model (nanochat's shape, 32,768-token vocabulary, context 2,048).
         batch_sizes: Samples generated together from one prompt.
         prompt_len: Tokens in the (random) prompt; cut to the context minus `decode_len` if longer.
@@ -180,7 +180,7 @@ def bench_eval(
     """Time CORE (nanochat's one example per forward vs batched) and ChatCORE's two parts.
 
     Args:
-        checkpoint: A stage's checkpoint; default: a random model of `depth` with the tokenizer in the data home.
+        checkpoint: A checkpoint (a name or a path); default: a random model of `depth`, the home's tokenizer.
         depth: Depth of the random model (context 2,048).
         bundle: CORE's eval bundle (directory or .zip); default: as `nanochat-pl eval core` finds it.
         max_per_task: CORE examples per task.

@@ -25,7 +25,7 @@ def chat(
     """Talk to a model in the terminal: `clear` starts over, `quit` (or Ctrl-D) leaves, Ctrl-C stops a reply.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
+        checkpoint: A checkpoint by name ("sft", "rl", "sft@step=100"), a .ckpt, or a nanochat checkpoint folder.
         prompt: Answer this one prompt, print the answer and exit (no interactive loop).
         temperature: Sampling temperature; 0 always picks the most likely token.
         top_k: Sample among the k most likely tokens only; 0 turns the cut off.

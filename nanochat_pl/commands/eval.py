@@ -40,7 +40,7 @@ def core(
     """CORE of a (base) model: the 22 DCLM tasks, centered accuracy each, and their mean (GPT-2: 0.2565).
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        checkpoint: A checkpoint by name ("base", "sft@step=100", ...), a .ckpt, or a nanochat checkpoint folder.
         max_per_task: Score at most this many examples of each task (nanochat: all at the end of pretraining, 500
             during it); the few-shot examples are drawn from the same cropped list.
         bundle: nanochat's eval bundle, a directory or its .zip; default: the copy in eval/ of the data home,
@@ -75,7 +75,7 @@ def chat(
     """ChatCORE of a chat model: ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, SpellingBee, and their mean.
 
     Args:
-        checkpoint: A chat stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        checkpoint: A chat checkpoint by name ("sft", "rl@step=40", ...), a .ckpt, or a nanochat checkpoint folder.
         tasks: Tasks separated by | or commas (-a "GSM8K|MMLU"; "Arithmetic", outside ChatCORE, too); default: all six.
         max_problems: Score at most the first N problems of each task.
         num_samples: Replies per generative problem; a problem counts as solved when any is right (pass@N).

@@ -23,7 +23,7 @@ def hf(
     template), for transformers, lm-eval and vLLM.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        checkpoint: A checkpoint by name ("base", "sft@step=100", ...), a .ckpt, or a nanochat checkpoint folder.
         output: The directory to create (it must not exist, or be empty).
         target: "native" (transformers' own NanoChatForCausalLM: the October 2025 architecture only), "remote"
             (this project's model code, loaded with trust_remote_code=True) or "auto" (native when it fits).
@@ -46,7 +46,7 @@ def nanochat(checkpoint: str, output: str, tokenizer_dir: str | None = None) -> 
     NANOCHAT_BASE_DIR=<output>.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), or a nanochat checkpoint folder.
+        checkpoint: A checkpoint by name ("base", "sft@step=100", ...), a .ckpt, or a nanochat checkpoint folder.
         output: nanochat's base directory to write into (created if missing); an existing checkpoint of the
             same stage, depth and step is replaced.
         tokenizer_dir: A tokenizer to use instead of the one the checkpoint carries.

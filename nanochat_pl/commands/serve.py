@@ -26,7 +26,7 @@ def serve(
     (also `/v1/models` and `/health`), one FastAPI app run by uvicorn.
 
     Args:
-        checkpoint: Any stage's checkpoint (.ckpt), usually the SFT or RL one, or a nanochat checkpoint folder.
+        checkpoint: A checkpoint by name ("sft", "rl", "sft@step=100"), a .ckpt, or a nanochat checkpoint folder.
         host: Address to listen on; 0.0.0.0 to accept connections from other machines.
         port: Port to listen on.
         replicas: Copies of the model answering side by side, taking the CUDA devices in turn; default one per

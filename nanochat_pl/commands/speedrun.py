@@ -130,7 +130,8 @@ class Runner:
         for s in stages:  # a stage of the same name that ran another command or config: another speedrun's state
             was = recorded.get(s.name)
             if was and (
-                was.command != s.command or (was.config and was.config != str(config_path(s.config).resolve()))
+                was.command not in ("", s.command)
+                or (was.config and was.config != str(config_path(s.config).resolve()))
             ):
                 raise UserError(
                     f"{self.state_file} is another speedrun's ({self.state.command or was.config}): add --restart to "

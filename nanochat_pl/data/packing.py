@@ -49,7 +49,7 @@ class BestFitPacker(Iterator[np.ndarray]):
         self._sorted_codes: list[int] = []  # length << _ARRIVAL_BITS | arrival, ascending
         # arrival number -> (key, tokens); a dict keeps insertion order, so this is the arrival order
         self._buffer: dict[int, tuple[Hashable, np.ndarray]] = {}
-        self._arrivals = 0
+        self._arrivals = itertools.count()
         self.tokens_consumed = 0  # tokens of every document taken out of the buffer, cropped or not
         self.tokens_cropped = 0  # of those, the tails discarded by crops
         self.last_fetched: Hashable | None = None  # the key of the last document taken from `documents`
@@ -101,7 +101,6 @@ class BestFitPacker(Iterator[np.ndarray]):
 
     def _add(self, key: Hashable, tokens: Sequence[int]) -> None:
         tokens = np.asarray(tokens, dtype=np.int32)  # half the memory of int64; ids are < 2**31
-        arrival = self._arrivals
-        self._arrivals += 1
+        arrival = next(self._arrivals)
         self._buffer[arrival] = (key, tokens)
         insort(self._sorted_codes, (len(tokens) << _ARRIVAL_BITS) | arrival)

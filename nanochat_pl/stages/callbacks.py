@@ -6,7 +6,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -34,13 +33,9 @@ class TokenThroughputMonitor(ThroughputMonitor):
         training = RunningStage.TRAINING
         if training not in self._t0s:  # only rank 0 counts (ThroughputMonitor's hooks are rank-zero-only)
             return {}
-        return {
-            # the clock ThroughputMonitor logs as train/time: started at train start, stopped during validation
-            "time": time.perf_counter() - self._t0s[training],
-            "batches": self._batches[training],
-            "samples": self._samples[training],
-            "lengths": self._lengths[training],
-        }
+        # the clock ThroughputMonitor logs as train/time: started at train start, stopped during validation
+        totals = {name: getattr(self, f"_{name}")[training] for name in ("batches", "samples", "lengths")}
+        return {"time": time.perf_counter() - self._t0s[training], **totals}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self._resumed_totals = state_dict
@@ -58,21 +53,9 @@ class TokenThroughputMonitor(ThroughputMonitor):
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_start(trainer, *args)  # starts every count at zero and the clock now
         totals, self._resumed_totals = self._resumed_totals, {}
-        if totals:
-            training = RunningStage.TRAINING
-            self._t0s[training] -= totals["time"]
-            self._batches[training] = totals["batches"]
-            self._samples[training] = totals["samples"]
-            self._lengths[training] = totals["lengths"]
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _handle(signals: tuple[int, ...], handler: Any) -> None:
-    if threading.current_thread() is threading.main_thread():  # only the main thread may (Lightning's rule too)
-        for signum in signals:
-            signal.signal(signum, handler)
+        self._t0s[RunningStage.TRAINING] -= totals.pop("time", 0.0)
+        for name, total in totals.items():  # batches, samples, lengths
+            getattr(self, f"_{name}")[RunningStage.TRAINING] = total
 
 
 def save_step(trainer: L.Trainer) -> str | None:
@@ -94,88 +77,74 @@ def save_step(trainer: L.Trainer) -> str | None:
 
 
 class FinalCheckpoint(L.Callback):
-    """The run's last checkpoint, however training ends (a run whose length is not a multiple of the ModelCheckpoint's
-    every_n_train_steps would otherwise lose its last steps, a stopped run everything since its last checkpoint).
-
-    At the end of training, the final step's, before any end-of-run evaluation (evaluation.py calls `on_train_end`
-    first: Lightning runs the config's callbacks before a stage's). On the first SIGINT (Ctrl-C) or SIGTERM (a spot or
-    SLURM preemption), the step under way's, at its end (not mid-accumulation), every rank at the same step; then the
-    run exits with 128 + the signal's number and a line saying how to resume, evaluating nothing. A second signal
-    kills at once; before the first step or after the final checkpoint, a signal exits at once. While training, this
-    stands in for Lightning's SIGTERM handler (which stops after the micro-batch under way, saving nothing) and runs
-    Lightning's SLURM requeue (SIGUSR1: an hpc checkpoint, `scontrol requeue`) at a step's end, where its checkpoint
-    resumes exactly. Lightning's teardown puts back the handlers of before the fit."""
+    """The run's last checkpoint (`save_step`), however training ends. At its end, the final step's, before any
+    end-of-run evaluation (which calls `on_train_end` first). On a first SIGINT (Ctrl-C) or SIGTERM (preemption), the
+    step under way's, at its end, every rank at the same step; then an exit 128 + the signal's number with a line
+    saying how to resume (a second signal kills at once; before the first step or after the final checkpoint one exits
+    at once). This stands in for Lightning's SIGTERM handler (which stops mid-accumulation, saving nothing) and runs
+    its SLURM requeue (SIGUSR1: an hpc checkpoint, `scontrol requeue`) at a step's end, its checkpoint whole."""
 
     def __init__(self) -> None:
         self.signum, self.requeue, self._phase, self._requeue = 0, False, None, None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.signum, self._phase, self._pid, self._rank_zero = 0, "setup", os.getpid(), trainer.is_global_zero
-            self._sigint = signal.getsignal(signal.SIGINT)
-            _handle((signal.SIGINT,), self._on_signal)  # now: the DataLoader workers, forked later, inherit it
+        # SIGINT from now (also in validate): the DataLoader workers, forked later, inherit the handler
+        self._phase, self._pid, self._sigint = "setup", os.getpid(), signal.signal(signal.SIGINT, self._on_signal)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._phase, self._step = "training", trainer.global_step
-        _handle((signal.SIGTERM,), self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-            self._requeue = (environment.requeue_signal, signal.getsignal(environment.requeue_signal))
-            _handle((environment.requeue_signal,), self._on_requeue_signal)
+            requeue = signal.signal(environment.requeue_signal, lambda *_: setattr(self, "requeue", True))
+            self._requeue = lambda: requeue(environment.requeue_signal, None)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "fit")
+        self.teardown(trainer, pl_module, "")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._phase is not None:  # Lightning restores what it found when it set its own: ours for SIGINT
+        if self._phase is not None:  # Lightning's teardown restores the handlers it found: ours for SIGINT
             trainer._signal_connector._original_handlers[signal.SIGINT] = self._sigint
-            _handle((signal.SIGINT,), self._sigint)
+            signal.signal(signal.SIGINT, self._sigint)
             self._phase = None
 
-    def _say(self, text: str) -> None:  # from a signal handler: print() may be inside a write to the same stream
-        if self._rank_zero:
-            os.write(2, f"\n{text}\n".encode())
-
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:  # a DataLoader worker (it inherited the handler): the training process decides
+        if os.getpid() != self._pid:  # a DataLoader worker: the training process decides
             return
-        name = signal.Signals(signum).name
-        if self._phase != "training":  # nothing to wait for
-            self._say(f"{name}: stopped" + (" (the final checkpoint is saved)" if self._phase == "done" else ""))
+        training = self._phase == "training"
+        if rank_zero_only.rank == 0:  # os.write: a print() here may interrupt a print() to the same stream
+            said = "stopping at the end of this step, saving it (again: at once)" if training else "stopped"
+            os.write(2, f"\n{signal.Signals(signum).name}: {said}\n".encode())
+        if not training:  # nothing to wait for
             raise SystemExit(128 + signum)
-        _handle(SIGNALS, signal.SIG_DFL)  # a second signal kills at once
         self.signum = signum
-        self._say(f"{name}: stopping at the end of this step, with a checkpoint (again: stop at once)")
-
-    def _on_requeue_signal(self, signum: int, frame: Any) -> None:
-        self.requeue = True
+        for default in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(default, signal.SIG_DFL)  # a second signal kills at once
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self._step:  # a micro-batch inside an accumulation window
             return
-        self._step = trainer.global_step
-        if self._requeue and trainer.strategy.reduce_boolean_decision(self.requeue, all=False):
+        self._step, decide = trainer.global_step, trainer.strategy.reduce_boolean_decision
+        if self._requeue and decide(self.requeue, all=False):
+            self._requeue()  # Lightning's: hpc_ckpt_<n>.ckpt, then `scontrol requeue`
             self.requeue = False
-            self._requeue[1](self._requeue[0], None)  # Lightning's: hpc_ckpt_<n>.ckpt, then `scontrol requeue`
-        if trainer.strategy.reduce_boolean_decision(self.signum > 0, all=False):
+        if decide(self.signum > 0, all=False):
             self._stop(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._phase == "training":  # once, whichever on_train_end calls it first
             save_step(trainer)
-            if trainer.strategy.reduce_boolean_decision(self.signum > 0, all=False):  # in the last validation
+            if trainer.strategy.reduce_boolean_decision(self.signum > 0, all=False):  # during the last validation
                 self._stop(trainer)
             self._phase = "done"
 
     def _stop(self, trainer: L.Trainer) -> None:
-        path, signum = save_step(trainer), self.signum or signal.SIGTERM  # a rank the signal missed stops as well
+        path, signum = save_step(trainer), self.signum or signal.SIGTERM  # a rank the signal missed stops too
         if trainer.is_global_zero:
-            args = sys.argv[1:]
-            if "--ckpt_path" in args:
-                del args[args.index("--ckpt_path") : args.index("--ckpt_path") + 2]
-            args = [arg for arg in args if not arg.startswith("--ckpt_path=")] + ["--ckpt_path", "last"]
+            resumed = sys.argv[-2:] == ["--ckpt_path", "last"]  # else the last --ckpt_path given wins
+            args = sys.argv[1:] if resumed else [*sys.argv[1:], "--ckpt_path", "last"]
             resume = f"nanochat-pl {shlex.join(args)}" if args[0] == "fit" else f"ckpt_path={path}"
-            saved = f"saved {path}; to resume: {resume}" if path else "no ModelCheckpoint, nothing saved"
+            saved = f"saved {path}; to resume: {resume}" if path else "no ModelCheckpoint: nothing saved"
             print(f"{signal.Signals(signum).name}: stopped after step {trainer.global_step}, {saved}", file=sys.stderr)
         raise SystemExit(128 + signum)
 

@@ -31,6 +31,9 @@ class _EveryNSteps(L.Callback, ABC):
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for callback in trainer.callbacks:  # the final checkpoint first: an evaluation that fails loses no training
+            if isinstance(callback, FinalCheckpoint):
+                callback.on_train_end(trainer, pl_module)
         self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

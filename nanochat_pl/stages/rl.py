@@ -35,7 +35,6 @@ SAMPLES_SHOWN = 4  # replies shown every sample_every steps
 class Rollout:
     """One prompt's samples: prompt + reply tokens (no terminal token), masks (0 on the prompt and forced tokens)."""
 
-    index: int
     prompt_len: int
     sequences: list[list[int]]
     masks: list[list[int]]
@@ -145,7 +144,6 @@ class RLTraining(FromCheckpoint):
         return loss
 
     def rollout(self, task: Task, conversation: Conversation, index: int, step: int) -> Rollout:
-        """Sample `num_samples` replies to problem `index` with the eager model and score them."""
         h, tokenizer = self.hparams, self.tokenizer
         engine = self.engine()
         prompt = tokenizer.render_for_completion(conversation)
@@ -167,7 +165,7 @@ class RLTraining(FromCheckpoint):
         self.sampling["tokens"] += sum(len(s) - len(prompt) for s in sequences)
         replies = [read_reply(tokenizer, s[len(prompt) :]).text for s in sequences]
         rewards = [float(task.reward(conversation, reply)) for reply in replies]
-        return Rollout(index, len(prompt), sequences, masks, replies, rewards)
+        return Rollout(len(prompt), sequences, masks, replies, rewards)
 
     def learn(self, rollouts: list[Rollout]) -> torch.Tensor:
         """One forward/backward pass per chunk of `device_batch_size` samples of a prompt, the gradients synced on the
