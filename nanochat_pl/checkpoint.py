@@ -163,12 +163,11 @@ def stage_checkpoints(root_dir: Path) -> list[Path]:
 
 
 def newest_checkpoint(root_dir: Path) -> Path:
-    """The newest checkpoint of a stage's runs: what `--ckpt_path last` resumes and `init_from: base` starts from
-    (Lightning alone looks only in the new run's own folder and silently starts from scratch)."""
+    """The newest checkpoint of a stage's runs: what `--ckpt_path last` resumes (Lightning alone looks only in the new
+    run's own folder and silently starts from scratch)."""
     found = stage_checkpoints(root_dir)
     if not found:
         raise UserError(f"no checkpoint under {root_dir}/lightning_logs/*/checkpoints (`nanochat-pl runs` lists them)")
-    check_checkpoint_file(found[0])
     return found[0]
 
 
@@ -178,12 +177,10 @@ def resolve_checkpoint(name: str | Path) -> Path:
     stage, _, step = str(name).partition("@step=")
     if stage not in STAGES or Path(name).exists():
         return Path(name).expanduser()
-    root = home_dir() / "runs" / stage
-    if not step:
-        return newest_checkpoint(root)
-    if not step.isdigit():
+    if step and not step.isdigit():
         raise UserError(f"{name}: the step must be a number, as in {stage}@step=100")
-    found = [p for p in stage_checkpoints(root) if peek_checkpoint(p).get("global_step") == int(step)]
+    root = home_dir() / "runs" / stage
+    found = [p for p in stage_checkpoints(root) if not step or peek_checkpoint(p).get("global_step") == int(step)]
     if not found:
-        raise UserError(f"no {stage} checkpoint at step {step} under {root} (`nanochat-pl runs` lists them)")
+        raise UserError(f"no {name} checkpoint under {root} (`nanochat-pl runs` lists them)")
     return found[0]

@@ -70,47 +70,39 @@ def _load(path: str) -> Callable:
     return getattr(importlib.import_module(f"nanochat_pl.{module}"), name)
 
 
-def _normalise_flags(args: list[str], short: dict[str, str]) -> list[str]:
-    """`--vocab-size 8` -> `--vocab_size 8`, the group's short options to their long names, and a checkpoint given by
-    name (`--checkpoint sft`, checkpoint.resolve_checkpoint) to its path, said in a line."""
+def _normalise_flags(args: list[str], short: dict[str, str], function: Callable) -> list[str]:
+    """`--vocab-size 8` -> `--vocab_size 8`, the group's short options to their long names, and a bool flag alone
+    (`--tree`) to `--tree true`, as jsonargparse wants it."""
+    bools = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation == "bool"}
     out = []
-    for arg in args:
+    for arg in [*args, ""]:  # "": the end, where a last bool flag gets its value too
+        if out and out[-1] in bools and arg.lower() not in ("true", "false"):
+            out.append("true")
         if arg in short:
             arg = short[arg]
         elif arg.startswith("--"):
             flag, eq, value = arg[2:].partition("=")
             arg = "--" + flag.replace("-", "_") + eq + value
-        if out and out[-1] == "--checkpoint" and not Path(arg).exists():
+        out.append(arg)
+    return out[:-1]
+
+
+def _resolve_names(args: list[str]) -> list[str]:
+    """`--config NAME` (`base_d20`, `cpu/base_tiny`) to its packaged file (common.config_path), and `--checkpoint
+    NAME` (`sft`, `sft@step=100`) to its file (checkpoint.resolve_checkpoint), said in a line; paths stay."""
+    out = []
+    for arg in args:
+        if arg.startswith("--config="):
+            arg = f"--config={config_path(arg.removeprefix('--config='))}"
+        elif out and out[-1] == "--config":
+            arg = str(config_path(arg))
+        elif out and out[-1] == "--checkpoint" and not Path(arg).exists():
             from nanochat_pl.checkpoint import resolve_checkpoint
 
-            path = str(resolve_checkpoint(arg))
-            if path != arg:
+            if (path := str(resolve_checkpoint(arg))) != arg:
                 print(f"checkpoint {arg}: {path}", file=sys.stderr)
             arg = path
         out.append(arg)
-    return out
-
-
-def _config_paths(args: list[str]) -> list[str]:
-    """Every `--config NAME` (`base_d20`, `cpu/base_tiny`) to its packaged file (common.config_path); paths stay."""
-    out = []
-    for arg in args:
-        if out and out[-1] == "--config":
-            arg = str(config_path(arg))
-        elif arg.startswith("--config="):
-            arg = f"--config={config_path(arg.removeprefix('--config='))}"
-        out.append(arg)
-    return out
-
-
-def _bare_booleans(args: list[str], function: Callable) -> list[str]:
-    """`--tree` alone is `--tree true` for a bool parameter (jsonargparse wants the value)."""
-    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation == "bool"}
-    out = []
-    for i, arg in enumerate(args):
-        out.append(arg)
-        if arg in flags and (i + 1 == len(args) or args[i + 1].lower() not in ("true", "false")):
-            out.append("true")
     return out
 
 
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, args = argv[0], argv[1:]
     try:
-        args = _config_paths(args)
+        args = _resolve_names(args)
         if argv == sys.argv[1:]:  # the command line, as LightningCLI and DDP's relaunch read it: with names resolved
             sys.argv[1:] = [command, *args]
         if command in LIGHTNING_COMMANDS:
@@ -142,14 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         entry = COMMANDS[command]
         if isinstance(entry, tuple):
             function = _load(entry[0])
-            args = _bare_booleans(_normalise_flags(args, SHORT_FLAGS.get(command, {})), function)
+            args = _normalise_flags(args, SHORT_FLAGS.get(command, {}), function)
         else:
             if args and args[0] in entry:  # import only the command asked for
-                args = [args[0], *_normalise_flags(args[1:], SHORT_FLAGS.get(f"{command} {args[0]}", {}))]
+                short, sub = SHORT_FLAGS.get(f"{command} {args[0]}", {}), _load(entry[args[0]][0])
+                args = [args[0], *_normalise_flags(args[1:], short, sub)]
                 entry = {args[0]: entry[args[0]]}
             function = {name: _load(path) for name, (path, _) in entry.items()}
-            if len(function) == 1:
-                args = [args[0], *_bare_booleans(args[1:], function[args[0]])]
         # every parameter of a function is an option (`--checkpoint PATH`), none positional
         CLI(function, args=args, prog=f"nanochat-pl {command}", as_positional=False)
     except UserError as error:

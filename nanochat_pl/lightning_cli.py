@@ -3,8 +3,8 @@
 The stage and its data module are chosen by `class_path`; the model's `sequence_len` and `tokenizer_dir` are linked
 to the data module's; runs land in `$NANOCHAT_PL_HOME/runs/<stage>/`; checkpoints are written atomically. With
 `--ckpt_path` (`last`: the stage's newest checkpoint) the checkpoint's model settings and tokenizer win over the
-config's, each override said in a line. Errors in the config or while a module is built are one line. The stage builds its own
-optimizer (MuonAdamW's groups), so LightningCLI must not inject one over `model.parameters()`.
+config's, each said in a line. Errors in the config, while a module is built and out of memory are one line. The
+stage builds its own optimizer (MuonAdamW's groups), so LightningCLI must not inject one over `model.parameters()`.
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ class NanochatCLI(LightningCLI):
         config = self.config[self.config.subcommand]  # run=True: always one
         if config.trainer.default_root_dir is None:
             module = pydoc.locate(config.model.class_path)
-            stage = module.stage_of(config.model.init_args) if hasattr(module, "stage_of") else "run"
+            stage = getattr(module, "stage_name", "run")  # a chat stage's depends on its recipe (`stage_of`)
+            stage = module.stage_of(config.model.init_args) if hasattr(module, "stage_of") else stage
             config.trainer.default_root_dir = str(home_dir() / "runs" / stage)
         # `last` becomes a path before the checkpoint's settings are read (_parse_ckpt_path), and a path is checked
         # before LightningCLI torch.loads it (a traceback); Lightning's other names and URLs are left to Lightning
         if config.get("ckpt_path") == "last":
             config.ckpt_path = str(newest_checkpoint(Path(config.trainer.default_root_dir)))
-        elif config.get("ckpt_path") and config.ckpt_path not in ("best", "hpc") and ":" not in config.ckpt_path:
+        if config.get("ckpt_path") and config.ckpt_path not in ("best", "hpc") and ":" not in config.ckpt_path:
             if is_nanochat_checkpoint(config.ckpt_path):
                 raise UserError(f"{config.ckpt_path} is a nanochat checkpoint: start a stage from it (model.init_from)")
             check_checkpoint_file(config.ckpt_path)

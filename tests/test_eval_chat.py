@@ -32,7 +32,6 @@ from nanochat_pl.evals.chatcore import (
     task_origin,
 )
 from nanochat_pl.model.gpt import GPT, GPTConfig
-from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.arithmetic import Arithmetic
 from nanochat_pl.tasks.gsm8k import GSM8K
@@ -41,7 +40,7 @@ from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.spelling import SpellingBee
 from nanochat_pl.tasks.task import Task
 from nanochat_pl.tokenizer import Tokenizer
-from tests.fixtures_evals import arrow_stream
+from tests.fixtures_evals import arrow_stream, clear_hub_caches
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +49,12 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    hub.clear_caches()
+    clear_hub_caches()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy machine
     yield tmp_path / "home"
     torch.set_num_threads(threads)
-    hub.clear_caches()
+    clear_hub_caches()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import pytest
 
 from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import run_program
-from nanochat_pl.tasks import hub
 from nanochat_pl.tasks.arc import ARC
 from nanochat_pl.tasks.gsm8k import GSM8K, solution_parts
 from nanochat_pl.tasks.humaneval import HumanEval
@@ -31,6 +30,7 @@ from nanochat_pl.tasks.mmlu import MMLU
 from nanochat_pl.tasks.smoltalk import SmolTalk
 from nanochat_pl.tasks.task import Task, TaskMixture, TaskSequence, render_mc
 from nanochat_pl.tokenizer import Tokenizer
+from tests.fixtures_evals import clear_hub_caches
 
 datasets.disable_progress_bars()
 
@@ -78,9 +78,9 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NANOCHAT_PL_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    hub.clear_caches()
+    clear_hub_caches()
     yield
-    hub.clear_caches()
+    clear_hub_caches()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.checkpoint import STAGES, newest_checkpoint
+from nanochat_pl.checkpoint import STAGES, resolve_checkpoint
 from nanochat_pl.common import (
     UserError,
     atomic_write_text,
@@ -292,7 +292,7 @@ class Runner:
                 f"{error_line(tail).removeprefix('error: ')} (log: {record.log})"
             )
         if stage.command == "fit":
-            checkpoint = newest_checkpoint(home_dir() / "runs" / stage.name)
+            checkpoint = resolve_checkpoint(stage.name)
             record.checkpoint, record.run_dir = str(checkpoint), str(checkpoint.parent.parent)
         elif stage.checkpoint is not None:
             record.checkpoint = self.records[stage.checkpoint].checkpoint

@@ -44,6 +44,7 @@ class ChatTraining(FromCheckpoint):
 
     @classmethod
     def stage_of(cls, init_args: dict[str, Any]) -> str:
+        """The stage a run of these settings is: the CLI names its folder before the module is built."""
         return RECIPES[init_args.get("recipe") or "sft"].stage
 
     def __init__(

@@ -22,9 +22,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from nanochat_pl.checkpoint import (
     CHECKPOINT_KEY,
-    MODEL_PREFIX,
     check_vocab_matches,
     checkpoint_tokenizer,
+    gpt_state,
     read_checkpoint,
     resolve_checkpoint,
 )
@@ -80,11 +80,6 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     stage_name = "run"  # base, mid, sft, rl: the runs/<stage> folder and the checkpoints' stage (checkpoint.STAGES)
     chat_samples = False  # sample replies to chat prompts rather than continuations of text
-
-    @classmethod
-    def stage_of(cls, init_args: dict[str, Any]) -> str:
-        """The stage a run of these settings is (the CLI names its folder before the module is built)."""
-        return cls.stage_name
 
     def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path | None) -> None:
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
@@ -307,8 +302,7 @@ class FromCheckpoint(LanguageModelStage):
 
     def init_model(self, model: GPT) -> None:
         model.init_weights()  # the rotary tables, which checkpoints do not hold
-        state = self._init_checkpoint["state_dict"]
-        model.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)})
+        model.load_state_dict(gpt_state(self._init_checkpoint))
 
     def warm_start_optimizer(self, optimizer: MuonAdamW) -> None:
         """With `load_optimizer`, start from the checkpoint's optimizer state (momentum buffers) where it has one for

@@ -77,13 +77,6 @@ def _source_rows(dataset_id: str, config: str | None, split: str, source: Source
     return _shuffled(rows), origin
 
 
-def clear_caches() -> None:
-    """Forget every split loaded and that the hub was unreachable (for tests)."""
-    _source_rows.cache_clear()
-    _local_rows.cache_clear()
-    _hub_unreachable.clear()
-
-
 @functools.cache
 def _local_rows(path: str, split: str) -> datasets.Dataset:
     import datasets
