@@ -69,8 +69,7 @@ def find_model_file(path: str | Path) -> Path:
 
 def find_tokenizer_pickle(model_file: Path) -> Path | None:
     """nanochat's tokenizer for a model file: beside it (hub uploads), or in the base directory's tokenizer/."""
-    folder = model_file.parent
-    candidates = (folder / TOKENIZER_PICKLE, folder.parent.parent / "tokenizer" / TOKENIZER_PICKLE)
+    candidates = (model_file.with_name(TOKENIZER_PICKLE), model_file.parents[2] / "tokenizer" / TOKENIZER_PICKLE)
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 

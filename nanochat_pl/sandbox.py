@@ -145,9 +145,7 @@ MAX_PROGRAM_CHARS = 1_000_000
 MAX_OUTPUT_BYTES = 16_384  # of stdout and of stderr kept in the result
 MAX_FILE_BYTES = 16 * 2**20  # RLIMIT_FSIZE: largest file (stdout included) the program may write
 MAX_OPEN_FILES = 64
-# RLIMIT_NPROC counts every process and thread of the sandbox's uid, bwrap's init among them: a fork bomb
-# stops at 8.
-MAX_PROCESSES = 8
+MAX_PROCESSES = 8  # RLIMIT_NPROC: every process and thread of the sandbox's uid, bwrap's init among them
 WORK_DIR = "/tmp"  # inside the sandbox: its only writable place
 WORK_DIR_BYTES = 64 * 2**20  # all it may write there, together
 SANDBOX_UID = 65534  # nobody
@@ -209,8 +207,7 @@ def _hide(directory: str) -> list[str]:
     if _holds_interpreter(directory):
         prefix = os.path.realpath(sys.base_prefix)
         arguments += ["--ro-bind", prefix, prefix]
-        # bwrap gives the mount point's new parents the host's modes (0700 for /root/.pyenv), which would keep
-        # the sandbox's user out
+        # bwrap gives the mount point's new parents the host's modes (/root/.pyenv: 0700): open them to nobody
         parent = os.path.dirname(prefix)
         while parent != directory:
             arguments += ["--chmod", "0755", parent]

@@ -141,11 +141,9 @@ def random_model(depth: int, vocab_size: int, device: torch.device) -> GPT:
 def time_generation(engine: Engine, prompt: list[int], batch_size: int, decode_len: int, seed: int):
     """(time to first token, median time per later token) in seconds. Each step ends in the engine's
     `.tolist()` of the sampled tokens, which waits for the device, so wall-clock times are the device's."""
+    tokens = engine.generate(prompt, batch_size, max_tokens=decode_len, temperature=1.0, top_k=50, seed=seed)
     start = time.perf_counter()
-    stamps = [
-        time.perf_counter()
-        for _ in engine.generate(prompt, batch_size, max_tokens=decode_len, temperature=1.0, top_k=50, seed=seed)
-    ]
+    stamps = [time.perf_counter() for _ in tokens]
     return stamps[0] - start, statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 
@@ -155,11 +153,9 @@ def _decode_step_bytes(model: GPT, batch_size: int, prompt_len: int, decode_len:
     weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
     config = model.config
     kv_per_position = 2 * batch_size * config.n_kv_head * config.head_dim * dtype.itemsize
-    positions = range(prompt_len, prompt_len + decode_len)
     # a layer with window w attends to the last w + 1 positions, a full layer (None) to all of them
-    attended = [
-        sum(min(position, window or position) + 1 for window in config.layer_windows()) for position in positions
-    ]
+    windows = config.layer_windows()
+    attended = [sum(min(p, w or p) + 1 for w in windows) for p in range(prompt_len, prompt_len + decode_len)]
     return weights + kv_per_position * sum(attended) / len(attended)
 
 

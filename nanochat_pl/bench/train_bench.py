@@ -129,8 +129,7 @@ def bench_train(
             "tokens_per_s": round(tokens_per_step / step_time, 1),
             "mfu": None if mfu is None else round(mfu, 4),
         }
-    result["step_time_s"] = round(step_time, 4)
-    result["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    result |= {"step_time_s": round(step_time, 4), "peak_memory_mb": round(peak_memory_mb(device), 1)}
     result["steps_measured"] = len(measured)
     if trainer.is_global_zero:  # every DDP rank gets here
         width = max(map(len, result)) + 2

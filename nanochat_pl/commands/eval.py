@@ -98,17 +98,9 @@ def chat(
     if unknown or not names:
         raise UserError(f"unknown task {', '.join(unknown) or '(none)'}; the tasks are {', '.join(CHANCE)}")
     check_sampling(temperature, top_k, max_tokens)
-    options = {
-        "names": names,
-        "max_problems": max_problems,
-        "num_samples": num_samples,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_k": top_k,
-        "batch_size": batch_size,
-        "allow_unconfined": allow_unconfined,
-        "precision": precision,
-    }
+    options = dict(names=names, max_problems=max_problems, num_samples=num_samples, max_tokens=max_tokens)
+    options |= dict(temperature=temperature, top_k=top_k, batch_size=batch_size, allow_unconfined=allow_unconfined)
+    options["precision"] = precision
     return _launch("chat", checkpoint, options, devices, device, output, tokenizer_dir)
 
 

@@ -61,12 +61,10 @@ def read_row(path: Path, home: Path) -> dict[str, Any]:
 def draw_tree(rows: list[dict[str, Any]]) -> list[str]:
     """A run per node (its newest checkpoint), under the run its first checkpoint started from; base runs under their
     tokenizer; a run whose parent is not in the home (a path elsewhere, a nanochat checkpoint) at the top."""
-    heads: dict[str, dict[str, Any]] = {}  # run folder -> its newest row (rows come newest first)
-    for row in rows:
-        heads.setdefault(row["run_dir"], row)
+    heads = {row["run_dir"]: row for row in reversed(rows)}  # run folder -> its newest row, oldest run first
     run_of = {row["file"]: row["run_dir"] for row in rows}
     children: dict[str, list[tuple[str, str]]] = {}  # a run folder or a root's text -> (run folder, origin)
-    for key, head in reversed(heads.items()):  # oldest first
+    for key, head in heads.items():
         parent = head["parent_file"]
         if parent in run_of:
             below, origin = run_of[parent], head["parent"].split("@")[1]

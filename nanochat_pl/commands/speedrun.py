@@ -197,8 +197,7 @@ class Runner:
                 source = self.stages[source].init_from
             if source is not None:
                 argv += ["--model.init_args.init_from", self.records[source].checkpoint]
-            resume = self._interrupted_run(home_dir() / "runs" / stage.name, record)
-            if resume is not None:
+            if (resume := self._interrupted_run(home_dir() / "runs" / stage.name, record)) is not None:
                 argv += ["--ckpt_path", str(resume)]
         if stage.checkpoint is not None:
             argv += ["--checkpoint", self.records[stage.checkpoint].checkpoint]

@@ -68,7 +68,7 @@ def task_origin(task: Task) -> str:
         return task.origin
     if isinstance(task, SpellingBee):
         return f"generated from the {task.words} word list ({len(load_words(task.words)):,} words)"
-    return "generated (offline)"
+    return "generated; its templates held out of training"  # Arithmetic
 
 
 @dataclass

@@ -255,8 +255,7 @@ def _score_shared(
         if width > 0:
             suffixes = [torch.tensor(row[P : P + width], dtype=torch.long) for row in example.rows]
             suffixes = pad_sequence(suffixes, batch_first=True, padding_value=pad_id)  # the longest is `width` long
-            rows_cache = cache.replicate(num_rows)
-            out = model(suffixes.to(device), kv_cache=rows_cache, hidden_only=True)
+            out = model(suffixes.to(device), kv_cache=cache.replicate(num_rows), hidden_only=True)
             hidden = torch.cat([hidden, out.reshape(num_rows * width, -1)])
         scored = model.readout(hidden[torch.tensor(source, device=device)])
     return _judge([example], scored.float(), targets)

