@@ -24,7 +24,7 @@ def download(
             each (nanochat: 8 for the tokenizer, ~216 for d20 on FineWeb-Edu, ~150 for GPT-2 grade on ClimbMix).
         dataset: "fineweb-edu" (source "fineweb") or "climbmix" (source "climbmix", nanochat's current choice).
         data_dir: Directory to download into; default: data/<dataset> in the data home.
-        base_url: Where the shard_XXXXX.parquet files are; default: $NANOCHAT_PL_DATA_URL, else Hugging Face.
+        base_url: Where the shards (shard_00000.parquet, ...) are; default: $NANOCHAT_PL_DATA_URL, else Hugging Face.
         workers: How many shards to download at once.
     """
     if dataset not in DATASETS:
