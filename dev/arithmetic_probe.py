@@ -1,5 +1,6 @@
 """A probe for issue #23: a checkpoint on 100 arithmetic questions phrased unlike tasks/arithmetic.py's
-templates, greedy, through the same Engine `serve` uses: how many replies call the calculator, how many are right.
+templates, greedy, through the same Engine `serve` uses: how many replies call the calculator, how many are right;
+and on 20 questions that are not arithmetic, how many replies call it anyway.
 
     python dev/arithmetic_probe.py CHECKPOINT [replies.json]   # prints {"calls": .., "right": .., "n": 100}
 """
@@ -88,8 +89,32 @@ for i in range(25):
         )
     qs.append((q, ans))
 assert len(qs) == 100
+# not arithmetic: a reply should call no calculator
+others = [
+    "hello",
+    "What is the capital of France?",
+    "Who are you?",
+    "What does `json.dumps` do?",
+    "Tell me a joke.",
+    "How are you today?",
+    "What does os.path.join do?",
+    "Write a short poem about the sea.",
+    "What can you do?",
+    "Explain what a Python list is.",
+    "What color is the sky?",
+    "Thank you!",
+    "Why is the sea salty?",
+    "What is Python?",
+    "Who wrote Hamlet?",
+    "Good morning!",
+    "What is recursion?",
+    "Describe `collections.Counter`.",
+    "Can you help me with my homework?",
+    "What is your favourite food?",
+]
+qs += [(q, None) for q in others]
 engine, _ = load_engine(sys.argv[1], torch.device("cpu"), precision="fp32")
-calls = right = 0
+calls = right = false_calls = 0
 rows = []
 for q, ans in qs:
     ids = engine.tokenizer.render_for_completion([{"role": "user", "content": q}])
@@ -98,11 +123,30 @@ for q, ans in qs:
     m = re.search(r"####\s*(-?[\d,\.]+)", text)
     nums = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
     got = m.group(1).replace(",", "") if m else (nums[-1] if nums else None)
-    ok = got is not None and float(got) == ans
     call = "<|python_start|>" in text or "<<" in text
+    if ans is None:
+        false_calls += call
+        rows.append({"q": q, "reply": text[:160], "call": call})
+        continue
+    ok = got is not None and float(got) == ans
     calls += call
     right += ok
     rows.append({"q": q, "answer": ans, "reply": text[:160], "call": call, "right": ok})
 with open(sys.argv[2] if len(sys.argv) > 2 else "replies.json", "w") as out:
     json.dump(rows, out, indent=1)
-print(json.dumps({"calls": calls, "right": right, "n": len(qs)}))
+by_kind = {
+    kind: sum(r.get("right", 0) for r in rows[lo:hi])
+    for kind, lo, hi in (("direct", 0, 50), ("one-step word", 50, 75), ("two-step word", 75, 100))
+}
+print(
+    json.dumps(
+        {
+            "calls": calls,
+            "right": right,
+            "n": 100,
+            **by_kind,
+            "non-arithmetic calls": false_calls,
+            "non-arithmetic": len(others),
+        }
+    )
+)
