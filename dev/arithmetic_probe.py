@@ -2,7 +2,9 @@
 templates, greedy, through the same Engine `serve` uses: how many replies call the calculator, how many are right;
 and on 20 questions that are not arithmetic, how many replies call it anyway.
 
-    python dev/arithmetic_probe.py CHECKPOINT [replies.json]   # prints {"calls": .., "right": .., "n": 100}
+    python dev/arithmetic_probe.py sft [replies.json [questions.json]]   # prints one JSON line
+
+The checkpoint is a name (`sft`) or a path; questions.json replaces the 100 generated here with another set.
 """
 
 import json
@@ -12,6 +14,7 @@ import sys
 
 import torch
 
+from nanochat_pl.checkpoint import resolve_checkpoint
 from nanochat_pl.engine import load_engine
 
 r = random.Random(2026)
@@ -89,6 +92,11 @@ for i in range(25):
         )
     qs.append((q, ans))
 assert len(qs) == 100
+qs = [(q, a, "direct" if i < 50 else "word1" if i < 75 else "word2") for i, (q, a) in enumerate(qs)]
+if len(sys.argv) > 3:  # another held-out set: a JSON list of {"kind", "question", "answer"}
+    with open(sys.argv[3]) as f:
+        qs = [(row["question"], row["answer"], row["kind"]) for row in json.load(f)]
+n = len(qs)
 # not arithmetic: a reply should call no calculator
 others = [
     "hello",
@@ -112,11 +120,11 @@ others = [
     "Can you help me with my homework?",
     "What is your favourite food?",
 ]
-qs += [(q, None) for q in others]
-engine, _ = load_engine(sys.argv[1], torch.device("cpu"), precision="fp32")
+qs += [(q, None, "other") for q in others]
+engine, _ = load_engine(resolve_checkpoint(sys.argv[1]), torch.device("cpu"), precision="fp32")
 calls = right = false_calls = 0
 rows = []
-for q, ans in qs:
+for q, ans, kind in qs:
     ids = engine.tokenizer.render_for_completion([{"role": "user", "content": q}])
     seqs, _ = engine.generate_batch(ids, max_tokens=128, temperature=0.0)
     text = engine.tokenizer.decode(seqs[0][len(ids) :])
@@ -126,27 +134,17 @@ for q, ans in qs:
     call = "<|python_start|>" in text or "<<" in text
     if ans is None:
         false_calls += call
-        rows.append({"q": q, "reply": text[:160], "call": call})
+        rows.append({"q": q, "kind": kind, "reply": text[:160], "call": call})
         continue
     ok = got is not None and float(got) == ans
     calls += call
     right += ok
-    rows.append({"q": q, "answer": ans, "reply": text[:160], "call": call, "right": ok})
+    rows.append({"q": q, "kind": kind, "answer": ans, "reply": text[:160], "call": call, "right": ok})
 with open(sys.argv[2] if len(sys.argv) > 2 else "replies.json", "w") as out:
     json.dump(rows, out, indent=1)
-by_kind = {
-    kind: sum(r.get("right", 0) for r in rows[lo:hi])
-    for kind, lo, hi in (("direct", 0, 50), ("one-step word", 50, 75), ("two-step word", 75, 100))
-}
-print(
-    json.dumps(
-        {
-            "calls": calls,
-            "right": right,
-            "n": 100,
-            **by_kind,
-            "non-arithmetic calls": false_calls,
-            "non-arithmetic": len(others),
-        }
-    )
-)
+by_kind: dict[str, int] = {}
+for row in rows:
+    if "right" in row:
+        by_kind[row["kind"]] = by_kind.get(row["kind"], 0) + row["right"]
+summary = {"calls": calls, "right": right, "n": n, **by_kind, "other calls": false_calls, "others": len(others)}
+print(json.dumps(summary))

@@ -24,7 +24,7 @@ from nanochat_pl.common import UserError
 from nanochat_pl.sandbox import calculator
 from nanochat_pl.tasks import customjson, docstrings, spelling
 from nanochat_pl.tasks.arithmetic import Arithmetic
-from nanochat_pl.tasks.customjson import CustomJSON, IdentityConversations
+from nanochat_pl.tasks.customjson import CustomJSON, IdentityConversations, SmallTalk
 from nanochat_pl.tasks.docstrings import DocstringQA
 from nanochat_pl.tasks.spelling import SimpleSpelling, SpellingBee, load_words
 from nanochat_pl.tasks.task import TaskMixture
@@ -115,12 +115,29 @@ def test_every_task_renders_with_the_right_mask(tokenizer, word_file, tmp_path):
         Arithmetic(size=60),
         Arithmetic(size=20, split="test"),
         IdentityConversations(),
+        SmallTalk(stop=50),
         CustomJSON(str(jsonl)),
     ]
     mixture = TaskMixture(tasks)
     assert len(mixture) == sum(len(task) for task in tasks)
     for conversation in mixture:
         check_rendering(tokenizer, conversation)
+
+
+def test_small_talk_is_the_corpus_less_who_the_bot_is_split_by_first_line():
+    import chatterbot_corpus
+    import yaml
+
+    files = (Path(chatterbot_corpus.__file__).parent / "data" / "english").glob("*.yml")
+    corpus = [turns for path in files for turns in yaml.safe_load(path.read_text())["conversations"]]
+    train, test = SmallTalk(), SmallTalk(split="test")
+    kept = [[m["content"] for m in c["messages"]] for task in (train, test) for c in task]
+    firsts = {c["messages"][0]["content"] for c in train}
+    assert not firsts & {c["messages"][0]["content"] for c in test}  # a first line is in one split only
+    assert all(len(turns) % 2 == 0 and any(turns == t[: len(turns)] for t in corpus) for turns in kept)
+    assert 1800 < len(kept) < len(corpus) and len(test) > 50
+    assert not any(re.search(r"who are you|your name", turn, re.I) for turns in kept for turn in turns)
+    assert ["Hello", "Hi"] in kept  # greetings are answered in kind
 
 
 # ---- the calculator agrees with the data ----

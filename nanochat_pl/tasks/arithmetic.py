@@ -22,18 +22,19 @@ from nanochat_pl.tasks.gsm8k import final_answer_matches, solution_parts
 from nanochat_pl.tasks.task import Conversation, GeneratedTask, qa
 
 DATA = yaml.safe_load((Path(__file__).parent / "data" / "arithmetic.yaml").read_text(encoding="utf-8"))
-NAMES, GOODS, UNITS = DATA["names"], DATA["goods"], DATA["units"]
+NAMES, GOODS, UNITS, VERBS = DATA["names"], DATA["goods"], DATA["units"], DATA["verbs"]
 PLACES = [place.split() for place in DATA["places"]]  # singular, plural
 SIZES = ((2, 9), (2, 20), (10, 99), (100, 999), (1000, 9999))  # a number is drawn from one of these ranges
 
-# (question, steps, words for `{w}`): a step is an expression of the question's numbers a-d and the results before it
-Template = tuple[str, tuple[str, ...], tuple[str, ...]]
+# (question, steps, choices): a step is an expression of the question's numbers a-d and the results before it; an
+# ask's `{w}` and `{s}` are one of its choices (a word for the operation, a symbol: "x" and "×" are the calculator's *)
+Template = tuple[str, tuple[str, ...], dict[str, list[str]]]
 ASKS: tuple[Template, ...] = tuple(
-    (ask.replace("{s}", op), (f"a{op}b",), tuple(DATA["words"][op]))
+    (ask, (f"a{op}b",), {"w": DATA["words"][op], "s": DATA["symbols"][op]})
     for op in DATA["words"]
     for ask in DATA["asks"]["any"] + DATA["asks"][op]
 )
-PROBLEMS: tuple[Template, ...] = tuple((question, tuple(steps), ()) for question, *steps in DATA["problems"])
+PROBLEMS: tuple[Template, ...] = tuple((question, tuple(steps), {}) for question, *steps in DATA["problems"])
 TEMPLATES = tuple(
     (q, tuple(re.sub(r"\b([a-d]|r\d)\b", r"{\1}", step) for step in steps), w) for q, steps, w in ASKS + PROBLEMS
 )
@@ -41,13 +42,13 @@ TEMPLATES = tuple(
 
 def _number(value: int, rng: random.Random) -> str:
     """A number as a question writes it: sometimes with thousands separators, which the calculator's input drops."""
-    return f"{value:,}" if value >= 1000 and rng.random() < 0.3 else str(value)
+    return f"{value:,}" if value >= 1000 and rng.random() < 0.5 else str(value)
 
 
 def render(template: Template, rng: random.Random) -> tuple[str, list[dict[str, str]]]:
     """One problem of a template: its question, and its answer as GSM8K writes a solution (each step
     `a * b = <<a*b=output>>result.`, then `#### answer`), turned into parts as GSM8K's are."""
-    question, steps, words = template
+    question, steps, choices = template
     while True:  # draw numbers until every step comes out a positive whole number of a sensible size
         values, lines = {k: rng.randint(*rng.choice(SIZES)) for k in "abcd"}, []
         for i, step in enumerate(steps, 1):
@@ -64,12 +65,13 @@ def render(template: Template, rng: random.Random) -> tuple[str, list[dict[str, 
     shown = {k: _number(v, rng) for k, v in values.items() if k in "abcd"}
     text = question.format(
         **shown,
-        w=rng.choice(words or ("",)),
+        **{slot: rng.choice(options) for slot, options in choices.items()},
         n=names[0],
         m=names[1],
         p=place,
         ps=places,
         u=rng.choice(UNITS),
+        **{kind: rng.choice(verbs) for kind, verbs in VERBS.items()},
         g=(goods := rng.sample(GOODS, 2))[0],
         h=goods[1],
     )
