@@ -141,8 +141,8 @@ def gpt_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", tokenizer_dir: str | Path | None = None
 ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Any stage's GPT (eval mode, fp32 weights on `device`), its tokenizer and its metadata entry, from a
-    checkpoint of ours or of nanochat's."""
+    """Any stage's GPT (eval mode, fp32 weights on `device`), its tokenizer and its metadata entry with its optimizer
+    `step`, from a checkpoint of ours or of nanochat's."""
     checkpoint = read_checkpoint(path)
     tokenizer = checkpoint_tokenizer(checkpoint, path, tokenizer_dir)
     with torch.device("meta"):
@@ -153,7 +153,7 @@ def load_model(
         model.load_state_dict(gpt_state(checkpoint))
     except RuntimeError as error:
         raise UserError(f"{path} does not match its own model config: {str(error).splitlines()[0]}") from error
-    return model.eval(), tokenizer, checkpoint[CHECKPOINT_KEY]
+    return model.eval(), tokenizer, {**checkpoint[CHECKPOINT_KEY], "step": checkpoint.get("global_step", 0)}
 
 
 def stage_checkpoints(root_dir: Path) -> list[Path]:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "serve": ("commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
     "speedrun": ("commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
     "report": ("report:write_report", "the report card (report/report.md) of the runs in the home"),
+    "inspect": ("apps.inspector:inspect", "what checkpoints see in a text: tokens, masks, surprise, top 5"),
     "runs": ("commands.runs:runs", "every checkpoint in the home, newest first, by name (--tree: their lineage)"),
     "data": {
         "download": ("commands.data:download", "download FineWeb-Edu or ClimbMix shards (resumable, atomic)"),
@@ -61,6 +62,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
 SHORT_FLAGS: dict[str, dict[str, str]] = {
     "data download": {"-n": "--num_shards"},
     "chat": {"-p": "--prompt"},
+    "inspect": {"-p": "--prompt"},
     "eval chat": {"-a": "--tasks", "-x": "--max_problems"},
 }
 

@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import uvicorn
 
+from nanochat_pl.engine import Engine
 from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.tokenizer import Tokenizer
 
@@ -67,14 +67,15 @@ def reply_tokens(tokenizer: Tokenizer, script: list[tuple[str, str]]) -> list[in
     return [*tokens, special("<|assistant_end|>")]
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """Stands in for `Engine`: replies with `script` ((part type, text) pairs: text and calculator calls, the
-    tool's output included as the real engine forces it), one token every `delay` seconds; records every prompt
-    it is given and how many tokens each reply got out before it ended or was abandoned."""
+    tool's output included and masked 0 as the real engine forces it), one token every `delay` seconds; records every
+    prompt it is given and how many tokens each reply got out before it ended or was abandoned. Its model is a tiny
+    random GPT, which the Inspect tab scores with."""
 
     def __init__(self, tokenizer: Tokenizer, script: list[tuple[str, str]], delay: float = 0.0):
-        self.tokenizer = tokenizer
-        self.model = SimpleNamespace(config=SimpleNamespace(sequence_len=1024))
+        config = GPTConfig.from_depth(1, vocab_size=tokenizer.vocab_size, sequence_len=1024, head_dim=32)
+        super().__init__(noisy_gpt(config), tokenizer, compute_dtype=torch.float32)
         self.delay = delay
         self.prompts: list[list[int]] = []
         self.produced: list[int] = []
@@ -83,10 +84,13 @@ class ScriptedEngine:
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int = 256, **sampling):
         self.prompts.append(list(tokens))
         self.produced.append(0)
+        forced = False
         for token in self.reply[:max_tokens]:
             time.sleep(self.delay)
             self.produced[-1] += 1
-            yield [token] * num_samples, [1] * num_samples
+            forced |= token == self.output_start
+            yield [token] * num_samples, [int(not forced)] * num_samples
+            forced &= token != self.output_end
 
 
 def free_port() -> int:

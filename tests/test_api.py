@@ -26,8 +26,9 @@ def real_server(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model, two replicas, two cores: one thread each
     checkpoint = make_checkpoint(tmp_path_factory.mktemp("api"))
-    engines = [load_engine(str(checkpoint), torch.device("cpu"))[0] for _ in range(2)]
-    with running_server(create_app(engines, "nanochat-pl-sft")) as url:
+    loaded = [load_engine(str(checkpoint), torch.device("cpu")) for _ in range(2)]
+    engines = [engine for engine, _ in loaded]
+    with running_server(create_app(engines, "nanochat-pl-sft", str(checkpoint), loaded[0][1])) as url:
         yield url, engines[0].tokenizer
     torch.set_num_threads(threads)
 
@@ -37,7 +38,7 @@ def scripted_server():
     """One scripted replica; yields (base URL, engine)."""
     tokenizer = Tokenizer.train_from_iterator(TRAINING_TEXT, vocab_size=320)
     engine = ScriptedEngine(tokenizer, SCRIPT, delay=0.01)
-    with running_server(create_app([engine], "nanochat-pl-test")) as url:
+    with running_server(create_app([engine], "nanochat-pl-test", "scripted", {"stage": "sft", "step": 0})) as url:
         yield url, engine
 
 

@@ -1,26 +1,35 @@
-"""The Gradio chat page: a ChatInterface whose replies stream from the replica pool.
+"""The Gradio page: what the model is, a chat whose replies stream from the replica pool, and an Inspect tab.
 
 Each calculator call is its own collapsible message: the expression in a code block (so `2*3*4` is not read as
-markdown), the result beside the title (`metadata["log"]`). When the history comes back on the next turn, those
-messages become the python / python_output parts again, so the model sees its earlier turns token for token.
+markdown), the result beside the title (`metadata["log"]`); a final `#### 84` (GSM8K's) shows as an answer. When the
+history comes back on the next turn, they become python / python_output parts and `#### 84` again, so the model sees
+its earlier turns token for token.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import yaml
 
 from nanochat_pl.apps.api import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from nanochat_pl.apps.inspector import inspect_tokens, tokens_html
 from nanochat_pl.apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
 from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_sampling
 from nanochat_pl.reply import Piece
+from nanochat_pl.stages.lm import CHAT_PROMPTS, PROMPTS
 
 TOOL_TITLE = "🧮 calculator"
 RESULT_PREFIX = "= "
 FENCE_OPEN, FENCE_CLOSE = "```\n", "\n```"
+ANSWER, SHOWN_ANSWER = re.compile(r"^#### (.*)$", re.M), re.compile(r"^🎯 Answer: \*\*(.*)\*\*$", re.M)
 
 
 def _text(content: Any) -> str:
@@ -43,7 +52,7 @@ def conversation_from_history(history: list[dict[str, Any]]) -> list[dict[str, A
             messages.append({"role": "assistant", "content": []})
         parts = messages[-1]["content"]
         if metadata.get("title") != TOOL_TITLE:
-            parts.append({"type": "text", "text": text})
+            parts.append({"type": "text", "text": SHOWN_ANSWER.sub(r"#### \1", text)})
             continue
         parts.append({"type": "python", "text": text.removeprefix(FENCE_OPEN).removesuffix(FENCE_CLOSE)})
         if "log" in metadata:
@@ -76,7 +85,50 @@ def _show(shown: list[gr.ChatMessage], piece: Piece) -> None:
         last.content = _text_part(last.content["text"] + piece.text)
 
 
-def chat_page(pool: ReplicaPool) -> gr.Blocks:
+def _shown(message: gr.ChatMessage) -> gr.ChatMessage:
+    """A message as the page shows it: a final line `#### 84` as an answer."""
+    text = None if message.metadata.get("title") else ANSWER.sub(r"🎯 Answer: **\1**", message.content["text"])
+    return message if text is None else gr.ChatMessage(content=_text_part(text))
+
+
+def example_prompts(checkpoint: str | Path, chat: bool, count: int = 4) -> list[str]:
+    """Questions like those the model was trained on: the first of each task of its run's validation, then training
+    mixture (in the config.yaml LightningCLI saved), a task whose data is not here left out; else stages/lm.py's."""
+    config = Path(checkpoint).parent.parent / "config.yaml"
+    data = (yaml.safe_load(config.read_text()).get("data") or {}).get("init_args", {}) if config.is_file() else {}
+    prompts: dict[str, str] = {}  # by task class
+    mixtures = [data.get(key) for key in ("val", "train")]  # lists of tasks, or one task (RL's)
+    for spec in [task for mixture in mixtures for task in (mixture if isinstance(mixture, list) else [mixture])]:
+        if isinstance(spec, dict) and spec["class_path"] not in prompts and len(prompts) < count:
+            with contextlib.suppress(UserError):  # a dataset not downloaded here
+                module, _, name = spec["class_path"].rpartition(".")
+                task = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+                prompts[spec["class_path"]] = next(m["content"] for m in task[0]["messages"] if m["role"] == "user")
+    return list(prompts.values()) or list(CHAT_PROMPTS if chat else PROMPTS)[:count]
+
+
+def page(pool: ReplicaPool, checkpoint: str | Path, meta: dict[str, Any]) -> gr.Blocks:
+    """What the model is (its checkpoint's stage and step, its size), the chat and the Inspect tab."""
+    engine, chat = pool.engines[0], meta["stage"] != "base"
+    about = f"**{meta['stage']}** model, step {meta['step']:,}, {engine.model.num_params():,} parameters"
+    chat_tab = chat_page(pool, example_prompts(checkpoint, chat))  # built outside the page, rendered in it
+    with gr.Blocks(title="nanochat-pl", fill_height=True, analytics_enabled=False) as blocks:
+        gr.Markdown(f"## nanochat-pl\n{about}")
+        with gr.Tab("Chat"):
+            chat_tab.render()
+        with gr.Tab("Inspect"):
+            text = gr.Textbox(label="A prompt, a text, or a JSON conversation", lines=3)
+            answer = gr.Slider(0, 512, value=64, step=1, label="The model answers first, up to (0: as given)")
+            button, shown = gr.Button("Inspect"), gr.HTML()
+
+            def inspect(text: str, max_tokens: float) -> str:  # a UserError shows in the page's error box
+                return tokens_html(inspect_tokens(engine, text, int(max_tokens), chat))
+
+            gr.on([button.click, text.submit], inspect, [text, answer], shown)
+    return blocks
+
+
+def chat_page(pool: ReplicaPool, examples: list[str]) -> gr.ChatInterface:
     async def respond(
         message: str, history: list[dict[str, Any]], temperature: float, top_k: int, max_tokens: int
     ) -> AsyncIterator[list[gr.ChatMessage]]:
@@ -90,7 +142,7 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
         shown: list[gr.ChatMessage] = []
         async for piece in pieces:
             _show(shown, piece)
-            yield list(shown)
+            yield list(map(_shown, shown))
         if not shown:  # the model ended its turn at once
             yield [gr.ChatMessage(content=_text_part(""))]
 
@@ -103,7 +155,7 @@ def chat_page(pool: ReplicaPool) -> gr.Blocks:
         respond,
         additional_inputs=controls,
         additional_inputs_accordion=gr.Accordion("Sampling", open=False),
-        title="nanochat-pl",
+        examples=[[prompt, None, None, None] for prompt in examples],  # shown in the empty chat; a click sends one
         concurrency_limit=None,  # the replica pool queues the requests, not Gradio
         fill_height=True,
         analytics_enabled=False,  # no telemetry and no version check calling out from a self-hosted server

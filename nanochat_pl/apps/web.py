@@ -8,12 +8,12 @@ from fastapi import FastAPI
 
 from nanochat_pl.apps.api import add_api
 from nanochat_pl.apps.pool import ReplicaPool
-from nanochat_pl.apps.ui import chat_page
+from nanochat_pl.apps.ui import page
 from nanochat_pl.engine import Engine
 
 
-def create_app(engines: list[Engine], model_name: str) -> FastAPI:
+def create_app(engines: list[Engine], model_name: str, checkpoint: str, meta: dict) -> FastAPI:
     pool = ReplicaPool(engines)
     app = FastAPI(title="nanochat-pl")
     add_api(app, pool, model_name)  # before the page: a mount at `/` answers every path it is given
-    return gr.mount_gradio_app(app, chat_page(pool), path="/")
+    return gr.mount_gradio_app(app, page(pool, checkpoint, meta), path="/")

@@ -49,7 +49,7 @@ def serve(
         devices = [resolve_device(device)]
     replica_devices = [devices[i % len(devices)] for i in range(replicas or len(devices))]
     loaded = [load_engine(checkpoint, replica_device, tokenizer_dir, precision) for replica_device in replica_devices]
-    stage = loaded[0][1].get("stage", "model")
+    meta = loaded[0][1]
     print(f"serving {checkpoint} with {len(loaded)} replica(s) on {', '.join(map(str, replica_devices))}")
-    app = create_app([engine for engine, _ in loaded], model_name=f"nanochat-pl-{stage}")
+    app = create_app([engine for engine, _ in loaded], f"nanochat-pl-{meta['stage']}", checkpoint, meta)
     uvicorn.run(app, host=host, port=port)
