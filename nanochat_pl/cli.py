@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "chat": ("commands.chat:chat", "talk to a checkpoint in the terminal (-p for one answer)"),
     "serve": ("commands.serve:serve", "Gradio chat at / and the OpenAI API at /v1/chat/completions"),
     "speedrun": ("commands.speedrun:speedrun", "the whole pipeline, stage by stage, resumable"),
+    "ladder": ("commands.ladder:ladder", "the ablation ladder: from a bigram to today's GPT, a component a rung"),
     "report": ("report:write_report", "the report card (report/report.md) of the runs in the home"),
     "inspect": ("apps.inspector:inspect", "what checkpoints see in a text: tokens, masks, surprise, top 5"),
     "runs": ("commands.runs:runs", "every checkpoint in the home, newest first, by name (--tree: their lineage)"),

@@ -32,6 +32,7 @@ from nanochat_pl.model.gpt import GPT, GPTConfig
 from nanochat_pl.stages.lm import meta_model
 
 STATE_FILE = Path("speedrun") / "state.json"  # in the data home
+LADDER_FILE = Path("ladder") / "ladder.json"  # `nanochat-pl ladder`'s rungs, its state.json beside it
 MISSING = "—"
 # nanochat's summary table (its README): a metric per row, a stage per column
 SUMMARY_ROWS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE")
@@ -275,7 +276,7 @@ def write_report(hourly_rate: float | None = None, output: str | None = None) ->
     else:
         records = find_runs(home / "runs")
         source = f"the newest run of each stage under {home / 'runs'} (no speedrun state)"
-        if not records:
+        if not records and not (home / LADDER_FILE).is_file():
             raise UserError(f"nothing to report: no speedrun state at {home / STATE_FILE} and no run under runs/")
     shown = [r for r in records if r.status in ("done", "running", "failed")]
     fits = {r.name: read_fit_stage(r, records) for r in shown if r.command == "fit" and r.checkpoint is not None}
@@ -288,12 +289,59 @@ def write_report(hourly_rate: float | None = None, output: str | None = None) ->
     stages = ["## Stages", "", "| stage | command | status | time |", "|---|---|---|---:|"]
     stages += [f"| {r.name} | {r.command} | {r.status} | {duration(r.seconds)} |" for r in shown]
     summary = summary_table(list(fits.values()))
-    parts = [header(state, records, source, hourly_rate), "\n".join(stages), *sections, "## Summary\n\n" + summary]
+    ladder = [ladder_section(home, out)] if (home / LADDER_FILE).is_file() else []
+    parts = [header(state, records, source, hourly_rate)]
+    if records:
+        parts += ["\n".join(stages), *sections, "## Summary\n\n" + summary]
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
-    print(summary)
+        tmp.write_text("\n\n".join(parts + ladder) + "\n", encoding="utf-8")
+    print("\n\n".join(([summary] if records else []) + ladder))
     print(f"wrote {out / 'report.md'}")
     return out / "report.md", summary
+
+
+def ladder_section(home: Path, out: Path) -> str:
+    """The ablation ladder (`nanochat-pl ladder`): each rung's validation bits per byte after the same tokens, its
+    change over the rung before ("noise" where smaller than the spread of one rung trained with two seeds), its
+    training tokens/s and parameters, then why each rung exists and a plot of every run's curve into `out`."""
+    ladder = json.loads((home / LADDER_FILE).read_text(encoding="utf-8"))
+    state_file = home / LADDER_FILE.parent / "state.json"
+    state = SpeedrunState.load(state_file) if state_file.is_file() else SpeedrunState([])
+    fits = {r.name: read_fit_stage(r, []) for r in state.stages if r.status == "done"}
+    # by tokens: the first validation is the one before training, and the one after step k is logged at step k - 1
+    val = {name: fit.curves.get("val/bpb", []) for name, fit in fits.items()}
+    curves = {
+        name: [(i and (s + 1) * fits[name].tokens_per_step, v) for i, (s, v) in enumerate(val[name])] for name in val
+    }
+    final = {name: points[-1][1] for name, points in curves.items() if points}
+    (first, seed), (twin, twin_seed) = ladder["noise"]
+    spread = abs(final[first] - final[twin]) if first in final and twin in final else None
+    tokens = " / ".join(sorted({f"{points[-1][0]:,}" for points in curves.values() if points})) or MISSING
+    lines = ["## Ladder", "", f"{len(fits)} of {len(ladder['rungs']) + 1} runs done in {duration(state.seconds)}, "]
+    lines[-1] += f"each of {tokens} tokens. Noise band: {first} trained with seeds {seed} and {twin_seed}, "
+    lines[-1] += f"val bpb spread {number(spread)}."
+    lines += ["", "| rung | component | val bpb | Δ | tokens/s | parameters |", "|---|---|---:|---:|---:|---:|"]
+    previous = None
+    for rung in ladder["rungs"]:
+        fit, bpb = fits.get(rung["name"]), final.get(rung["name"])
+        delta = None if bpb is None or previous is None else bpb - previous
+        speed = fit and fit.last("train/time") and f"{fit.last('train/lengths')[1] / fit.last('train/time')[1]:,.0f}"
+        cells = [rung["name"], rung["component"], number(bpb), delta_text(delta, spread), speed or MISSING]
+        lines.append(f"| {' | '.join(cells)} | {f'{fit.model.num_params():,}' if fit else MISSING} |")
+        previous = bpb
+    lines += ["", *(f"- {r['name']}: {r['why']} ({r['source']})" for r in ladder["rungs"])]
+    if final:
+        later = {r["name"]: final[r["name"]] for r in ladder["rungs"][1:] if r["name"] in final}
+        plot_ladder(curves, later, spread, out / "ladder.png")
+        lines += ["", "![ladder](ladder.png)"]
+    return "\n".join(lines)
+
+
+def delta_text(delta: float | None, spread: float | None) -> str:
+    """A rung's change in val bpb over the rung before, marked noise where smaller than the two seeds' spread."""
+    if delta is None:
+        return MISSING
+    return f"{delta:+.4f}" + (" (noise)" if spread is not None and abs(delta) < spread else "")
 
 
 def fit_section(stage: StageRecord, fit: FitReport | None, out: Path) -> str:
@@ -434,3 +482,24 @@ def plot_curves(curves: Curves, title: str, path: Path) -> bool:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")  # no bbox_inches="tight": the size stays what was asked
     return True
+
+
+def plot_ladder(curves: Curves, later: dict[str, float], spread: float | None, path: Path) -> None:
+    """Left, every run's validation bits per byte against tokens (the untrained starts above the chart); right, the
+    final value of each rung after the first, the noise band as error bars."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(14.0, 5.0), dpi=100, layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    for index, (name, points) in enumerate(curves.items()):
+        left.plot(*zip(*points, strict=True), label=name, color=colormaps["viridis"](index / max(len(curves) - 1, 1)))
+    low, high = min(p[-1][1] for p in curves.values() if p), max(p[-1][1] for p in curves.values() if p)
+    left.set(title="validation bits per byte", xlabel="tokens", ylim=(low - 0.02, high + 0.2 * (high - low) + 0.02))
+    left.legend(fontsize="small", ncol=2)
+    right.errorbar(list(later), list(later.values()), yerr=spread, marker="o", capsize=4)
+    right.set(title="after the same tokens (error bars: the two seeds' spread)")
+    right.tick_params(axis="x", labelrotation=60)
+    left.grid(alpha=0.3), right.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")

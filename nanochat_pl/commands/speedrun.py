@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from nanochat_pl.checkpoint import STAGES, resolve_checkpoint
+from nanochat_pl.checkpoint import STAGES, newest_checkpoint
 from nanochat_pl.common import (
     UserError,
     atomic_write_text,
@@ -58,6 +58,8 @@ class Stage:
         enabled: False leaves the stage out.
         background: Start it and go on; a stage that names it in `after` waits for it.
         after: Background stages to wait for before this one starts.
+        runs: `fit`: the folder of its runs (its trainer.default_root_dir); default runs/<name> in the data home, where
+            a checkpoint's name (`base`) finds them.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Stage:
     enabled: bool = True
     background: bool = False
     after: list[str] = field(default_factory=list)
+    runs: str | None = None
 
 
 def speedrun(
@@ -82,8 +85,15 @@ def speedrun(
         hourly_rate: What the hardware costs per hour, for the report's estimate of the run's cost.
         restart: Forget what an earlier speedrun in this data home did and run every stage again.
     """
+    run_stages(stages, trainer, hourly_rate, restart, home_dir() / STATE_FILE)
+
+
+def run_stages(
+    stages: list[Stage], trainer: dict[str, Any] | None, hourly_rate: float | None, restart: bool, state_file: Path
+) -> None:
+    """Run the stages with what is done kept in `state_file` (a speedrun's, the ladder's), then the report card."""
     check_stages(stages)
-    runner = Runner(stages, trainer, hourly_rate, restart)
+    runner = Runner(stages, trainer, hourly_rate, restart, state_file)
     try:
         runner.run()
     except KeyboardInterrupt:
@@ -109,7 +119,7 @@ def check_stages(stages: list[Stage]) -> None:
         for ref in stage.after:
             if ref not in seen or not seen[ref].background:
                 raise UserError(f"stage {stage.name}: after must name earlier background stages, not {ref!r}")
-        if stage.command == "fit" and (stage.config is None or stage.name not in STAGES):
+        if stage.command == "fit" and (stage.config is None or (stage.name not in STAGES and stage.runs is None)):
             raise UserError(f"stage {stage.name}: a fit stage needs its config, and its stage as name: {STAGES}")
         if stage.background and stage.command == "fit":
             raise UserError(f"stage {stage.name}: a fit stage cannot run in the background")
@@ -117,10 +127,17 @@ def check_stages(stages: list[Stage]) -> None:
 
 
 class Runner:
-    def __init__(self, stages: list[Stage], trainer: dict[str, Any] | None, hourly_rate: float | None, restart: bool):
+    def __init__(
+        self,
+        stages: list[Stage],
+        trainer: dict[str, Any] | None,
+        hourly_rate: float | None,
+        restart: bool,
+        state_file: Path | None = None,
+    ):
         self.stages = {stage.name: stage for stage in stages}
         self.trainer = trainer
-        self.state_file = home_dir() / STATE_FILE
+        self.state_file = state_file or home_dir() / STATE_FILE
         self.root = self.state_file.parent
         self.background: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -151,7 +168,7 @@ class Runner:
         self.state.save(self.state_file)
 
     def say(self, text: str) -> None:
-        print(f"[speedrun {time.strftime('%H:%M:%S')}] {text}", flush=True)
+        print(f"[{self.root.name} {time.strftime('%H:%M:%S')}] {text}", flush=True)  # speedrun, ladder
 
     def run(self) -> None:
         self.state.ended = None
@@ -197,13 +214,18 @@ class Runner:
                 source = self.stages[source].init_from
             if source is not None:
                 argv += ["--model.init_args.init_from", self.records[source].checkpoint]
-            if (resume := self._interrupted_run(home_dir() / "runs" / stage.name, record)) is not None:
+            if stage.runs is not None:
+                argv += ["--trainer.default_root_dir", stage.runs]
+            if (resume := self._interrupted_run(self._runs(stage), record)) is not None:
                 argv += ["--ckpt_path", str(resume)]
         if stage.checkpoint is not None:
             argv += ["--checkpoint", self.records[stage.checkpoint].checkpoint]
         for key, value in stage.args.items():
             argv += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
         return argv
+
+    def _runs(self, stage: Stage) -> Path:
+        return Path(stage.runs) if stage.runs is not None else home_dir() / "runs" / stage.name
 
     def _interrupted_run(self, runs: Path, record: StageRecord) -> Path | None:
         """The last checkpoint of this stage's own unfinished run, if any (not runs there before it first started)."""
@@ -291,7 +313,7 @@ class Runner:
                 f"{error_line(tail).removeprefix('error: ')} (log: {record.log})"
             )
         if stage.command == "fit":
-            checkpoint = resolve_checkpoint(stage.name)
+            checkpoint = newest_checkpoint(self._runs(stage))
             record.checkpoint, record.run_dir = str(checkpoint), str(checkpoint.parent.parent)
         elif stage.checkpoint is not None:
             record.checkpoint = self.records[stage.checkpoint].checkpoint

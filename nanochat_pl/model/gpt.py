@@ -55,7 +55,7 @@ class GPTConfig:
     Attributes:
         sequence_len: training context T (sets the short window and the rotary table length).
         vocab_size: the tokenizer's vocabulary; embeddings/lm_head are padded to a multiple of `pad_vocab_to`.
-        n_layer: number of transformer blocks (the depth).
+        n_layer: number of transformer blocks (the depth); 0: the normed embedding straight into lm_head, a bigram.
         n_head: query heads.
         n_kv_head: key/value heads (GQA when < n_head; must divide n_head).
         n_embd: model width (n_head · head_dim).
@@ -89,9 +89,11 @@ class GPTConfig:
     pad_vocab_to: int = 64
 
     def __post_init__(self):
-        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "pad_vocab_to"):
+        for name in ("sequence_len", "vocab_size", "n_head", "n_kv_head", "n_embd", "pad_vocab_to"):
             if getattr(self, name) < 1:
                 raise UserError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_layer < 0 or (self.n_layer == 0 and self.backout):  # 0: embeddings into the head, a bigram model
+            raise UserError(f"GPTConfig.n_layer must be positive, or 0 without backout, got {self.n_layer}")
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
             raise UserError(
                 f"need n_embd % n_head == 0 and n_head % n_kv_head == 0, got n_embd={self.n_embd} "
@@ -140,9 +142,8 @@ class GPTConfig:
         """Each layer's attention window (None: full causal context), nanochat's tiling rule."""
         short = self.short_window or math.ceil(self.sequence_len / 4 / 128) * 128
         pattern = self.window_pattern.upper()
-        windows = [short if pattern[i % len(pattern)] == "S" else None for i in range(self.n_layer)]
-        windows[-1] = None  # the last layer always sees the whole context
-        return windows
+        last = self.n_layer - 1  # the last layer always sees the whole context
+        return [short if pattern[i % len(pattern)] == "S" and i < last else None for i in range(self.n_layer)]
 
     def has_value_embed(self, layer: int) -> bool:
         """Value embeddings sit on every other layer, counted back from the last (which always has one)."""
@@ -401,7 +402,7 @@ class GPT(nn.Module):
     def num_scaling_params(self) -> int:
         """Block matrices + lm_head: the count nanochat's scaling laws and horizon use (embeddings are lookups)."""
         families = self.param_families()
-        return sum(p.numel() for p in families["matrices"] + families["lm_head"])
+        return sum(p.numel() for p in families.get("matrices", []) + families["lm_head"])
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), nanochat HEAD's estimate_flops: 6 per weight of

@@ -110,11 +110,13 @@ def build_param_groups(
     lr_scale: float = 1.0,
     weight_decay: float = 0.0,
     lr_frac: float = 1.0,
+    muon: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Param groups for MuonAdamW, one per non-empty family (FAMILIES: "matrices" go to Muon, the others to AdamW),
     named after it for LearningRateMonitor, with the settings of pretraining recipe `recipe`. `lr_scale` multiplies
     the rates that follow the batch-size rule (scaling.py), `lr_frac` every rate (a later stage's fraction of the
-    base run's, nanochat chat_sft.py@92d63d4 init_lr_frac); `weight_decay` is Muon's."""
+    base run's, nanochat chat_sft.py@92d63d4 init_lr_frac); `weight_decay` is Muon's; `muon` overrides the recipe's
+    Muon settings (an ablation's {"normuon": False})."""
     settings = RECIPES[recipe]
     assert set(named_families) <= set(FAMILIES), f"unknown parameter families in {sorted(named_families)}"
     width_scale = (model_dim / 768) ** -0.5
@@ -124,8 +126,8 @@ def build_param_groups(
         if not params:
             continue
         if family == "matrices":
-            lr = settings.muon.get("lr", MUON_DEFAULTS["lr"]) * lr_scale * lr_frac
-            muon = dict(settings.muon, lr=lr, weight_decay=weight_decay)
+            muon = {**settings.muon, **(muon or {})}
+            muon |= dict(lr=muon.get("lr", MUON_DEFAULTS["lr"]) * lr_scale * lr_frac, weight_decay=weight_decay)
             groups.append(dict(kind="muon", name=family, params=params, **muon))
             continue
         if family not in settings.adamw:  # e.g. recipe oct with an architecture that has value embeddings

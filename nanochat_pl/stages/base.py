@@ -11,13 +11,14 @@ from typing import Any, Literal
 
 from nanochat_pl.common import UserError
 from nanochat_pl.model.gpt import GPT, GPTConfig
+from nanochat_pl.optim.muon_adamw import MUON_DEFAULTS
 from nanochat_pl.optim.recipes import RECIPES, Schedule
 from nanochat_pl.optim.scaling import plan_from_depth
 from nanochat_pl.stages.lm import LanguageModelStage, RunPlan, meta_model
 from nanochat_pl.tokenizer import get_tokenizer, tokenizer_location
 
 # GPTConfig fields the stage derives itself; `architecture` may set any of the others
-SHAPE_FIELDS = {"n_layer", "n_head", "n_embd", "sequence_len", "vocab_size"}
+SHAPE_FIELDS = {"n_head", "n_embd", "sequence_len", "vocab_size"}
 
 
 class BaseTraining(LanguageModelStage):
@@ -34,7 +35,9 @@ class BaseTraining(LanguageModelStage):
             total_batch_tokens 524288 and lr_scale 1 for October's).
         aspect_ratio: Width per layer (model_dim = depth · aspect_ratio rounded up to head_dim).
         head_dim: Channels per attention head.
-        architecture: Any other GPTConfig field to override, e.g. {window_pattern: L, n_kv_head: 2}.
+        architecture: Any other GPTConfig field to override, e.g. {window_pattern: L, n_kv_head: 2}; {n_layer: 0}:
+            no blocks, depth's width (a bigram model).
+        muon: Muon settings over the recipe's, e.g. {normuon: false} (MUON_DEFAULTS, optim/muon_adamw.py).
         target_param_data_ratio: Training tokens per scaling parameter (matrices + lm_head).
         total_batch_tokens: Tokens per optimizer step over all devices; default derived from the horizon.
         num_iterations: Optimizer steps; default horizon / total batch. `trainer.max_steps`, if set, wins.
@@ -59,6 +62,7 @@ class BaseTraining(LanguageModelStage):
         aspect_ratio: int = 64,
         head_dim: int = 128,
         architecture: dict[str, Any] | None = None,
+        muon: dict[str, Any] | None = None,
         target_param_data_ratio: float = 12.0,
         total_batch_tokens: int | None = None,
         num_iterations: int | None = None,
@@ -82,6 +86,8 @@ class BaseTraining(LanguageModelStage):
                 f"model.architecture cannot set {', '.join(sorted(shaped_elsewhere))}: they follow from depth, "
                 "aspect_ratio, head_dim, sequence_len and the tokenizer"
             )
+        if wrong := set(muon or {}) - set(MUON_DEFAULTS).difference({"momentum", "weight_decay"}):  # both scheduled
+            raise UserError(f"model.muon cannot set {', '.join(sorted(wrong))}: MUON_DEFAULTS' other keys, it can")
         config = GPTConfig.from_depth(depth, tokenizer.vocab_size, sequence_len, aspect_ratio, head_dim, **overrides)
         self.set_model(config, tokenizer, tokenizer_location(tokenizer_dir))
 
@@ -112,4 +118,5 @@ class BaseTraining(LanguageModelStage):
             total_batch_tokens=depth_plan.total_batch_tokens,
             max_steps=depth_plan.num_iterations,
             summary=depth_plan.describe(),
+            muon=h.muon,
         )

@@ -72,6 +72,7 @@ class RunPlan:
     total_batch_tokens: int | None  # per optimizer step over all devices; None: the stage accumulates by hand
     max_steps: int | None  # None: until the data module says its data is used up
     summary: str  # printed at the start of the run
+    muon: dict[str, Any] | None = None  # Muon settings over the recipe's (an ablation's)
 
 
 class LanguageModelStage(L.LightningModule, ABC):
@@ -179,7 +180,8 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     def configure_optimizers(self) -> dict:
         p, families, width = self.plan, self.model.param_families(), self.gpt_config.n_embd
-        optimizer = MuonAdamW(build_param_groups(families, width, p.recipe, p.lr_scale, p.weight_decay, p.lr_frac))
+        groups = build_param_groups(families, width, p.recipe, p.lr_scale, p.weight_decay, p.lr_frac, p.muon)
+        optimizer = MuonAdamW(groups)
         self.warm_start_optimizer(optimizer)
         scheduler = LambdaLR(optimizer, self.lr_multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
