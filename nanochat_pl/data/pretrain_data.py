@@ -123,13 +123,9 @@ class PretrainDataModule(StreamDataModule):
             if locals()[name] < 1:
                 raise UserError(f"data.{name} must be at least 1, got {locals()[name]}")
         self.save_hyperparameters()
-        self.source = source
-        self.tokenizer_dir = tokenizer_dir
-        self.sequence_len = sequence_len
-        self.device_batch_size = device_batch_size
-        self.buffer_docs = buffer_docs
-        self.data_dir = data_dir
-        self.tokenizer_threads = tokenizer_threads
+        self.source, self.tokenizer_dir, self.data_dir = source, tokenizer_dir, data_dir
+        self.sequence_len, self.device_batch_size = sequence_len, device_batch_size
+        self.buffer_docs, self.tokenizer_threads = buffer_docs, tokenizer_threads
         self._row_groups: dict[str, list[RowGroup]] = {}  # split -> its row groups
 
     def training_stats(self) -> dict[str, float]:
@@ -155,17 +151,9 @@ class PretrainDataModule(StreamDataModule):
             )
 
     def _stream(self, split: str) -> PretrainStream:
-        return PretrainStream(
-            self._row_groups[split],
-            self.tokenizer,
-            self.device_batch_size,
-            self.sequence_len,
-            self.buffer_docs,
-            self.tokenizer_threads,
-            rank=self.rank,
-            world_size=self.world_size,
-            progress=self.progress,
-        )
+        shape = (self.device_batch_size, self.sequence_len, self.buffer_docs, self.tokenizer_threads)
+        ranks = dict(rank=self.rank, world_size=self.world_size, progress=self.progress)
+        return PretrainStream(self._row_groups[split], self.tokenizer, *shape, **ranks)
 
     val_dataloader = StreamDataModule._val_dataloader
 

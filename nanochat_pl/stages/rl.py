@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.harness import pass_at_k, rank_share, sample_correct, sum_across_ranks
+from nanochat_pl.evals.harness import rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.limits import check_sampling
 from nanochat_pl.reply import read_reply
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
@@ -214,7 +214,8 @@ class RLTraining(FromCheckpoint):
             sample_correct(engine, data.val, i, num_samples=h.eval_samples, seed=i, **self.sampling_kwargs)
             for i in problems
         ]
-        counts = [round(pass_at_k(correct, k) * len(correct)) if correct else 0 for k in range(1, h.eval_samples + 1)]
+        # pass@k: the problems with a right reply among their first k samples (nanochat chat_rl.py)
+        counts = [sum(any(samples[:k]) for samples in correct) for k in range(1, h.eval_samples + 1)]
         totals = sum_across_ranks([*counts, len(correct)], device=self.device).tolist()
         metrics = {f"eval/pass@{k}": totals[k - 1] / totals[-1] for k in range(1, h.eval_samples + 1)}
         for logger in self.loggers:
