@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -39,23 +40,8 @@ from nanochat_pl.optim.scaling import grad_accumulation_steps
 from nanochat_pl.stages.callbacks import FinalCheckpoint, StepProgressBar, TokenThroughputMonitor
 from nanochat_pl.tokenizer import Tokenizer, tokenizer_location
 
-# Samples logged during training, greedy: continuations of the prompts nanochat's base_train samples from (facts a
-# small model picks up early), and a chat model's replies to who it is, arithmetic (its calculator) and spelling.
-PROMPTS = (
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
-    "If 5*x + 3 = 13, then x is",
-)
-CHAT_PROMPTS = (
-    "Who are you?",
-    "What is 23 times 17?",
-    "A book costs $12 and a pen costs $3. How much do 2 books and 4 pens cost?",
-    "How many r are in strawberry?",
-)
+# the prompts sampled during training: continuations of text, or a chat model's replies
+SAMPLE_PROMPTS = yaml.safe_load((Path(__file__).parent / "sample_prompts.yaml").read_text(encoding="utf-8"))
 # optimizer-group settings a stage sets itself, whatever optimizer state it warm-starts from
 FRESH_GROUP_KEYS = ("lr", "initial_lr", "weight_decay", "initial_weight_decay", "momentum")
 
@@ -252,7 +238,7 @@ class LanguageModelStage(L.LightningModule, ABC):
         was_training = self.model.training
         self.model.eval()
         lines = []
-        for prompt in CHAT_PROMPTS if chat else PROMPTS:
+        for prompt in SAMPLE_PROMPTS["chat" if chat else "text"]:
             if chat:
                 ids = tokenizer.render_for_completion([{"role": "user", "content": prompt}])
             else:
