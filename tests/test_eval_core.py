@@ -202,7 +202,7 @@ def score_task(model, tokenizer, task: CoreTask, *, batch_tokens: int) -> list[b
     mode, the device's fixed precision)."""
     examples = task_examples(task)
     indices = range(len(examples))
-    batches = core._score_task(model, tokenizer, task, examples, indices, batch_tokens)
+    batches = core._score_task(model, tokenizer, task, examples, indices, batch_tokens, "auto")
     by_index = dict(pair for batch in batches for pair in batch)
     return [by_index[i] for i in indices]
 

@@ -100,18 +100,11 @@ def chat(
     check_sampling(temperature, top_k, max_tokens)
     options = dict(names=names, max_problems=max_problems, num_samples=num_samples, max_tokens=max_tokens)
     options |= dict(temperature=temperature, top_k=top_k, batch_size=batch_size, allow_unconfined=allow_unconfined)
-    options["precision"] = precision
-    return _launch("chat", checkpoint, options, devices, device, output, tokenizer_dir)
+    return _launch("chat", checkpoint, options | {"precision": precision}, devices, device, output, tokenizer_dir)
 
 
 def _launch(
-    kind: str,
-    checkpoint: str,
-    options: dict[str, Any],
-    devices: int | None,
-    device: str,
-    output: str | None,
-    tokenizer_dir: str | None,
+    kind, checkpoint, options: dict, devices: int | None, device: str, output: str | None, tokenizer_dir: str | None
 ) -> dict:
     """Run `_evaluate` in `devices` processes (Fabric starts them, or joins torchrun's), and return rank 0's result."""
     from nanochat_pl.checkpoint import check_checkpoint_file
@@ -172,16 +165,10 @@ def write_result(summary: dict, output: str | None = None) -> None:
     and print the JSON as the last line."""
     kind, checkpoint = summary["kind"], Path(summary["checkpoint"])
     header = ["task", "accuracy", "centered", "examples", "source"]
-    rows = [
-        [
-            task.get("label") or task.get("name"),
-            round(task["accuracy"], 6),
-            round(task["centered"], 6),
-            task.get("num_examples", task.get("num_problems")),
-            task["source"],
-        ]
-        for task in summary["tasks"]
-    ]
+    rows = []
+    for task in summary["tasks"]:  # CORE's or ChatCORE's
+        name, examples = task.get("label") or task.get("name"), task.get("num_examples", task.get("num_problems"))
+        rows.append([name, round(task["accuracy"], 6), round(task["centered"], 6), examples, task["source"]])
     metric = "core" if kind == "core" else "chatcore"
     width = max([len(str(row[0])) for row in rows] + [len(metric)])
     print(f"{'task':<{width}}  accuracy  centered  examples  source")

@@ -33,15 +33,8 @@ from nanochat_pl.tasks.spelling import SpellingBee, load_words
 from nanochat_pl.tasks.task import Task
 
 # task -> accuracy by chance (nanochat chat_eval.py's baseline_accuracies): 4 choices, or free answers
-CHATCORE_TASKS = {
-    "ARC-Easy": 0.25,
-    "ARC-Challenge": 0.25,
-    "MMLU": 0.25,
-    "GSM8K": 0.0,
-    "HumanEval": 0.0,
-    "SpellingBee": 0.0,
-}
-CHANCE = {**CHATCORE_TASKS, "Arithmetic": 0.0}  # with the tasks `eval chat` also scores, outside ChatCORE
+CHATCORE_TASKS = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0, "HumanEval": 0, "SpellingBee": 0}
+CHANCE = {**CHATCORE_TASKS, "Arithmetic": 0}  # with the tasks `eval chat` also scores, outside ChatCORE
 
 
 def build_chat_task(name: str, *, allow_unconfined: bool = False) -> Task:

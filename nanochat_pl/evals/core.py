@@ -270,13 +270,7 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 
 
 def _score_task(
-    model: torch.nn.Module,
-    tokenizer,
-    task: CoreTask,
-    examples: list[dict[str, Any]],
-    indices: Sequence[int],
-    batch_tokens: int,
-    precision: str = "auto",
+    model, tokenizer, task: CoreTask, examples: list[dict], indices: Sequence[int], batch_tokens: int, precision: str
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
     device = next(model.parameters()).device
