@@ -96,15 +96,10 @@ def bench_infer(
             runs = [time_generation(engine, prompt, batch_size, decode_len, seed) for _ in range(repeats)]
             ttft, tpot = min(ttft for ttft, _ in runs), min(tpot for _, tpot in runs)
             step_bytes = _decode_step_bytes(model, batch_size, prompt_len, decode_len, PRECISIONS[precision])
-            row = {
-                "precision": precision,
-                "batch_size": batch_size,
-                "ttft_ms": round(ttft * 1e3, 2),
-                "tpot_ms": round(tpot * 1e3, 3),
-                "tokens_per_s": round(batch_size / tpot, 1),
-                "prefill_tokens_per_s": round(prompt_len / ttft, 1),
-                "mbu": round(step_bytes / tpot / peak, 4) if peak else None,
-            }
+            row = {"precision": precision, "batch_size": batch_size, "ttft_ms": round(ttft * 1e3, 2)}
+            row |= {"tpot_ms": round(tpot * 1e3, 3), "tokens_per_s": round(batch_size / tpot, 1)}
+            row["prefill_tokens_per_s"] = round(prompt_len / ttft, 1)
+            row["mbu"] = round(step_bytes / tpot / peak, 4) if peak else None
             results.append(row)
             print(
                 f"{precision} batch {batch_size:>3}: time to first token {row['ttft_ms']:8.1f} ms, "
@@ -113,19 +108,11 @@ def bench_infer(
             )
     auto, why = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
     print(f"auto precision: {auto} ({why})")
-    result = {
-        "device": name,
-        "threads": torch.get_num_threads() if torch_device.type == "cpu" else None,
-        "auto_precision": auto,
-        "checkpoint": checkpoint,
-        "depth": config.n_layer,
-        "params": model.num_params(),
-        "prompt_len": prompt_len,
-        "decode_len": decode_len,
-        "repeats": repeats,
-        "results": results,
-        "peak_memory_mb": round(peak_memory_mb(torch_device), 1),
-    }
+    threads = torch.get_num_threads() if torch_device.type == "cpu" else None
+    result = {"device": name, "threads": threads, "auto_precision": auto, "checkpoint": checkpoint}
+    result |= {"depth": config.n_layer, "params": model.num_params(), "prompt_len": prompt_len}
+    result |= {"decode_len": decode_len, "repeats": repeats, "results": results}
+    result["peak_memory_mb"] = round(peak_memory_mb(torch_device), 1)
     print(json.dumps(result))
     return result
 
@@ -216,20 +203,15 @@ def bench_eval(
         (nanochat_s, one_by_one), (batched_s, batched) = (
             _timed(torch_device, core, tasks, max_per_task=max_per_task, batch_tokens=t) for t in (0, batch_tokens)
         )
-        result["core"] |= {
-            "tasks": len(tasks),
-            "examples": examples,
-            "batch_tokens": batch_tokens,
-            "nanochat_examples_per_s": round(examples / nanochat_s, 2),
-            "batched_examples_per_s": round(examples / batched_s, 2),
-            "speedup": round(nanochat_s / batched_s, 2),
-            "identical": [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in batched.tasks],
-            "core": batched.core,
-        }
+        identical = [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in batched.tasks]
+        result["core"] |= {"tasks": len(tasks), "examples": examples, "batch_tokens": batch_tokens}
+        result["core"] |= {"nanochat_examples_per_s": round(examples / nanochat_s, 2)}
+        result["core"] |= {"batched_examples_per_s": round(examples / batched_s, 2)}
+        result["core"] |= {"speedup": round(nanochat_s / batched_s, 2), "identical": identical, "core": batched.core}
         print(
             f"CORE, {len(tasks)} tasks, {examples} examples: nanochat's way {examples / nanochat_s:.1f} examples/s, "
             f"batched {examples / batched_s:.1f} examples/s ({nanochat_s / batched_s:.2f}x), "
-            f"identical results: {result['core']['identical']}"
+            f"identical results: {identical}"
         )
     for reason in skipped:
         print(f"CORE skipped {reason}")

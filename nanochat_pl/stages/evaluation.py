@@ -122,10 +122,8 @@ class ChatCoreEvaluation(_EveryNSteps):
         from nanochat_pl.evals.chatcore import evaluate_chat
 
         engine = Engine(pl_module.model, pl_module.tokenizer)
-        max_problems = {"categorical": self.max_categorical, "generative": self.max_generative}
-        result = evaluate_chat(
-            engine, self.tasks, max_problems=max_problems, max_tokens=self.max_tokens, progress=False
-        )
+        caps = {"categorical": self.max_categorical, "generative": self.max_generative}
+        result = evaluate_chat(engine, self.tasks, max_problems=caps, max_tokens=self.max_tokens, progress=False)
         metrics = {f"chatcore/{task.name}": task.centered for task in result.tasks}
         categorical = [task.centered for task in result.tasks if task.kind == "categorical"]
         if categorical:

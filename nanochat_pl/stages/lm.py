@@ -94,11 +94,6 @@ class LanguageModelStage(L.LightningModule, ABC):
         if wrong:
             raise UserError(f"settings out of range: {', '.join(wrong)}")
 
-    def engine(self) -> Engine:
-        """An engine of the model in training, in the evals' fixed precision (precision.eval_precision), never a timed
-        pick that could differ between ranks and reruns: their samples must be the same."""
-        return Engine(self.model, self.tokenizer)
-
     def device_batch_size(self) -> int:
         """Rows of one forward/backward pass on each device: the data module's, unless the stage makes its own."""
         return self.trainer.datamodule.device_batch_size
@@ -147,9 +142,7 @@ class LanguageModelStage(L.LightningModule, ABC):
         plan = self.plan = self.plan_run(device_batch_size)
         # Values the plan derives reach the Trainer here, the first place where the world size is known.
         tokens, batch = plan.total_batch_tokens, (device_batch_size, cfg.sequence_len, trainer.world_size)
-        accumulation = trainer.accumulate_grad_batches = (
-            1 if tokens is None else grad_accumulation_steps(tokens, *batch)
-        )
+        accumulation = trainer.accumulate_grad_batches = grad_accumulation_steps(tokens, *batch) if tokens else 1
         if plan.max_steps is not None:
             trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
         trainer.val_check_interval = self.hparams.eval_every * accumulation  # counted in micro-batches
@@ -234,7 +227,8 @@ class LanguageModelStage(L.LightningModule, ABC):
     @rank_zero_only
     def log_samples(self) -> None:
         """Print the greedy answers to the fixed prompts and log them as text."""
-        chat, tokenizer, engine = self.chat_samples, self.tokenizer, self.engine()
+        # the evals' fixed precision (the engine's default), never a timed pick that could differ between ranks
+        chat, tokenizer, engine = self.chat_samples, self.tokenizer, Engine(self.model, self.tokenizer)
         was_training = self.model.training
         self.model.eval()
         lines = []

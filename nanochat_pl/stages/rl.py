@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from nanochat_pl.common import UserError
+from nanochat_pl.engine import Engine
 from nanochat_pl.evals.harness import rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.limits import check_sampling
 from nanochat_pl.reply import read_reply
@@ -145,7 +146,7 @@ class RLTraining(FromCheckpoint):
 
     def rollout(self, task: Task, conversation: Conversation, index: int, step: int) -> Rollout:
         h, tokenizer = self.hparams, self.tokenizer
-        engine = self.engine()
+        engine = Engine(self.model, tokenizer)  # in the evals' fixed precision: the same samples on every rank
         prompt = tokenizer.render_for_completion(conversation)
         sequences, masks = [], []
         self.model.eval()
@@ -206,7 +207,7 @@ class RLTraining(FromCheckpoint):
         data, h = self.trainer.datamodule, self.hparams
         if data.val is None:
             return {}
-        engine = self.engine()
+        engine = Engine(self.model, self.tokenizer)
         self.model.eval()
         # the same draws at every evaluation (seed: the problem): the figures move with the model only
         problems = rank_share(min(len(data.val), data.val_examples))
