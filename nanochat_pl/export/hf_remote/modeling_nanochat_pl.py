@@ -100,23 +100,11 @@ class NanochatPLForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
 
     def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        cache: GrowingKVCache | None = None,
-        past_key_values: GrowingKVCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        use_cache: bool = True,
-        logits_to_keep: int = 0,
-        **kwargs,
+        self, input_ids, cache=None, past_key_values=None, attention_mask=None, use_cache=True, logits_to_keep=0, **_
     ) -> dict:
         """With a cache, only the tokens it has not seen; the other keywords concern transformers' own caches."""
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             input_ids = input_ids[:, cache.pos :]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "use_cache": use_cache,
-            "logits_to_keep": logits_to_keep,
-            CACHE_NAME: cache,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        return inputs | {"logits_to_keep": logits_to_keep, CACHE_NAME: cache}
