@@ -52,15 +52,8 @@ MAX_RESULT_CHARS = 1_000
 # guard and a product of two allowed ints costs microseconds.
 MAX_INT_BITS = 3_300
 
-_BINARY_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
+_BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BINARY_OPS |= {ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY_OPS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 # "1,234,567" -> "1234567": nanochat strips commas so GSM8K-style thousands separators parse.
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")

@@ -146,14 +146,8 @@ def _evaluate(
         from nanochat_pl.evals.chatcore import evaluate_chat
 
         result = evaluate_chat(Engine(model, tokenizer, compute_dtype=PRECISIONS[precision]), **options)
-    summary = {
-        "kind": kind,
-        "checkpoint": checkpoint,
-        "world_size": fabric.world_size,
-        "precision": precision,
-        **{k: v for k, v in options.items() if k != "names"},
-        **result.as_dict(),
-    }
+    summary = {"kind": kind, "checkpoint": checkpoint, "world_size": fabric.world_size, "precision": precision}
+    summary |= {**{k: v for k, v in options.items() if k != "names"}, **result.as_dict()}
     if fabric.is_global_zero:
         print(f"precision: {precision}")
         write_result(summary, output)
