@@ -21,6 +21,12 @@ class UserError(Exception):
     """Bad input from the user (a config, a file, a flag). The CLI prints it as one line and exits 1."""
 
 
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__
+
+
 def home_dir() -> Path:
     """Everything lands here: data/, tokenizer/, runs/<stage>/, eval/, report/ (see DESIGN.md)."""
     return Path(os.environ.get("NANOCHAT_PL_HOME", Path.home() / ".cache" / "nanochat-pl")).expanduser()

@@ -22,14 +22,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.optim.lr_scheduler import LambdaLR
 
 from nanochat_pl.checkpoint import (
-    CHECKPOINT_KEY,
     check_vocab_matches,
     checkpoint_tokenizer,
     gpt_state,
     read_checkpoint,
     resolve_checkpoint,
 )
-from nanochat_pl.common import UserError
+from nanochat_pl.common import CHECKPOINT_KEY, UserError
 from nanochat_pl.engine import Engine
 from nanochat_pl.evals.bpb import BitsPerByte
 from nanochat_pl.model.fp8 import convert_to_float8
