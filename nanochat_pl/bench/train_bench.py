@@ -34,8 +34,7 @@ class StepTimer(L.Callback):
         self.attention, self.shard_optimizer = attention, shard_optimizer
         self.step_times: list[float] = []
         self.sampling: list[dict[str, float]] = []
-        self._last: float | None = None
-        self._last_step = 0
+        self._last, self._last_step = 0.0, 0
 
     def _sync(self, trainer: L.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
