@@ -149,14 +149,7 @@ def evaluate_chat(
 
 @torch.no_grad()
 def evaluate_categorical(
-    model: torch.nn.Module,
-    tokenizer,
-    task: Task,
-    indices: Sequence[int],
-    batch_size: int = 8,
-    compute_dtype: torch.dtype = torch.float32,
-    *,
-    progress: tqdm | None = None,
+    model, tokenizer, task: Task, indices: Sequence[int], batch_size=8, compute_dtype=torch.float32, *, progress=None
 ) -> list[bool | None]:
     """Whether the model's likeliest answer letter at the prompt's end is right, for each of `task`'s problems
     `indices`; None for a prompt longer than the model's context, which is not run."""
