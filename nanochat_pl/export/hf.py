@@ -98,7 +98,7 @@ def export_hf(
     eos = [assistant_end, tokenizer.bos_token_id]
     token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=assistant_end)
     try:
-        _write_tokenizer(tokenizer, staging, model_max_length=model.config.sequence_len)
+        _write_tokenizer(tokenizer, staging, model.config.sequence_len)
         if target == "native" or (target == "auto" and not blockers):
             _write_native(model, staging, DTYPES[dtype], token_ids)
         else:
@@ -110,7 +110,7 @@ def export_hf(
     return output
 
 
-def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: int) -> None:
+def _write_tokenizer(tokenizer: Tokenizer, directory: Path, max_length: int) -> None:
     """tokenizer.json (through transformers' TikTokenConverter, with <|bos|> prepended as nanochat does),
     tokenizer_config.json and chat_template.jinja, reloaded and checked against ours."""
     from tokenizers import processors
@@ -126,14 +126,9 @@ def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: in
     bos = "<|bos|>"
     prepend_bos = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
     fast.post_processor = processors.Sequence([fast.post_processor, prepend_bos])
-    PreTrainedTokenizerFast(
-        tokenizer_object=fast,
-        bos_token=bos,
-        eos_token="<|assistant_end|>",
-        pad_token="<|assistant_end|>",
-        model_max_length=model_max_length,
-        chat_template=CHAT_TEMPLATE,
-    ).save_pretrained(directory)
+    end = "<|assistant_end|>"
+    options = dict(bos_token=bos, eos_token=end, pad_token=end, model_max_length=max_length)
+    PreTrainedTokenizerFast(tokenizer_object=fast, chat_template=CHAT_TEMPLATE, **options).save_pretrained(directory)
 
     reloaded = AutoTokenizer.from_pretrained(directory)
     found = {name: reloaded.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
