@@ -305,16 +305,9 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="nanochat-unconfined-"))
             env, pass_fds = _environment(cwd), ()
         try:
-            process = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=pass_fds,
-                start_new_session=True,  # unconfined, its process group is what the timeout kills
-            )
+            # a new session: unconfined, its process group is what the timeout kills
+            streams = dict(stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+            process = subprocess.Popen(command, cwd=cwd, env=env, pass_fds=pass_fds, start_new_session=True, **streams)
         except OSError as e:
             return ExecResult("error", None, "", f"could not start the interpreter: {e}")
         finally:
