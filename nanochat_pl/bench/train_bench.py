@@ -89,16 +89,10 @@ def bench_train(
         rl = (safe_load(file).get("model") or {}).get("class_path", "").endswith(f".{RLTraining.__name__}")
     if rl:
         args.append("--model.init_args.eval_every=0")  # the held-out pass@k is measurement, not training
-    args += [
-        f"--trainer.max_steps={steps}",
-        "--trainer.limit_val_batches=0",
-        "--trainer.logger=false",
-        "--trainer.callbacks=[]",  # the config's checkpoints are not part of the measurement
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--model.init_args.sample_every=0",
-        *(overrides or []),
-    ]
+    # no validation, logging, samples or progress bar; no callbacks: the config's checkpoints are not measured
+    args += [f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false"]
+    args += ["--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"]
+    args += ["--model.init_args.sample_every=0", *(overrides or [])]
     cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer]})  # out of memory: one line, naming the flag
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
