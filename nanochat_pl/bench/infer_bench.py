@@ -170,7 +170,7 @@ def bench_eval(
         precision: "auto" (as `eval core` and `eval chat`: bf16 on CUDA, fp32 on a CPU), "bf16" or "fp32".
     """
     from nanochat_pl.evals.chatcore import evaluate_chat
-    from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, count_examples, evaluate_core
+    from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, evaluate_core
     from nanochat_pl.evals.core_data import load_core_tasks
 
     if min(max_per_task, categorical_problems, generative_problems, batch_size, max_tokens) < 1:
@@ -190,13 +190,13 @@ def bench_eval(
     tasks, skipped = load_core_tasks(bundle)
     result["core"] = {"skipped": skipped}
     if tasks:
-        examples = count_examples(tasks, max_per_task)
         core = functools.partial(evaluate_core, model, tokenizer, precision=precision)
         core(tasks[:1], max_per_task=4, progress=False)  # warm-up
         (nanochat_s, one_by_one), (batched_s, batched) = (
             _timed(torch_device, core, tasks, max_per_task=max_per_task, batch_tokens=t) for t in (0, batch_tokens)
         )
         identical = [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in batched.tasks]
+        examples = sum(task.num_examples for task in batched.tasks)  # over all ranks, as CORE counts them
         result["core"] |= {"tasks": len(tasks), "examples": examples, "batch_tokens": batch_tokens}
         result["core"] |= {"nanochat_examples_per_s": round(examples / nanochat_s, 2)}
         result["core"] |= {"batched_examples_per_s": round(examples / batched_s, 2)}

@@ -71,11 +71,6 @@ def task_examples(task: CoreTask, max_per_task: int | None = None) -> list[dict[
     return examples if max_per_task is None or max_per_task < 0 else examples[:max_per_task]
 
 
-def count_examples(tasks: Sequence[CoreTask], max_per_task: int | None = None) -> int:
-    """How many examples `evaluate_core` scores over all ranks."""
-    return sum(len(task_examples(task, max_per_task)) for task in tasks)
-
-
 def fewshot_indices(idx: int, num_examples: int, k: int) -> list[int]:
     """Item idx's few-shot examples: Random(1234 + idx).sample of the other indices; at most all of them."""
     k = min(k, num_examples - 1)

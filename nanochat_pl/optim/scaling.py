@@ -82,8 +82,7 @@ def plan_from_depth(
             raise UserError(
                 f"the horizon of {target_tokens:,} tokens is shorter than one batch of {total_batch_tokens:,}"
             )
-    if lr_scale is None:
-        lr_scale = math.sqrt(batch_ratio)
+    lr_scale = math.sqrt(batch_ratio) if lr_scale is None else lr_scale
     if weight_decay is None:
         weight_decay = REFERENCE_WEIGHT_DECAY * math.sqrt(batch_ratio) * reference_tokens / target_tokens
     tokens = (target_param_data_ratio, target_tokens, reference_tokens, total_batch_tokens)

@@ -68,9 +68,7 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path | None) -> None:
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
-        self.gpt_config = gpt_config
-        self.tokenizer = tokenizer
-        self.tokenizer_dir = tokenizer_dir
+        self.gpt_config, self.tokenizer, self.tokenizer_dir = gpt_config, tokenizer, tokenizer_dir
         self.model: GPT | None = None
         self.val_bpb = BitsPerByte(tokenizer.token_bytes())
         self.plan: RunPlan | None = None
