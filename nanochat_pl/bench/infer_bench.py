@@ -231,10 +231,9 @@ def bench_eval(
 
 def _timed(device: torch.device, function, *args, **kwargs):
     """(seconds, value) of `function(*args, **kwargs, progress=False)`, the device synchronised on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    sync(device)
     start = time.perf_counter()
     value = function(*args, **kwargs, progress=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start, value

@@ -155,8 +155,7 @@ def _evaluate(
 
 
 def write_result(summary: dict, output: str | None = None) -> None:
-    """Print the table, write it as CSV and `summary` as JSON in `output` (default: eval/ in the checkpoint's run),
-    and print the JSON as the last line."""
+    """Print the table, write it (CSV) and `summary` (JSON) in `output` (default: the run's eval/), print the JSON."""
     kind, checkpoint = summary["kind"], Path(summary["checkpoint"])
     header = ["task", "accuracy", "centered", "examples", "source"]
     rows = []

@@ -64,8 +64,7 @@ class CoreEvaluation(_EveryNSteps):
     def __init__(self, every_n_steps: int = 2000, max_per_task: int | None = 500, bundle: str | None = None):
         super().__init__(every_n_steps)
         self.max_per_task, self.bundle = max_per_task, bundle
-        self._tasks: list | None = None  # loaded at setup, with the reasons some are skipped
-        self._skipped: list[str] = []
+        self._tasks, self._skipped = None, []  # loaded at setup, with the reasons some are skipped
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._tasks is not None:
