@@ -33,9 +33,7 @@ from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_write_text, hom
 SPECIAL_TOKENS = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
 SPECIAL_TOKENS += ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
 
-RANKS_FILE = "ranks.tiktoken"
-TOKEN_BYTES_FILE = "token_bytes.txt"
-CONFIG_FILE = "tokenizer.json"
+RANKS_FILE, TOKEN_BYTES_FILE, CONFIG_FILE = "ranks.tiktoken", "token_bytes.txt", "tokenizer.json"
 
 # the 256 single bytes plus the 9 special tokens: a vocabulary without a single merge
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)

@@ -146,10 +146,8 @@ def _rl_figures(module: RLTraining, timer: StepTimer, warmup: int, step_time: fl
     return figures | {"mean_decode_steps": decode_len}
 
 
-NANOCHAT_BF16 = [
-    "--trainer.precision=null",
-    "--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]",
-]
+NANOCHAT_BF16 = ["--trainer.precision=null"]
+NANOCHAT_BF16 += ["--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]"]
 FP8 = ["--model.init_args.fp8=true"]
 DEFAULT_VARIANTS: dict[str, dict] = {
     "baseline (band-masked SDPA)": {"attention": "sdpa"},
