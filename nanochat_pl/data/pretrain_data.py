@@ -52,11 +52,9 @@ class PretrainStream(ReaderStream):
         # every num_readers-th row group from its own on; with fewer than readers (validation), reader mod their number
         row_groups = self.row_groups[reader::num_readers] or [self.row_groups[reader % len(self.row_groups)]]
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            return self.tokenizer.encode(texts, prepend=self.tokenizer.bos_token_id, num_threads=self.tokenizer_threads)
-
-        def texts(read: int) -> list[str]:
-            return read_row_group(*row_groups[read % len(row_groups)])
+        tokenizer, threads = self.tokenizer, self.tokenizer_threads
+        encode = lambda texts: tokenizer.encode(texts, prepend=tokenizer.bos_token_id, num_threads=threads)
+        texts = lambda read: read_row_group(*row_groups[read % len(row_groups)])  # the documents of the read-th group
 
         def documents() -> Iterator[tuple[DocKey, list[int]]]:
             read, start = position.next_doc

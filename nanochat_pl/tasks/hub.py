@@ -155,5 +155,4 @@ class MultipleChoiceTask(DatasetTask):
     """Multiple-choice questions, answered with one of the conversation's `letters` (evaluated: the likeliest)."""
 
     eval_type = "categorical"
-
     evaluate = staticmethod(exact_match)
