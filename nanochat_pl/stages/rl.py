@@ -46,10 +46,7 @@ class Rollout:
 def advantages(rewards: list[float], std_normalized: bool = False) -> torch.Tensor:
     """r - mean(r) over one prompt's samples; with `std_normalized` also divided by their standard deviation."""
     r = torch.tensor(rewards, dtype=torch.float32)
-    centred = r - r.mean()
-    if std_normalized and len(rewards) > 1:
-        centred = centred / (r.std() + STD_EPSILON)
-    return centred
+    return (r - r.mean()) / (r.std() + STD_EPSILON if std_normalized and len(rewards) > 1 else 1.0)
 
 
 class RLTraining(FromCheckpoint):
