@@ -21,6 +21,12 @@ class UserError(Exception):
     """Bad input from the user (a config, a file, a flag). The CLI prints it as one line and exits 1."""
 
 
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__
+
+
 def home_dir() -> Path:
     """Everything lands here: data/, tokenizer/, runs/<stage>/, eval/, report/ (see DESIGN.md)."""
     return Path(os.environ.get("NANOCHAT_PL_HOME", Path.home() / ".cache" / "nanochat-pl")).expanduser()
@@ -60,13 +66,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
 
 
 def format_duration(seconds: float) -> str:

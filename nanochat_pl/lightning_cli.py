@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from nanochat_pl.checkpoint import AtomicCheckpointIO, check_checkpoint_file, newest_checkpoint, peek_checkpoint
-from nanochat_pl.common import CHECKPOINT_KEY, UserError, home_dir
+from nanochat_pl.common import CHECKPOINT_KEY, UserError, causes, home_dir
 from nanochat_pl.nanochat_format import is_nanochat_checkpoint
 
 # lines of jsonargparse's error tree that carry no information
@@ -92,9 +92,7 @@ class NanochatCLI(LightningCLI):
             super().instantiate_classes()
         except Exception as error:
             # jsonargparse reports a failing constructor as a tree of every Union subtype tried, its exception the cause
-            cause = error
-            while cause is not None and not isinstance(cause, UserError):
-                cause = cause.__cause__
+            cause = next((cause for cause in causes(error) if isinstance(cause, UserError)), None)
             if cause is None:
                 raise
             raise cause from None

@@ -8,13 +8,9 @@ from typing import Any
 
 from nanochat_pl.common import UserError
 
-MAX_TEMPERATURE = 2.0
-MAX_TOP_K = 200
-MAX_NEW_TOKENS = 4096
+MAX_TEMPERATURE, MAX_TOP_K, MAX_NEW_TOKENS = 2.0, 200, 4096
 MAX_SEED = 2**63 - 1  # the engine seeds a torch.Generator, which takes an int64
-MAX_MESSAGES = 500
-MAX_MESSAGE_CHARS = 8_000
-MAX_TOTAL_CHARS = 32_000
+MAX_MESSAGES, MAX_MESSAGE_CHARS, MAX_TOTAL_CHARS = 500, 8_000, 32_000
 
 
 class LimitError(UserError):

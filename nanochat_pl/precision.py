@@ -17,14 +17,9 @@ from torch.utils.benchmark import Timer
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Dense bf16 tensor-core peaks in FLOP/s, from NVIDIA's data sheets (which print twice these, with sparsity), most
 # specific name first: the basis of MFU, as nanochat's 989e12 for an H100. Lightning's table gives the H200 and
-# the H100 NVL their sparse figures and does not know the name "NVIDIA H200".
-DENSE_BF16_PEAKS = (
-    ("h100 nvl", 835e12),
-    ("h100 pcie", 756e12),
-    ("h100", 989.4e12),  # SXM: "NVIDIA H100 80GB HBM3"
-    ("h200 nvl", 835e12),
-    ("h200", 989.4e12),  # "NVIDIA H200", "NVIDIA GH200 ...": the H100's tensor cores, more and faster memory
-)
+# the H100 NVL their sparse figures and does not know the name "NVIDIA H200". "h100": the SXM ("NVIDIA H100 80GB
+# HBM3"); "h200" ("NVIDIA H200", "NVIDIA GH200 ..."): the H100's tensor cores, more and faster memory.
+DENSE_BF16_PEAKS = {"h100 nvl": 835e12, "h100 pcie": 756e12, "h100": 989.4e12, "h200 nvl": 835e12, "h200": 989.4e12}
 
 
 def eval_precision(device: torch.device, precision: str = "auto") -> str:
@@ -65,4 +60,5 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The device's peak FLOP/s for matmuls in `dtype` (None where unknown, e.g. a CPU): DENSE_BF16_PEAKS for
     bf16 on the NVIDIA cards it names, else Lightning's table."""
     name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" and dtype == torch.bfloat16 else ""
-    return next((flops for key, flops in DENSE_BF16_PEAKS if key in name), None) or get_available_flops(device, dtype)
+    dense = next((flops for key, flops in DENSE_BF16_PEAKS.items() if key in name), None)
+    return dense or get_available_flops(device, dtype)

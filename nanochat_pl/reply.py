@@ -33,10 +33,7 @@ class ReplyReader:
     def __init__(self, tokenizer):
         special = tokenizer.encode_special
         self.tokenizer = tokenizer
-        self.opens: dict[int, PieceKind] = {
-            special("<|python_start|>"): "python",
-            special("<|output_start|>"): "python_output",
-        }
+        self.opens = {special("<|python_start|>"): "python", special("<|output_start|>"): "python_output"}
         self.closes = {special("<|python_end|>"), special("<|output_end|>")}
         self.terminal = {special("<|assistant_end|>"), tokenizer.bos_token_id}
         self.specials = set(tokenizer.special_tokens.values())

@@ -46,21 +46,13 @@ from nanochat_pl.common import UserError
 # ----------------------------------------------------------------------------------------------------------
 # calculator
 
-MAX_EXPR_CHARS = 1_000
-MAX_RESULT_CHARS = 1_000
+MAX_EXPR_CHARS, MAX_RESULT_CHARS = 1_000, 1_000
 # |int| < 2**3300 keeps every number under ~1000 decimal digits, so int->str never trips Python's 4300-digit
 # guard and a product of two allowed ints costs microseconds.
 MAX_INT_BITS = 3_300
 
-_BINARY_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
+_BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BINARY_OPS |= {ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY_OPS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 # "1,234,567" -> "1234567": nanochat strips commas so GSM8K-style thousands separators parse.
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
@@ -152,36 +144,27 @@ SANDBOX_UID = 65534  # nobody
 # Covered by empty read-only directories: people's files, and the sockets of the host's services.
 HIDDEN_DIRS = ("/root", "/home", "/run", "/var/tmp", "/mnt", "/media", "/srv")
 
-Status = Literal["passed", "failed", "timeout", "error"]
-
 
 @dataclass(frozen=True)
 class ExecResult:
     """How a program ended: passed (exit 0), failed (non-zero exit or killed), timeout, or error (not run)."""
 
-    status: Status
+    status: Literal["passed", "failed", "timeout", "error"]
     returncode: int | None
     stdout: str
     stderr: str
 
 
 # Runs in the program's interpreter before the program; argv = [-c, memory_bytes, cpu_seconds, file_bytes,
-# open_files, processes]. The program arrives on stdin; what is left of stdin is end of file, so input() raises
-# EOFError, as in nanochat.
+# open_files, processes], and no core files. The program arrives on stdin; what is left of stdin is end of file, so
+# input() raises EOFError, as in nanochat.
 _PRELUDE = r"""
-import resource, sys
+import resource as r, sys
 
 source = sys.stdin.buffer.read()
-memory_bytes, cpu_seconds, file_bytes, open_files, processes = map(int, sys.argv[1:])
-for limit, value in (
-    (resource.RLIMIT_AS, memory_bytes),
-    (resource.RLIMIT_CPU, cpu_seconds),
-    (resource.RLIMIT_FSIZE, file_bytes),
-    (resource.RLIMIT_NOFILE, open_files),
-    (resource.RLIMIT_NPROC, processes),
-    (resource.RLIMIT_CORE, 0),
-):
-    resource.setrlimit(limit, (value, value))
+limits = (r.RLIMIT_AS, r.RLIMIT_CPU, r.RLIMIT_FSIZE, r.RLIMIT_NOFILE, r.RLIMIT_NPROC, r.RLIMIT_CORE)
+for limit, value in zip(limits, [*map(int, sys.argv[1:]), 0]):
+    r.setrlimit(limit, (value, value))
 sys.argv = ["program.py"]
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 """
@@ -289,25 +272,17 @@ def _read_truncated(file) -> str:
     return text
 
 
-def _not_run(why: str) -> ExecResult:
-    return ExecResult("error", None, "", why)
-
-
 def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_unconfined: bool = False) -> ExecResult:
     """Run a Python program (as `__main__`, in an empty working directory) in a fresh, sandboxed interpreter and
     report how it ended; one that cannot be run (not a str, too long, not encodable) comes back as status "error".
-
     `timeout`: wall-clock seconds before every process it started is killed (CPU time is capped at ceil(timeout) + 1 s
-    as a backstop); `memory_mb`: the address space of each of its processes. Where no sandbox is available it raises
-    a `UserError`, unless `allow_unconfined`: then the program runs held only by rlimits, a scrubbed environment and
-    the timeout's process-group kill.
-    """
+    as a backstop); `memory_mb`: the address space of each of its processes. No sandbox: see the module docstring."""
     if not isinstance(code, str) or len(code) > MAX_PROGRAM_CHARS:
-        return _not_run(f"program must be a str of at most {MAX_PROGRAM_CHARS} chars")
+        return ExecResult("error", None, "", f"program must be a str of at most {MAX_PROGRAM_CHARS} chars")
     try:
         source = code.encode("utf-8")
     except UnicodeEncodeError as e:
-        return _not_run(f"program is not valid text: {e.reason} at character {e.start}")
+        return ExecResult("error", None, "", f"program is not valid text: {e.reason} at character {e.start}")
     problem = _isolation_problem()
     if problem is not None and not allow_unconfined:
         raise UserError(
@@ -329,18 +304,11 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="nanochat-unconfined-"))
             env, pass_fds = _environment(cwd), ()
         try:
-            process = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=pass_fds,
-                start_new_session=True,  # unconfined, its process group is what the timeout kills
-            )
+            # a new session: unconfined, its process group is what the timeout kills
+            streams = dict(stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+            process = subprocess.Popen(command, cwd=cwd, env=env, pass_fds=pass_fds, start_new_session=True, **streams)
         except OSError as e:
-            return _not_run(f"could not start the interpreter: {e}")
+            return ExecResult("error", None, "", f"could not start the interpreter: {e}")
         finally:
             if sandboxed:
                 os.close(info_write)
@@ -368,8 +336,5 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 256, *, allow_
         returncode = 128 - returncode
     if returncode < 0:
         err += f"\n[killed by {signal.Signals(-returncode).name}]"
-    if timed_out or returncode == -signal.SIGXCPU:
-        status: Status = "timeout"
-    else:
-        status = "passed" if returncode == 0 else "failed"
+    status = "timeout" if timed_out or returncode == -signal.SIGXCPU else "passed" if returncode == 0 else "failed"
     return ExecResult(status, returncode, out, err)

@@ -28,22 +28,12 @@ from nanochat_pl import nanochat_format
 from nanochat_pl._rustbpe import Tokenizer as RustBPETrainer
 from nanochat_pl.common import CHECKPOINT_KEY, UserError, atomic_write_text, home_dir
 
-# nanochat's 9 special tokens, in id order right after the merges (nanochat tokenizer.py@dfc8833)
-SPECIAL_TOKENS = (
-    "<|bos|>",  # begins every document; documents are delimited by it
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",  # the assistant calls the calculator tool...
-    "<|python_end|>",
-    "<|output_start|>",  # ...and the tool's result is fed back between these
-    "<|output_end|>",
-)
+# nanochat's 9 special tokens, in id order right after the merges (nanochat tokenizer.py@dfc8833): <|bos|> begins every
+# document; the assistant calls the calculator between python_start/end, the tool's result comes back between output_*
+SPECIAL_TOKENS = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
+SPECIAL_TOKENS += ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
 
-RANKS_FILE = "ranks.tiktoken"
-TOKEN_BYTES_FILE = "token_bytes.txt"
-CONFIG_FILE = "tokenizer.json"
+RANKS_FILE, TOKEN_BYTES_FILE, CONFIG_FILE = "ranks.tiktoken", "token_bytes.txt", "tokenizer.json"
 
 # the 256 single bytes plus the 9 special tokens: a vocabulary without a single merge
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)

@@ -23,7 +23,7 @@ from nanochat_pl.checkpoint import (
     newest_checkpoint,
     read_checkpoint,
 )
-from nanochat_pl.common import UserError, atomic_write_bytes
+from nanochat_pl.common import UserError, atomic_write_text
 from nanochat_pl.engine import load_engine
 from nanochat_pl.tokenizer import Tokenizer, get_tokenizer
 from tests.stage_helpers import T, tiny_data, tiny_module, tiny_trainer
@@ -49,7 +49,7 @@ def test_a_write_is_on_the_disk_before_its_rename_and_the_rename_before_it_retur
     monkeypatch.setattr(common.os, "fsync", record_fsync)
     monkeypatch.setattr(common.os, "replace", record_replace)
     target = tmp_path / "out.bin"
-    atomic_write_bytes(target, b"data")
+    atomic_write_text(target, "data")
     assert target.read_bytes() == b"data"
     (_, synced_file), *rest = events
     assert Path(synced_file).parent == tmp_path and Path(synced_file).name.startswith(".out.bin.")
@@ -61,7 +61,7 @@ def test_a_temporary_file_left_by_a_crash_is_removed_at_the_next_save(tmp_path):
     leftover.write_bytes(b"half a checkpoint")
     other = tmp_path / ".epoch=0-step=4.ckpt.abcdefgh.tmp"  # another target's: not this save's to remove
     other.write_bytes(b"")
-    atomic_write_bytes(tmp_path / "last.ckpt", b"checkpoint")
+    atomic_write_text(tmp_path / "last.ckpt", "checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt"]
 
 

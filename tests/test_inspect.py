@@ -15,7 +15,7 @@ from nanochat_pl.cli import main
 from nanochat_pl.data.chat_data import ChatStream
 from nanochat_pl.engine import Engine, load_engine
 from nanochat_pl.model.gpt import GPTConfig
-from nanochat_pl.stages.lm import CHAT_PROMPTS, PROMPTS
+from nanochat_pl.stages.lm import SAMPLE_PROMPTS
 from nanochat_pl.tasks.arithmetic import Arithmetic
 from nanochat_pl.tokenizer import Tokenizer
 from tests.fixtures_chat import TRAINING_TEXT, ScriptedEngine, make_checkpoint, noisy_gpt
@@ -112,8 +112,8 @@ def test_the_example_prompts_come_from_the_run_mixture(tmp_path):
     run = tmp_path / "version_0"
     (run / "checkpoints").mkdir(parents=True)
     checkpoint = run / "checkpoints" / "last.ckpt"
-    assert example_prompts(checkpoint, chat=True) == list(CHAT_PROMPTS)  # no config beside it
-    assert example_prompts(checkpoint, chat=False) == list(PROMPTS[:4])
+    assert example_prompts(checkpoint, chat=True) == SAMPLE_PROMPTS["chat"][:4]  # no config beside it
+    assert example_prompts(checkpoint, chat=False) == SAMPLE_PROMPTS["text"][:4]
     missing = {"class_path": "nanochat_pl.tasks.customjson.CustomJSON", "init_args": {"filepath": "/no/such.jsonl"}}
     arithmetic = {"class_path": "nanochat_pl.tasks.arithmetic.Arithmetic", "init_args": {"size": 5, "split": "test"}}
     config = {"data": {"init_args": {"train": arithmetic, "val": [missing, arithmetic]}}}  # RL's: one task

@@ -24,7 +24,7 @@ from nanochat_pl.apps.pool import ReplicaPool
 from nanochat_pl.common import UserError
 from nanochat_pl.limits import MAX_NEW_TOKENS, MAX_TEMPERATURE, MAX_TOP_K, check_sampling
 from nanochat_pl.reply import Piece
-from nanochat_pl.stages.lm import CHAT_PROMPTS, PROMPTS
+from nanochat_pl.stages.lm import SAMPLE_PROMPTS
 
 TOOL_TITLE = "🧮 calculator"
 RESULT_PREFIX = "= "
@@ -104,7 +104,7 @@ def example_prompts(checkpoint: str | Path, chat: bool, count: int = 4) -> list[
                 module, _, name = spec["class_path"].rpartition(".")
                 task = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
                 prompts[spec["class_path"]] = next(m["content"] for m in task[0]["messages"] if m["role"] == "user")
-    return list(prompts.values()) or list(CHAT_PROMPTS if chat else PROMPTS)[:count]
+    return list(prompts.values()) or SAMPLE_PROMPTS["chat" if chat else "text"][:count]
 
 
 def page(pool: ReplicaPool, checkpoint: str | Path, meta: dict[str, Any]) -> gr.Blocks:

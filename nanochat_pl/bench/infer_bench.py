@@ -29,15 +29,8 @@ from nanochat_pl.precision import PRECISIONS, choose_precision, eval_precision
 from nanochat_pl.tokenizer import SPECIAL_TOKENS, get_tokenizer
 
 # Peak memory bandwidth in bytes/s from NVIDIA's data sheets, most specific name first.
-PEAK_BANDWIDTH = (
-    ("H200", 4.8e12),
-    ("H100 NVL", 3.9e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),  # SXM
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100 80GB PCIe", 1.935e12),
-    ("A100", 1.555e12),  # 40GB
-)
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12}  # "H100": SXM
+PEAK_BANDWIDTH |= {"A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12}  # "A100": 40GB
 
 
 class NeverStopping:
@@ -83,7 +76,7 @@ def bench_infer(
         raise UserError(f"decode_len {decode_len} leaves no room for a prompt in the context of {config.sequence_len}")
     prompt = torch.randint(config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed)).tolist()
     name = device_name(torch_device)
-    peak = next((bandwidth for key, bandwidth in PEAK_BANDWIDTH if key in name), None)
+    peak = next((bandwidth for key, bandwidth in PEAK_BANDWIDTH.items() if key in name), None)
 
     results = []
     for precision in ["bf16"] if torch_device.type == "cuda" else ["fp32", "bf16"]:  # in place: fp32 goes first
@@ -96,15 +89,10 @@ def bench_infer(
             runs = [time_generation(engine, prompt, batch_size, decode_len, seed) for _ in range(repeats)]
             ttft, tpot = min(ttft for ttft, _ in runs), min(tpot for _, tpot in runs)
             step_bytes = _decode_step_bytes(model, batch_size, prompt_len, decode_len, PRECISIONS[precision])
-            row = {
-                "precision": precision,
-                "batch_size": batch_size,
-                "ttft_ms": round(ttft * 1e3, 2),
-                "tpot_ms": round(tpot * 1e3, 3),
-                "tokens_per_s": round(batch_size / tpot, 1),
-                "prefill_tokens_per_s": round(prompt_len / ttft, 1),
-                "mbu": round(step_bytes / tpot / peak, 4) if peak else None,
-            }
+            row = {"precision": precision, "batch_size": batch_size, "ttft_ms": round(ttft * 1e3, 2)}
+            row |= {"tpot_ms": round(tpot * 1e3, 3), "tokens_per_s": round(batch_size / tpot, 1)}
+            row["prefill_tokens_per_s"] = round(prompt_len / ttft, 1)
+            row["mbu"] = round(step_bytes / tpot / peak, 4) if peak else None
             results.append(row)
             print(
                 f"{precision} batch {batch_size:>3}: time to first token {row['ttft_ms']:8.1f} ms, "
@@ -113,19 +101,11 @@ def bench_infer(
             )
     auto, why = choose_precision(torch_device, config.n_embd)  # what `chat` and `serve` run in here by default
     print(f"auto precision: {auto} ({why})")
-    result = {
-        "device": name,
-        "threads": torch.get_num_threads() if torch_device.type == "cpu" else None,
-        "auto_precision": auto,
-        "checkpoint": checkpoint,
-        "depth": config.n_layer,
-        "params": model.num_params(),
-        "prompt_len": prompt_len,
-        "decode_len": decode_len,
-        "repeats": repeats,
-        "results": results,
-        "peak_memory_mb": round(peak_memory_mb(torch_device), 1),
-    }
+    threads = torch.get_num_threads() if torch_device.type == "cpu" else None
+    result = {"device": name, "threads": threads, "auto_precision": auto, "checkpoint": checkpoint}
+    result |= {"depth": config.n_layer, "params": model.num_params(), "prompt_len": prompt_len}
+    result |= {"decode_len": decode_len, "repeats": repeats, "results": results}
+    result["peak_memory_mb"] = round(peak_memory_mb(torch_device), 1)
     print(json.dumps(result))
     return result
 
@@ -190,7 +170,7 @@ def bench_eval(
         precision: "auto" (as `eval core` and `eval chat`: bf16 on CUDA, fp32 on a CPU), "bf16" or "fp32".
     """
     from nanochat_pl.evals.chatcore import evaluate_chat
-    from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, count_examples, evaluate_core
+    from nanochat_pl.evals.core import DEFAULT_BATCH_TOKENS, evaluate_core
     from nanochat_pl.evals.core_data import load_core_tasks
 
     if min(max_per_task, categorical_problems, generative_problems, batch_size, max_tokens) < 1:
@@ -210,26 +190,21 @@ def bench_eval(
     tasks, skipped = load_core_tasks(bundle)
     result["core"] = {"skipped": skipped}
     if tasks:
-        examples = count_examples(tasks, max_per_task)
         core = functools.partial(evaluate_core, model, tokenizer, precision=precision)
         core(tasks[:1], max_per_task=4, progress=False)  # warm-up
         (nanochat_s, one_by_one), (batched_s, batched) = (
             _timed(torch_device, core, tasks, max_per_task=max_per_task, batch_tokens=t) for t in (0, batch_tokens)
         )
-        result["core"] |= {
-            "tasks": len(tasks),
-            "examples": examples,
-            "batch_tokens": batch_tokens,
-            "nanochat_examples_per_s": round(examples / nanochat_s, 2),
-            "batched_examples_per_s": round(examples / batched_s, 2),
-            "speedup": round(nanochat_s / batched_s, 2),
-            "identical": [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in batched.tasks],
-            "core": batched.core,
-        }
+        identical = [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in batched.tasks]
+        examples = sum(task.num_examples for task in batched.tasks)  # over all ranks, as CORE counts them
+        result["core"] |= {"tasks": len(tasks), "examples": examples, "batch_tokens": batch_tokens}
+        result["core"] |= {"nanochat_examples_per_s": round(examples / nanochat_s, 2)}
+        result["core"] |= {"batched_examples_per_s": round(examples / batched_s, 2)}
+        result["core"] |= {"speedup": round(nanochat_s / batched_s, 2), "identical": identical, "core": batched.core}
         print(
             f"CORE, {len(tasks)} tasks, {examples} examples: nanochat's way {examples / nanochat_s:.1f} examples/s, "
             f"batched {examples / batched_s:.1f} examples/s ({nanochat_s / batched_s:.2f}x), "
-            f"identical results: {result['core']['identical']}"
+            f"identical results: {identical}"
         )
     for reason in skipped:
         print(f"CORE skipped {reason}")
@@ -256,10 +231,9 @@ def bench_eval(
 
 def _timed(device: torch.device, function, *args, **kwargs):
     """(seconds, value) of `function(*args, **kwargs, progress=False)`, the device synchronised on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    sync(device)
     start = time.perf_counter()
     value = function(*args, **kwargs, progress=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start, value

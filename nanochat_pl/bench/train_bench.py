@@ -34,8 +34,7 @@ class StepTimer(L.Callback):
         self.attention, self.shard_optimizer = attention, shard_optimizer
         self.step_times: list[float] = []
         self.sampling: list[dict[str, float]] = []
-        self._last: float | None = None
-        self._last_step = 0
+        self._last, self._last_step = 0.0, 0
 
     def _sync(self, trainer: L.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
@@ -90,16 +89,10 @@ def bench_train(
         rl = (safe_load(file).get("model") or {}).get("class_path", "").endswith(f".{RLTraining.__name__}")
     if rl:
         args.append("--model.init_args.eval_every=0")  # the held-out pass@k is measurement, not training
-    args += [
-        f"--trainer.max_steps={steps}",
-        "--trainer.limit_val_batches=0",
-        "--trainer.logger=false",
-        "--trainer.callbacks=[]",  # the config's checkpoints are not part of the measurement
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--model.init_args.sample_every=0",
-        *(overrides or []),
-    ]
+    # no validation, logging, samples or progress bar; no callbacks: the config's checkpoints are not measured
+    args += [f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false"]
+    args += ["--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"]
+    args += ["--model.init_args.sample_every=0", *(overrides or [])]
     cli = run_lightning_cli(args, trainer_defaults={"callbacks": [timer]})  # out of memory: one line, naming the flag
     module, trainer = cli.model, cli.trainer
     measured = timer.step_times[warmup:]
@@ -109,12 +102,8 @@ def bench_train(
     device = trainer.strategy.root_device
     plugin = trainer.precision_plugin  # ours by its class (NanochatBf16 says "bf16-mixed", for MFU's bf16 peak)
     ours = type(plugin).__module__.startswith("nanochat_pl.")
-    result = {
-        "stage": module.stage_name,
-        "depth": module.gpt_config.n_layer,
-        "device": device_name(device),
-        "precision": type(plugin).__name__ if ours else str(trainer.precision),
-    }
+    result = {"stage": module.stage_name, "depth": module.gpt_config.n_layer, "device": device_name(device)}
+    result["precision"] = type(plugin).__name__ if ours else str(trainer.precision)
     if rl:
         result |= _rl_figures(module, timer, warmup, step_time)
     else:
@@ -122,13 +111,9 @@ def bench_train(
         tokens_per_step = trainer.datamodule.device_batch_size * module.gpt_config.sequence_len * accumulated
         peak = peak_flops(device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
         mfu = module.flops_per_batch * accumulated / step_time / (peak * trainer.world_size) if peak else None
-        result |= {
-            "attention": attention,
-            "shard_optimizer": shard_optimizer and trainer.world_size > 1,
-            "tokens_per_step": tokens_per_step,
-            "tokens_per_s": round(tokens_per_step / step_time, 1),
-            "mfu": None if mfu is None else round(mfu, 4),
-        }
+        result |= {"attention": attention, "shard_optimizer": shard_optimizer and trainer.world_size > 1}
+        result |= {"tokens_per_step": tokens_per_step, "tokens_per_s": round(tokens_per_step / step_time, 1)}
+        result["mfu"] = None if mfu is None else round(mfu, 4)
     result |= {"step_time_s": round(step_time, 4), "peak_memory_mb": round(peak_memory_mb(device), 1)}
     result["steps_measured"] = len(measured)
     if trainer.is_global_zero:  # every DDP rank gets here
@@ -152,23 +137,17 @@ def _rl_figures(module: RLTraining, timer: StepTimer, warmup: int, step_time: fl
     module.model.eval()
     time_generation(engine, prompt.tolist()[:16], 1, 4, seed=0)  # warm-up
     time_per_token = min(time_generation(engine, prompt.tolist(), rows, decode_len, seed=0)[1] for _ in range(3))
-    return {
-        "samples_per_step": module.trainer.datamodule.examples_per_step * module.hparams.num_samples,
-        "sample_batch": rows,
-        "optimizer_steps_per_s": round(1 / step_time, 4),
-        "sampling_share": round(done["seconds"] / (step_time * (len(timer.step_times) - warmup)), 3),
-        "sampled_tokens_per_s": round(done["tokens"] / done["seconds"], 1),
-        "decode_tokens_per_s": round(done["decode_slots"] / done["seconds"], 1),
-        "engine_tokens_per_s": round(rows / time_per_token, 1),
-        "mean_prompt_tokens": prompt_len,
-        "mean_decode_steps": decode_len,
-    }
+    figures = {"samples_per_step": module.trainer.datamodule.examples_per_step * module.hparams.num_samples}
+    figures |= {"sample_batch": rows, "optimizer_steps_per_s": round(1 / step_time, 4)}
+    figures["sampling_share"] = round(done["seconds"] / (step_time * (len(timer.step_times) - warmup)), 3)
+    figures["sampled_tokens_per_s"] = round(done["tokens"] / done["seconds"], 1)
+    figures["decode_tokens_per_s"] = round(done["decode_slots"] / done["seconds"], 1)
+    figures |= {"engine_tokens_per_s": round(rows / time_per_token, 1), "mean_prompt_tokens": prompt_len}
+    return figures | {"mean_decode_steps": decode_len}
 
 
-NANOCHAT_BF16 = [
-    "--trainer.precision=null",
-    "--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]",
-]
+NANOCHAT_BF16 = ["--trainer.precision=null"]
+NANOCHAT_BF16 += ["--trainer.plugins=[{class_path: nanochat_pl.stages.precision.NanochatBf16}]"]
 FP8 = ["--model.init_args.fp8=true"]
 DEFAULT_VARIANTS: dict[str, dict] = {
     "baseline (band-masked SDPA)": {"attention": "sdpa"},

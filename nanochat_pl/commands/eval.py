@@ -100,18 +100,11 @@ def chat(
     check_sampling(temperature, top_k, max_tokens)
     options = dict(names=names, max_problems=max_problems, num_samples=num_samples, max_tokens=max_tokens)
     options |= dict(temperature=temperature, top_k=top_k, batch_size=batch_size, allow_unconfined=allow_unconfined)
-    options["precision"] = precision
-    return _launch("chat", checkpoint, options, devices, device, output, tokenizer_dir)
+    return _launch("chat", checkpoint, options | {"precision": precision}, devices, device, output, tokenizer_dir)
 
 
 def _launch(
-    kind: str,
-    checkpoint: str,
-    options: dict[str, Any],
-    devices: int | None,
-    device: str,
-    output: str | None,
-    tokenizer_dir: str | None,
+    kind, checkpoint, options: dict, devices: int | None, device: str, output: str | None, tokenizer_dir: str | None
 ) -> dict:
     """Run `_evaluate` in `devices` processes (Fabric starts them, or joins torchrun's), and return rank 0's result."""
     from nanochat_pl.checkpoint import check_checkpoint_file
@@ -153,14 +146,8 @@ def _evaluate(
         from nanochat_pl.evals.chatcore import evaluate_chat
 
         result = evaluate_chat(Engine(model, tokenizer, compute_dtype=PRECISIONS[precision]), **options)
-    summary = {
-        "kind": kind,
-        "checkpoint": checkpoint,
-        "world_size": fabric.world_size,
-        "precision": precision,
-        **{k: v for k, v in options.items() if k != "names"},
-        **result.as_dict(),
-    }
+    summary = {"kind": kind, "checkpoint": checkpoint, "world_size": fabric.world_size, "precision": precision}
+    summary |= {**{k: v for k, v in options.items() if k != "names"}, **result.as_dict()}
     if fabric.is_global_zero:
         print(f"precision: {precision}")
         write_result(summary, output)
@@ -168,20 +155,13 @@ def _evaluate(
 
 
 def write_result(summary: dict, output: str | None = None) -> None:
-    """Print the table, write it as CSV and `summary` as JSON in `output` (default: eval/ in the checkpoint's run),
-    and print the JSON as the last line."""
+    """Print the table, write it (CSV) and `summary` (JSON) in `output` (default: the run's eval/), print the JSON."""
     kind, checkpoint = summary["kind"], Path(summary["checkpoint"])
     header = ["task", "accuracy", "centered", "examples", "source"]
-    rows = [
-        [
-            task.get("label") or task.get("name"),
-            round(task["accuracy"], 6),
-            round(task["centered"], 6),
-            task.get("num_examples", task.get("num_problems")),
-            task["source"],
-        ]
-        for task in summary["tasks"]
-    ]
+    rows = []
+    for task in summary["tasks"]:  # CORE's or ChatCORE's
+        name, examples = task.get("label") or task.get("name"), task.get("num_examples", task.get("num_problems"))
+        rows.append([name, round(task["accuracy"], 6), round(task["centered"], 6), examples, task["source"]])
     metric = "core" if kind == "core" else "chatcore"
     width = max([len(str(row[0])) for row in rows] + [len(metric)])
     print(f"{'task':<{width}}  accuracy  centered  examples  source")

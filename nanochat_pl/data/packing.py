@@ -31,19 +31,10 @@ class BestFitPacker(Iterator[np.ndarray]):
     produces the rows the first one would have, since refills take whole chunks."""
 
     def __init__(
-        self,
-        documents: Iterable[Document],
-        row_len: int,
-        buffer_docs: int = 1000,
-        refill_docs: int = 128,
-        buffered: Iterable[Document] = (),
-        pad_token: int | None = None,
+        self, documents: Iterable[Document], row_len, buffer_docs=1000, refill_docs=128, buffered=(), pad_token=None
     ):
         assert row_len > 0 and buffer_docs > 0 and refill_docs > 0
-        self.row_len = row_len
-        self.buffer_docs = buffer_docs
-        self.refill_docs = refill_docs
-        self.pad_token = pad_token
+        self.row_len, self.buffer_docs, self.refill_docs, self.pad_token = row_len, buffer_docs, refill_docs, pad_token
         self._documents = iter(documents)
         self._exhausted = False
         self._sorted_codes: list[int] = []  # length << _ARRIVAL_BITS | arrival, ascending

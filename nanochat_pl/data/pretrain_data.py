@@ -52,11 +52,9 @@ class PretrainStream(ReaderStream):
         # every num_readers-th row group from its own on; with fewer than readers (validation), reader mod their number
         row_groups = self.row_groups[reader::num_readers] or [self.row_groups[reader % len(self.row_groups)]]
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            return self.tokenizer.encode(texts, prepend=self.tokenizer.bos_token_id, num_threads=self.tokenizer_threads)
-
-        def texts(read: int) -> list[str]:
-            return read_row_group(*row_groups[read % len(row_groups)])
+        tokenizer, threads = self.tokenizer, self.tokenizer_threads
+        encode = lambda texts: tokenizer.encode(texts, prepend=tokenizer.bos_token_id, num_threads=threads)
+        texts = lambda read: read_row_group(*row_groups[read % len(row_groups)])  # the documents of the read-th group
 
         def documents() -> Iterator[tuple[DocKey, list[int]]]:
             read, start = position.next_doc
@@ -123,13 +121,9 @@ class PretrainDataModule(StreamDataModule):
             if locals()[name] < 1:
                 raise UserError(f"data.{name} must be at least 1, got {locals()[name]}")
         self.save_hyperparameters()
-        self.source = source
-        self.tokenizer_dir = tokenizer_dir
-        self.sequence_len = sequence_len
-        self.device_batch_size = device_batch_size
-        self.buffer_docs = buffer_docs
-        self.data_dir = data_dir
-        self.tokenizer_threads = tokenizer_threads
+        self.source, self.tokenizer_dir, self.data_dir = source, tokenizer_dir, data_dir
+        self.sequence_len, self.device_batch_size = sequence_len, device_batch_size
+        self.buffer_docs, self.tokenizer_threads = buffer_docs, tokenizer_threads
         self._row_groups: dict[str, list[RowGroup]] = {}  # split -> its row groups
 
     def training_stats(self) -> dict[str, float]:
@@ -155,17 +149,9 @@ class PretrainDataModule(StreamDataModule):
             )
 
     def _stream(self, split: str) -> PretrainStream:
-        return PretrainStream(
-            self._row_groups[split],
-            self.tokenizer,
-            self.device_batch_size,
-            self.sequence_len,
-            self.buffer_docs,
-            self.tokenizer_threads,
-            rank=self.rank,
-            world_size=self.world_size,
-            progress=self.progress,
-        )
+        shape = (self.device_batch_size, self.sequence_len, self.buffer_docs, self.tokenizer_threads)
+        ranks = dict(rank=self.rank, world_size=self.world_size, progress=self.progress)
+        return PretrainStream(self._row_groups[split], self.tokenizer, *shape, **ranks)
 
     val_dataloader = StreamDataModule._val_dataloader
 

@@ -114,12 +114,8 @@ class StreamDataModule(L.LightningDataModule):
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
 
     def _layout(self) -> dict[str, Any]:  # what must not change for the saved positions to mean the same data
-        return {
-            "world_size": self.world_size,
-            "readers_per_rank": self.num_slots,
-            "device_batch_size": self.device_batch_size,
-            "sequence_len": self.sequence_len,
-        }
+        layout = {"world_size": self.world_size, "readers_per_rank": self.num_slots}
+        return layout | {"device_batch_size": self.device_batch_size, "sequence_len": self.sequence_len}
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -153,12 +149,8 @@ class StreamDataModule(L.LightningDataModule):
             gathered: list[list[dict[str, Any]] | None] = [None] * self.world_size
             torch.distributed.all_gather_object(gathered, positions)
             positions = [p for rank_positions in gathered for p in rank_positions]
-        return {
-            "version": STATE_VERSION,
-            "layout": self._layout(),
-            "consumed": self.progress.consumed,
-            "readers": sorted(positions, key=lambda p: p["reader"]),
-        }
+        state = {"version": STATE_VERSION, "layout": self._layout(), "consumed": self.progress.consumed}
+        return state | {"readers": sorted(positions, key=lambda p: p["reader"])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # applied when training starts (`_restore_loaded_state`), so validating works on any number of devices

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -33,15 +32,8 @@ from nanochat_pl.tasks.spelling import SpellingBee, load_words
 from nanochat_pl.tasks.task import Task
 
 # task -> accuracy by chance (nanochat chat_eval.py's baseline_accuracies): 4 choices, or free answers
-CHATCORE_TASKS = {
-    "ARC-Easy": 0.25,
-    "ARC-Challenge": 0.25,
-    "MMLU": 0.25,
-    "GSM8K": 0.0,
-    "HumanEval": 0.0,
-    "SpellingBee": 0.0,
-}
-CHANCE = {**CHATCORE_TASKS, "Arithmetic": 0.0}  # with the tasks `eval chat` also scores, outside ChatCORE
+CHATCORE_TASKS = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0, "HumanEval": 0, "SpellingBee": 0}
+CHANCE = {**CHATCORE_TASKS, "Arithmetic": 0}  # with the tasks `eval chat` also scores, outside ChatCORE
 
 
 def build_chat_task(name: str, *, allow_unconfined: bool = False) -> Task:
@@ -90,8 +82,7 @@ class ChatResult:
     skipped: list[str] = field(default_factory=list)
     chatcore: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    as_dict = asdict  # JSON-ready as it is (CoreResult's has NaN to replace)
 
 
 def evaluate_chat(
@@ -156,14 +147,7 @@ def evaluate_chat(
 
 @torch.no_grad()
 def evaluate_categorical(
-    model: torch.nn.Module,
-    tokenizer,
-    task: Task,
-    indices: Sequence[int],
-    batch_size: int = 8,
-    compute_dtype: torch.dtype = torch.float32,
-    *,
-    progress: tqdm | None = None,
+    model, tokenizer, task: Task, indices: Sequence[int], batch_size=8, compute_dtype=torch.float32, *, progress=None
 ) -> list[bool | None]:
     """Whether the model's likeliest answer letter at the prompt's end is right, for each of `task`'s problems
     `indices`; None for a prompt longer than the model's context, which is not run."""

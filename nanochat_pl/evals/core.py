@@ -71,11 +71,6 @@ def task_examples(task: CoreTask, max_per_task: int | None = None) -> list[dict[
     return examples if max_per_task is None or max_per_task < 0 else examples[:max_per_task]
 
 
-def count_examples(tasks: Sequence[CoreTask], max_per_task: int | None = None) -> int:
-    """How many examples `evaluate_core` scores over all ranks."""
-    return sum(len(task_examples(task, max_per_task)) for task in tasks)
-
-
 def fewshot_indices(idx: int, num_examples: int, k: int) -> list[int]:
     """Item idx's few-shot examples: Random(1234 + idx).sample of the other indices; at most all of them."""
     k = min(k, num_examples - 1)
@@ -270,13 +265,7 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 
 
 def _score_task(
-    model: torch.nn.Module,
-    tokenizer,
-    task: CoreTask,
-    examples: list[dict[str, Any]],
-    indices: Sequence[int],
-    batch_tokens: int,
-    precision: str = "auto",
+    model, tokenizer, task: CoreTask, examples: list[dict], indices: Sequence[int], batch_tokens: int, precision: str
 ) -> Iterator[list[tuple[int, bool]]]:
     """Per forward, (index, correct) of its examples: `indices` a window at a time, tokenized together, batched."""
     device = next(model.parameters()).device

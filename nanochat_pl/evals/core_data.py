@@ -39,13 +39,9 @@ DOWNLOAD_ATTEMPTS = 3  # offline, each failed attempt costs its backoff: fail ov
 
 # CORE's BIG-bench language-modeling tasks -> the task folders holding their examples. cs_algorithms is a composite
 # task whose examples are in its two subtasks (320 + 1,000 = the bundle's 1,320).
-_BIGBENCH_LM = {
-    "bigbench_qa_wikidata": ("qa_wikidata",),
-    "bigbench_dyck_languages": ("dyck_languages",),
-    "bigbench_cs_algorithms": ("cs_algorithms/lcs", "cs_algorithms/valid_parentheses"),
-    "bigbench_operators": ("operators",),
-    "bigbench_repeat_copy_logic": ("repeat_copy_logic",),
-}
+_BIGBENCH_LM = {"bigbench_qa_wikidata": ("qa_wikidata",), "bigbench_dyck_languages": ("dyck_languages",)}
+_BIGBENCH_LM["bigbench_cs_algorithms"] = ("cs_algorithms/lcs", "cs_algorithms/valid_parentheses")
+_BIGBENCH_LM |= {"bigbench_operators": ("operators",), "bigbench_repeat_copy_logic": ("repeat_copy_logic",)}
 # what `data eval-packages --bigbench` extracts
 BIGBENCH_CORE_TASKS = (*(d for dirs in _BIGBENCH_LM.values() for d in dirs), "language_identification")
 

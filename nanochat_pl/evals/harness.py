@@ -41,32 +41,13 @@ def centered(accuracy: float, chance: float) -> float:
     return (accuracy - chance) / (1.0 - chance)
 
 
-def sample_correct(
-    engine,
-    task: Task,
-    index: int,
-    *,
-    num_samples: int = 1,
-    max_tokens: int = 512,
-    temperature: float = 0.0,
-    top_k: int | None = 50,
-    seed: int = 42,
-) -> list[bool]:
-    """Whether each of `num_samples` replies the engine writes to problem `index` of `task` is correct (the task's
-    `evaluate` on the reply's text, tool calls included as the reader renders them)."""
+def sample_correct(engine, task: Task, index: int, num_samples: int = 1, seed: int = 42, **sampling) -> list[bool]:
+    """Whether each of `num_samples` replies the engine writes to problem `index` of `task` (`sampling`: the engine's
+    max_tokens, temperature, top_k) is correct: the task's `evaluate` on the reply's text, tool calls included."""
     conversation = task[index]
     prompt = engine.tokenizer.render_for_completion(conversation)
-    sequences, _ = engine.generate_batch(
-        prompt, num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed
-    )
+    sequences, _ = engine.generate_batch(prompt, num_samples, seed=seed, **sampling)
     return [task.evaluate(conversation, read_reply(engine.tokenizer, s[len(prompt) :]).text) for s in sequences]
-
-
-def pass_at_k(correct: Sequence[Sequence[bool]], k: int) -> float:
-    """The fraction of problems with a correct reply among their first k samples (nanochat chat_rl.py's pass@k)."""
-    if not correct:
-        return float("nan")
-    return sum(any(samples[:k]) for samples in correct) / len(correct)
 
 
 def run_eval_dir(checkpoint: Path) -> Path:

@@ -33,14 +33,8 @@ _KNOWN_FIELDS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
 _KNOWN_FIELDS |= {"window_pattern", "short_window", "qk_scale", "value_embeds", "residual_scalars", "smear", "backout"}
 
 # our parameter names -> transformers' NanoChat names, per block (modeling_nanochat.py, transformers 5.0+)
-_NATIVE_BLOCK_NAMES = {
-    "attn.c_q": "self_attn.q_proj",
-    "attn.c_k": "self_attn.k_proj",
-    "attn.c_v": "self_attn.v_proj",
-    "attn.c_proj": "self_attn.o_proj",
-    "mlp.c_fc": "mlp.fc1",
-    "mlp.c_proj": "mlp.fc2",
-}
+_NATIVE_BLOCK_NAMES = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj"}
+_NATIVE_BLOCK_NAMES |= {"attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 
 # The remote-code files: our model sources, copied, and the hand-written wrapper beside this module.
 _MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
@@ -104,7 +98,7 @@ def export_hf(
     eos = [assistant_end, tokenizer.bos_token_id]
     token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=assistant_end)
     try:
-        _write_tokenizer(tokenizer, staging, model_max_length=model.config.sequence_len)
+        _write_tokenizer(tokenizer, staging, model.config.sequence_len)
         if target == "native" or (target == "auto" and not blockers):
             _write_native(model, staging, DTYPES[dtype], token_ids)
         else:
@@ -116,7 +110,7 @@ def export_hf(
     return output
 
 
-def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: int) -> None:
+def _write_tokenizer(tokenizer: Tokenizer, directory: Path, max_length: int) -> None:
     """tokenizer.json (through transformers' TikTokenConverter, with <|bos|> prepended as nanochat does),
     tokenizer_config.json and chat_template.jinja, reloaded and checked against ours."""
     from tokenizers import processors
@@ -132,14 +126,9 @@ def _write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: in
     bos = "<|bos|>"
     prepend_bos = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
     fast.post_processor = processors.Sequence([fast.post_processor, prepend_bos])
-    PreTrainedTokenizerFast(
-        tokenizer_object=fast,
-        bos_token=bos,
-        eos_token="<|assistant_end|>",
-        pad_token="<|assistant_end|>",
-        model_max_length=model_max_length,
-        chat_template=CHAT_TEMPLATE,
-    ).save_pretrained(directory)
+    end = "<|assistant_end|>"
+    options = dict(bos_token=bos, eos_token=end, pad_token=end, model_max_length=max_length)
+    PreTrainedTokenizerFast(tokenizer_object=fast, chat_template=CHAT_TEMPLATE, **options).save_pretrained(directory)
 
     reloaded = AutoTokenizer.from_pretrained(directory)
     found = {name: reloaded.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
@@ -153,13 +142,10 @@ def _write_native(model: GPT, directory: Path, dtype: torch.dtype, token_ids: di
     from transformers import GenerationConfig, NanoChatConfig, NanoChatForCausalLM
 
     cfg = model.config
+    shape = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd)
+    shape |= dict(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head)
     config = NanoChatConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=4 * cfg.n_embd,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
+        **shape,
         max_position_embeddings=cfg.sequence_len,
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_base)},
         # F.rms_norm(eps=None) uses finfo(dtype).eps; transformers' default 1e-6 moves fp32 logits by ~2e-4
@@ -197,20 +183,11 @@ def _write_remote(model: GPT, directory: Path, dtype: str, token_ids: dict[str, 
         (directory / name).write_text(_rewrite_imports((_MODEL_DIR / name).read_text(encoding="utf-8")))
     for name in _WRAPPER_SOURCES:
         shutil.copyfile(_WRAPPER_DIR / name, directory / name)
-    config = {
-        "architectures": ["NanochatPLForCausalLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_nanochat_pl.NanochatPLConfig",
-            "AutoModelForCausalLM": "modeling_nanochat_pl.NanochatPLForCausalLM",
-        },
-        "model_type": "nanochat_pl",
-        **dataclasses.asdict(model.config),
-        **token_ids,
-        "tie_word_embeddings": False,
-        "use_cache": True,
-        "dtype": dtype,
-        "transformers_version": version,
-    }
+    auto_map = {"AutoConfig": "configuration_nanochat_pl.NanochatPLConfig"}
+    auto_map["AutoModelForCausalLM"] = "modeling_nanochat_pl.NanochatPLForCausalLM"
+    config = {"architectures": ["NanochatPLForCausalLM"], "auto_map": auto_map, "model_type": "nanochat_pl"}
+    config |= {**dataclasses.asdict(model.config), **token_ids, "tie_word_embeddings": False, "use_cache": True}
+    config |= {"dtype": dtype, "transformers_version": version}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {f"model.{name}": tensor.detach().to("cpu", DTYPES[dtype]) for name, tensor in model.state_dict().items()}
     # "format": "pt" is the metadata transformers' save_pretrained writes and its loader expects

@@ -154,9 +154,7 @@ def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tenso
 def flash_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
     """FlashAttention with window_size=(window, 0) in its (B, T, H, D) layout (a transposed view: the head
     dimension stays contiguous). With Tq < Tk, causal is aligned to the last key (flash_attn >= 2.1), as here."""
-    out = _FLASH_ATTN_FUNC(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=(window, 0)
-    )
+    out = _FLASH_ATTN_FUNC(*(t.transpose(1, 2) for t in (q, k, v)), causal=True, window_size=(window, 0))
     if isinstance(out, tuple):  # some FA3 builds return (out, softmax_lse)
         out = out[0]
     return out.transpose(1, 2)

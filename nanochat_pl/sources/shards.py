@@ -44,13 +44,9 @@ class ShardedDataset:
 
 
 # nanochat dataset.py: FineWeb-Edu sample-100BT, then NVIDIA Nemotron-ClimbMix as text (~150 shards for GPT-2 grade)
-DATASETS = {
-    dataset.name: dataset
-    for dataset in (
-        ShardedDataset("fineweb", "fineweb-edu", "FineWeb-Edu", "karpathy/fineweb-edu-100b-shuffle", 1822),
-        ShardedDataset("climbmix", "climbmix", "ClimbMix", "karpathy/climbmix-400b-shuffle", 6542),
-    )
-}
+FINEWEB = ShardedDataset("fineweb", "fineweb-edu", "FineWeb-Edu", "karpathy/fineweb-edu-100b-shuffle", 1822)
+CLIMBMIX = ShardedDataset("climbmix", "climbmix", "ClimbMix", "karpathy/climbmix-400b-shuffle", 6542)
+DATASETS = {dataset.name: dataset for dataset in (FINEWEB, CLIMBMIX)}
 SHARDED_SOURCES = {dataset.source: dataset for dataset in DATASETS.values()}
 
 

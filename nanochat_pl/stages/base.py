@@ -95,28 +95,23 @@ class BaseTraining(LanguageModelStage):
         model.init_weights()
 
     def plan_run(self, device_batch_size: int) -> RunPlan:
-        h, trainer = self.hparams, self.trainer
+        h, trainer, recipe = self.hparams, self.trainer, RECIPES[self.hparams.recipe]
         reference = GPTConfig.from_depth(12, self.gpt_config.vocab_size, h.sequence_len, h.aspect_ratio, h.head_dim)
-        depth_plan = plan_from_depth(
-            h.depth,
-            meta_model(self.gpt_config).num_scaling_params(),
-            meta_model(reference).num_scaling_params(),
-            target_param_data_ratio=h.target_param_data_ratio,
-            total_batch_tokens=h.total_batch_tokens,
-            num_iterations=trainer.max_steps if trainer.max_steps > 0 else h.num_iterations,
-            lr_scale=h.lr_scale,
-            weight_decay=h.weight_decay,
-        )
-        recipe = RECIPES[h.recipe]
+        n, n_ref = (meta_model(config).num_scaling_params() for config in (self.gpt_config, reference))
+        given = {k: h[k] for k in ("target_param_data_ratio", "total_batch_tokens", "lr_scale", "weight_decay")}
+        steps = trainer.max_steps if trainer.max_steps > 0 else h.num_iterations
+        p = plan_from_depth(h.depth, n, n_ref, num_iterations=steps, **given)
+        # October's Muon had no weight decay: the T_epoch rule applies where the recipe leaves it open
+        wd = p.weight_decay if recipe.weight_decay is None else recipe.weight_decay
+        schedule = Schedule.for_recipe(h.recipe, p.num_iterations, h.warmdown_ratio)
         return RunPlan(
             recipe=h.recipe,
-            schedule=Schedule.for_recipe(h.recipe, depth_plan.num_iterations, h.warmdown_ratio),
-            lr_scale=depth_plan.lr_scale,
+            schedule=schedule,
+            lr_scale=p.lr_scale,
             lr_frac=recipe.lr_frac,
-            # October's Muon had no weight decay: the T_epoch rule applies where the recipe leaves it open
-            weight_decay=depth_plan.weight_decay if recipe.weight_decay is None else recipe.weight_decay,
-            total_batch_tokens=depth_plan.total_batch_tokens,
-            max_steps=depth_plan.num_iterations,
-            summary=depth_plan.describe(),
+            weight_decay=wd,
+            total_batch_tokens=p.total_batch_tokens,
+            max_steps=p.num_iterations,
+            summary=p.describe(),
             muon=h.muon,
         )

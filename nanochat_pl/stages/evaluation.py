@@ -64,8 +64,7 @@ class CoreEvaluation(_EveryNSteps):
     def __init__(self, every_n_steps: int = 2000, max_per_task: int | None = 500, bundle: str | None = None):
         super().__init__(every_n_steps)
         self.max_per_task, self.bundle = max_per_task, bundle
-        self._tasks: list | None = None  # loaded at setup, with the reasons some are skipped
-        self._skipped: list[str] = []
+        self._tasks, self._skipped = None, []  # loaded at setup, with the reasons some are skipped
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._tasks is not None:
@@ -122,10 +121,8 @@ class ChatCoreEvaluation(_EveryNSteps):
         from nanochat_pl.evals.chatcore import evaluate_chat
 
         engine = Engine(pl_module.model, pl_module.tokenizer)
-        max_problems = {"categorical": self.max_categorical, "generative": self.max_generative}
-        result = evaluate_chat(
-            engine, self.tasks, max_problems=max_problems, max_tokens=self.max_tokens, progress=False
-        )
+        caps = {"categorical": self.max_categorical, "generative": self.max_generative}
+        result = evaluate_chat(engine, self.tasks, max_problems=caps, max_tokens=self.max_tokens, progress=False)
         metrics = {f"chatcore/{task.name}": task.centered for task in result.tasks}
         categorical = [task.centered for task in result.tasks if task.kind == "categorical"]
         if categorical:

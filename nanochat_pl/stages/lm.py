@@ -15,20 +15,20 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
 from nanochat_pl.checkpoint import (
-    CHECKPOINT_KEY,
     check_vocab_matches,
     checkpoint_tokenizer,
     gpt_state,
     read_checkpoint,
     resolve_checkpoint,
 )
-from nanochat_pl.common import UserError
+from nanochat_pl.common import CHECKPOINT_KEY, UserError
 from nanochat_pl.engine import Engine
 from nanochat_pl.evals.bpb import BitsPerByte
 from nanochat_pl.model.fp8 import convert_to_float8
@@ -39,23 +39,8 @@ from nanochat_pl.optim.scaling import grad_accumulation_steps
 from nanochat_pl.stages.callbacks import FinalCheckpoint, StepProgressBar, TokenThroughputMonitor
 from nanochat_pl.tokenizer import Tokenizer, tokenizer_location
 
-# Samples logged during training, greedy: continuations of the prompts nanochat's base_train samples from (facts a
-# small model picks up early), and a chat model's replies to who it is, arithmetic (its calculator) and spelling.
-PROMPTS = (
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
-    "If 5*x + 3 = 13, then x is",
-)
-CHAT_PROMPTS = (
-    "Who are you?",
-    "What is 23 times 17?",
-    "A book costs $12 and a pen costs $3. How much do 2 books and 4 pens cost?",
-    "How many r are in strawberry?",
-)
+# the prompts sampled during training: continuations of text, or a chat model's replies
+SAMPLE_PROMPTS = yaml.safe_load((Path(__file__).parent / "sample_prompts.yaml").read_text(encoding="utf-8"))
 # optimizer-group settings a stage sets itself, whatever optimizer state it warm-starts from
 FRESH_GROUP_KEYS = ("lr", "initial_lr", "weight_decay", "initial_weight_decay", "momentum")
 
@@ -84,9 +69,7 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     def set_model(self, gpt_config: GPTConfig, tokenizer: Tokenizer, tokenizer_dir: Path | None) -> None:
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
-        self.gpt_config = gpt_config
-        self.tokenizer = tokenizer
-        self.tokenizer_dir = tokenizer_dir
+        self.gpt_config, self.tokenizer, self.tokenizer_dir = gpt_config, tokenizer, tokenizer_dir
         self.model: GPT | None = None
         self.val_bpb = BitsPerByte(tokenizer.token_bytes())
         self.plan: RunPlan | None = None
@@ -108,11 +91,6 @@ class LanguageModelStage(L.LightningModule, ABC):
             wrong.append(f"warmdown_ratio {h.warmdown_ratio} (must be in [0, 1])")
         if wrong:
             raise UserError(f"settings out of range: {', '.join(wrong)}")
-
-    def engine(self) -> Engine:
-        """An engine of the model in training, in the evals' fixed precision (precision.eval_precision), never a timed
-        pick that could differ between ranks and reruns: their samples must be the same."""
-        return Engine(self.model, self.tokenizer)
 
     def device_batch_size(self) -> int:
         """Rows of one forward/backward pass on each device: the data module's, unless the stage makes its own."""
@@ -162,9 +140,7 @@ class LanguageModelStage(L.LightningModule, ABC):
         plan = self.plan = self.plan_run(device_batch_size)
         # Values the plan derives reach the Trainer here, the first place where the world size is known.
         tokens, batch = plan.total_batch_tokens, (device_batch_size, cfg.sequence_len, trainer.world_size)
-        accumulation = trainer.accumulate_grad_batches = (
-            1 if tokens is None else grad_accumulation_steps(tokens, *batch)
-        )
+        accumulation = trainer.accumulate_grad_batches = grad_accumulation_steps(tokens, *batch) if tokens else 1
         if plan.max_steps is not None:
             trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
         trainer.val_check_interval = self.hparams.eval_every * accumulation  # counted in micro-batches
@@ -250,11 +226,12 @@ class LanguageModelStage(L.LightningModule, ABC):
     @rank_zero_only
     def log_samples(self) -> None:
         """Print the greedy answers to the fixed prompts and log them as text."""
-        chat, tokenizer, engine = self.chat_samples, self.tokenizer, self.engine()
+        # the evals' fixed precision (the engine's default), never a timed pick that could differ between ranks
+        chat, tokenizer, engine = self.chat_samples, self.tokenizer, Engine(self.model, self.tokenizer)
         was_training = self.model.training
         self.model.eval()
         lines = []
-        for prompt in CHAT_PROMPTS if chat else PROMPTS:
+        for prompt in SAMPLE_PROMPTS["chat" if chat else "text"]:
             if chat:
                 ids = tokenizer.render_for_completion([{"role": "user", "content": prompt}])
             else:

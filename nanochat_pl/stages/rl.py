@@ -20,7 +20,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from nanochat_pl.common import UserError
-from nanochat_pl.evals.harness import pass_at_k, rank_share, sample_correct, sum_across_ranks
+from nanochat_pl.engine import Engine
+from nanochat_pl.evals.harness import rank_share, sample_correct, sum_across_ranks
 from nanochat_pl.limits import check_sampling
 from nanochat_pl.reply import read_reply
 from nanochat_pl.stages.callbacks import TokenThroughputMonitor
@@ -45,10 +46,7 @@ class Rollout:
 def advantages(rewards: list[float], std_normalized: bool = False) -> torch.Tensor:
     """r - mean(r) over one prompt's samples; with `std_normalized` also divided by their standard deviation."""
     r = torch.tensor(rewards, dtype=torch.float32)
-    centred = r - r.mean()
-    if std_normalized and len(rewards) > 1:
-        centred = centred / (r.std() + STD_EPSILON)
-    return centred
+    return (r - r.mean()) / (r.std() + STD_EPSILON if std_normalized and len(rewards) > 1 else 1.0)
 
 
 class RLTraining(FromCheckpoint):
@@ -145,7 +143,7 @@ class RLTraining(FromCheckpoint):
 
     def rollout(self, task: Task, conversation: Conversation, index: int, step: int) -> Rollout:
         h, tokenizer = self.hparams, self.tokenizer
-        engine = self.engine()
+        engine = Engine(self.model, tokenizer)  # in the evals' fixed precision: the same samples on every rank
         prompt = tokenizer.render_for_completion(conversation)
         sequences, masks = [], []
         self.model.eval()
@@ -206,7 +204,7 @@ class RLTraining(FromCheckpoint):
         data, h = self.trainer.datamodule, self.hparams
         if data.val is None:
             return {}
-        engine = self.engine()
+        engine = Engine(self.model, self.tokenizer)
         self.model.eval()
         # the same draws at every evaluation (seed: the problem): the figures move with the model only
         problems = rank_share(min(len(data.val), data.val_examples))
@@ -214,7 +212,8 @@ class RLTraining(FromCheckpoint):
             sample_correct(engine, data.val, i, num_samples=h.eval_samples, seed=i, **self.sampling_kwargs)
             for i in problems
         ]
-        counts = [round(pass_at_k(correct, k) * len(correct)) if correct else 0 for k in range(1, h.eval_samples + 1)]
+        # pass@k: the problems with a right reply among their first k samples (nanochat chat_rl.py)
+        counts = [sum(any(samples[:k]) for samples in correct) for k in range(1, h.eval_samples + 1)]
         totals = sum_across_ranks([*counts, len(correct)], device=self.device).tolist()
         metrics = {f"eval/pass@{k}": totals[k - 1] / totals[-1] for k in range(1, h.eval_samples + 1)}
         for logger in self.loggers:

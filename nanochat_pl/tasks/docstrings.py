@@ -13,7 +13,10 @@ import ast
 import functools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from nanochat_pl.sources.offline import parsed_modules, signature, source_roots
 from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Split, Task, exact_match, qa, split_of
@@ -21,14 +24,8 @@ from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Split, Task, exac
 # an answer a small model can learn: a first paragraph of a few words to a few sentences
 MIN_ANSWER_CHARS, MAX_ANSWER_CHARS = 20, 500
 
-WHAT_FUNCTION = ("What does `{}` do?", "What is `{}` for?", "Explain `{}`.", "Describe the Python function {}.")
-WHAT_CLASS = ("What is `{}`?", "What is the class `{}` for?", "Explain the class `{}`.", "Describe {} in Python.")
-PARAMETERS = (
-    "What are the parameters of `{}`?",
-    "What arguments does `{}` take?",
-    "What is the signature of `{}`?",
-    "How do I call `{}`?",
-)
+# how a name is asked about: "function" (methods too), "class", and how it is "call"ed
+QUESTIONS = yaml.safe_load((Path(__file__).parent / "data" / "docstring_questions.yaml").read_text(encoding="utf-8"))
 
 # tools that ship with Python but are no library to call: IDLE, the codecs, 2to3, turtle demos, pydoc's topics, pip
 NOT_A_LIBRARY = {"idlelib", "encodings", "lib2to3", "turtledemo", "pydoc_data", "ensurepip"}
@@ -98,13 +95,12 @@ def _questions_about(name: str, node: Function | ast.ClassDef, kind: str) -> lis
     docstring = ast.get_docstring(node)
     paragraph = docstring.strip().split("\n\n")[0].strip() if docstring else ""
     if MIN_ANSWER_CHARS <= len(paragraph) <= MAX_ANSWER_CHARS:
-        templates = WHAT_CLASS if kind == "class" else WHAT_FUNCTION
-        pairs.append((rng.choice(templates).format(name), paragraph))
+        pairs.append((rng.choice(QUESTIONS["class" if kind == "class" else "function"]).format(name), paragraph))
     if isinstance(node, ast.ClassDef):
         return pairs
     args = node.args
     count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
     if count > (1 if kind == "method" else 0):  # a method's self alone is no parameter worth asking about
         # the corpus's own header for it ("## json.dumps(obj, *, ...)"; methods keep self, as in the source)
-        pairs.append((rng.choice(PARAMETERS).format(name), f"`{name.rsplit('.', 1)[0]}.{signature(node)}`"))
+        pairs.append((rng.choice(QUESTIONS["call"]).format(name), f"`{name.rsplit('.', 1)[0]}.{signature(node)}`"))
     return pairs

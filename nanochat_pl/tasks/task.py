@@ -129,15 +129,11 @@ def qa(question: str, answer: str | list[dict[str, str]], **keys: Any) -> Conver
 
 def is_dialogue(messages: Any) -> bool:
     """At least 2 messages, roles alternating from the user's, every content a string."""
-    return (
-        isinstance(messages, list)
-        and len(messages) >= 2
-        and all(
-            isinstance(message, dict)
-            and message.get("role") == ("user", "assistant")[i % 2]
-            and isinstance(message.get("content"), str)
-            for i, message in enumerate(messages)
-        )
+    if not isinstance(messages, list) or len(messages) < 2:
+        return False
+    return all(
+        isinstance(m, dict) and m.get("role") == ("user", "assistant")[i % 2] and isinstance(m.get("content"), str)
+        for i, m in enumerate(messages)
     )
 
 

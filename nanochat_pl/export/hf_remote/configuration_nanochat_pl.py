@@ -18,14 +18,9 @@ class NanochatPLConfig(PretrainedConfig):
     """Every field of `GPTConfig` as an attribute, plus the standard names transformers and lm-eval read."""
 
     model_type = "nanochat_pl"
-    attribute_map = {
-        "hidden_size": "n_embd",
-        "num_hidden_layers": "n_layer",
-        "num_attention_heads": "n_head",
-        "num_key_value_heads": "n_kv_head",
-        # the training context: lm-eval truncates its inputs to it
-        "max_position_embeddings": "sequence_len",
-    }
+    attribute_map = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"}
+    # max_position_embeddings: the training context, to which lm-eval truncates its inputs
+    attribute_map |= {"num_key_value_heads": "n_kv_head", "max_position_embeddings": "sequence_len"}
 
     def __init__(self, **kwargs):
         # GPTConfig is the one list of fields and defaults; the transformers fields (token ids, dtype, ...) go on

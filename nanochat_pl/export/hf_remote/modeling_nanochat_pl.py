@@ -86,37 +86,21 @@ class NanochatPLForCausalLM(PreTrainedModel, GenerationMixin):
                 "NanochatPLForCausalLM: a row of attention_mask has a 0 before a 1 (left padding); nanochat's GPT has "
                 "no per-row positions: pad on the right, and generate from prompts of one length or one at a time."
             )
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        if use_cache and cache is None:
+        if (self.config.use_cache if use_cache is None else use_cache) and cache is None:
             cfg, weight = self.model.config, self.model.transformer.wte.weight
             shape = (input_ids.size(0), cfg.n_layer, cfg.n_kv_head, cfg.head_dim, input_ids.size(1))
             cache = GrowingKVCache(*shape, device=weight.device, dtype=weight.dtype)
         hidden = self.model(input_ids, kv_cache=cache, hidden_only=True)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.model.readout(hidden)
+        logits = self.model.readout(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
 
     def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        cache: GrowingKVCache | None = None,
-        past_key_values: GrowingKVCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        use_cache: bool = True,
-        logits_to_keep: int = 0,
-        **kwargs,
+        self, input_ids, cache=None, past_key_values=None, attention_mask=None, use_cache=True, logits_to_keep=0, **_
     ) -> dict:
         """With a cache, only the tokens it has not seen; the other keywords concern transformers' own caches."""
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             input_ids = input_ids[:, cache.pos :]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "use_cache": use_cache,
-            "logits_to_keep": logits_to_keep,
-            CACHE_NAME: cache,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        return inputs | {"logits_to_keep": logits_to_keep, CACHE_NAME: cache}
