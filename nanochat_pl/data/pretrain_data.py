@@ -52,9 +52,11 @@ class PretrainStream(ReaderStream):
         # every num_readers-th row group from its own on; with fewer than readers (validation), reader mod their number
         row_groups = self.row_groups[reader::num_readers] or [self.row_groups[reader % len(self.row_groups)]]
 
-        tokenizer, threads = self.tokenizer, self.tokenizer_threads
-        encode = lambda texts: tokenizer.encode(texts, prepend=tokenizer.bos_token_id, num_threads=threads)
-        texts = lambda read: read_row_group(*row_groups[read % len(row_groups)])  # the documents of the read-th group
+        def encode(texts: list[str]) -> list[list[int]]:
+            return self.tokenizer.encode(texts, prepend=self.tokenizer.bos_token_id, num_threads=self.tokenizer_threads)
+
+        def texts(read: int) -> list[str]:
+            return read_row_group(*row_groups[read % len(row_groups)])
 
         def documents() -> Iterator[tuple[DocKey, list[int]]]:
             read, start = position.next_doc
@@ -149,9 +151,17 @@ class PretrainDataModule(StreamDataModule):
             )
 
     def _stream(self, split: str) -> PretrainStream:
-        shape = (self.device_batch_size, self.sequence_len, self.buffer_docs, self.tokenizer_threads)
-        ranks = dict(rank=self.rank, world_size=self.world_size, progress=self.progress)
-        return PretrainStream(self._row_groups[split], self.tokenizer, *shape, **ranks)
+        return PretrainStream(
+            self._row_groups[split],
+            self.tokenizer,
+            self.device_batch_size,
+            self.sequence_len,
+            self.buffer_docs,
+            self.tokenizer_threads,
+            rank=self.rank,
+            world_size=self.world_size,
+            progress=self.progress,
+        )
 
     val_dataloader = StreamDataModule._val_dataloader
 

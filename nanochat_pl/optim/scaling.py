@@ -85,8 +85,17 @@ def plan_from_depth(
     lr_scale = math.sqrt(batch_ratio) if lr_scale is None else lr_scale
     if weight_decay is None:
         weight_decay = REFERENCE_WEIGHT_DECAY * math.sqrt(batch_ratio) * reference_tokens / target_tokens
-    tokens = (target_param_data_ratio, target_tokens, reference_tokens, total_batch_tokens)
-    return TrainingPlan(depth, num_scaling_params, *tokens, num_iterations, lr_scale, weight_decay)
+    return TrainingPlan(
+        depth=depth,
+        num_scaling_params=num_scaling_params,
+        target_param_data_ratio=target_param_data_ratio,
+        target_tokens=target_tokens,
+        reference_tokens=reference_tokens,
+        total_batch_tokens=total_batch_tokens,
+        num_iterations=num_iterations,
+        lr_scale=lr_scale,
+        weight_decay=weight_decay,
+    )
 
 
 def grad_accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
