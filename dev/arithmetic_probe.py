@@ -4,13 +4,15 @@ and on 20 questions that are not arithmetic, how many replies call it anyway.
 
     python dev/arithmetic_probe.py sft [replies.json [questions.json]]   # prints one JSON line
 
-The checkpoint is a name (`sft`) or a path; questions.json replaces the 100 generated here with another set.
+The checkpoint is a name (`sft`) or a path (the engine in fp32), or the URL of a running `nanochat-pl serve`
+(http://127.0.0.1:8000: its API, its precision); questions.json replaces the 100 generated here with another set.
 """
 
 import json
 import random
 import re
 import sys
+import urllib.request
 
 import torch
 
@@ -121,13 +123,27 @@ others = [
     "What is your favourite food?",
 ]
 qs += [(q, None, "other") for q in others]
-engine, _ = load_engine(resolve_checkpoint(sys.argv[1]), torch.device("cpu"), precision="fp32")
+if sys.argv[1].startswith("http"):  # a running `nanochat-pl serve`: ask through its API, as a user would
+
+    def reply(q: str) -> str:
+        body = {"messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": 128}
+        request = urllib.request.Request(f"{sys.argv[1]}/v1/chat/completions", json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request) as response:
+            return json.load(response)["choices"][0]["message"]["content"]  # calls shown as <<expression=result>>
+else:
+    engine, _ = load_engine(resolve_checkpoint(sys.argv[1]), torch.device("cpu"), precision="fp32")
+
+    def reply(q: str) -> str:
+        ids = engine.tokenizer.render_for_completion([{"role": "user", "content": q}])
+        seqs, _ = engine.generate_batch(ids, max_tokens=128, temperature=0.0)
+        return engine.tokenizer.decode(seqs[0][len(ids) :])
+
+
 calls = right = false_calls = 0
 rows = []
 for q, ans, kind in qs:
-    ids = engine.tokenizer.render_for_completion([{"role": "user", "content": q}])
-    seqs, _ = engine.generate_batch(ids, max_tokens=128, temperature=0.0)
-    text = engine.tokenizer.decode(seqs[0][len(ids) :])
+    text = reply(q)
     m = re.search(r"####\s*(-?[\d,\.]+)", text)
     nums = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
     got = m.group(1).replace(",", "") if m else (nums[-1] if nums else None)
