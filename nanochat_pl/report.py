@@ -485,8 +485,8 @@ def plot_curves(curves: Curves, title: str, path: Path) -> bool:
 
 
 def plot_ladder(curves: Curves, later: dict[str, float], spread: float | None, path: Path) -> None:
-    """Left, every run's validation bits per byte against tokens (the untrained starts above the chart); right, the
-    final value of each rung after the first, the noise band as error bars."""
+    """Left, every run's validation bits per byte against tokens from its next-to-last validation on (the untrained
+    starts above the chart); right, the final value of each rung after the first, the noise band as error bars."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -494,8 +494,8 @@ def plot_ladder(curves: Curves, later: dict[str, float], spread: float | None, p
     left, right = figure.subplots(1, 2, width_ratios=(3, 2))
     for index, (name, points) in enumerate(curves.items()):
         left.plot(*zip(*points, strict=True), label=name, color=colormaps["viridis"](index / max(len(curves) - 1, 1)))
-    low, high = min(p[-1][1] for p in curves.values() if p), max(p[-1][1] for p in curves.values() if p)
-    left.set(title="validation bits per byte", xlabel="tokens", ylim=(low - 0.02, high + 0.2 * (high - low) + 0.02))
+    low, high = min(p[-1][1] for p in curves.values() if p), max(p[-min(2, len(p))][1] for p in curves.values() if p)
+    left.set(title="validation bits per byte", xlabel="tokens", ylim=(low - 0.02, high + 0.02))
     left.legend(fontsize="small", ncol=2)
     right.errorbar(list(later), list(later.values()), yerr=spread, marker="o", capsize=4)
     right.set(title="after the same tokens (error bars: the two seeds' spread)")

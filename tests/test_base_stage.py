@@ -67,6 +67,8 @@ def test_a_tiny_run_learns_and_logs_the_true_bits_per_byte(corpus, tmp_path):
     assert len(record.train) == 40
     first_bpb, last_bpb = record.val_bpb[0][1], record.val_bpb[-1][1]
     assert last_bpb < 0.25 * first_bpb, record.val_bpb
+    meta = module.checkpoint_metadata()  # a checkpoint says which validation its bpb is (`nanochat-pl runs` shows it)
+    assert (meta["val_bpb"], meta["val_bpb_step"]) == (pytest.approx(last_bpb), 40)
     losses = [loss for *_, loss in record.train]
     # the untrained model predicts almost uniformly: its first loss is close to ln(vocabulary)
     assert losses[0] == pytest.approx(math.log(module.gpt_config.vocab_size), rel=0.02)

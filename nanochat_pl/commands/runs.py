@@ -39,12 +39,12 @@ def read_row(path: Path, home: Path) -> dict[str, Any]:
     loaded = peek_checkpoint(path)
     meta, step = loaded.get(CHECKPOINT_KEY, {}), loaded.get("global_step", 0)
     evals = checkpoint_evals(path, [])
-    per_step, parent = meta.get("total_batch_tokens"), meta.get("parent")
+    per_step, parent, val_step = meta.get("total_batch_tokens"), meta.get("parent"), meta.get("val_bpb_step")
     return {
         "name": f"{meta.get('stage', '?')}@step={step}",
         "run": path.parent.parent.name,
         "tokens": MISSING if per_step is None else f"{step * per_step:,}",
-        "val bpb": number(meta.get("val_bpb")),
+        "val bpb": number(meta.get("val_bpb")) + ("" if val_step in (None, step) else f" (step {val_step})"),
         "CORE": number(evals.get("core", {}).get("core")),
         "ChatCORE": number(evals.get("chat", {}).get("chatcore")),
         "parent": MISSING if parent is None else f"{parent['stage']}@step={parent['step']}",

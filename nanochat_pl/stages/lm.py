@@ -71,7 +71,7 @@ class LanguageModelStage(L.LightningModule, ABC):
         """The model the stage trains (its config, built in `configure_model`) and its tokenizer."""
         self.gpt_config, self.tokenizer, self.tokenizer_dir = gpt_config, tokenizer, tokenizer_dir
         self.model: GPT | None = None
-        self.val_bpb = BitsPerByte(tokenizer.token_bytes())
+        self.val_bpb, self.val_step = BitsPerByte(tokenizer.token_bytes()), None  # val_step: the newest validation's
         self.plan: RunPlan | None = None
         self._checked_step = -1  # the last optimizer step whose end was checked for stopping
 
@@ -106,7 +106,9 @@ class LanguageModelStage(L.LightningModule, ABC):
         val_bpb = self.trainer.callback_metrics.get("val/bpb")
         meta = {
             "stage": self.stage_name,
-            "val_bpb": None if val_bpb is None else float(val_bpb),  # the newest validation's, for `nanochat-pl runs`
+            # the newest validation's, for `nanochat-pl runs`: a checkpoint is saved before its step's validation runs
+            "val_bpb": None if val_bpb is None else float(val_bpb),
+            "val_bpb_step": self.val_step,
             "gpt_config": asdict(self.gpt_config),
             "tokenizer": self.tokenizer.to_state(),  # the checkpoint is whole wherever it is copied
             "tokenizer_dir": None if self.tokenizer_dir is None else str(self.tokenizer_dir),
@@ -219,6 +221,7 @@ class LanguageModelStage(L.LightningModule, ABC):
 
     def on_validation_epoch_end(self) -> None:
         every, step = self.hparams.sample_every, self.global_step
+        self.val_step = step
         # validation runs every eval_every steps: sample at the first validation at or after each multiple
         if every and self.trainer.state.fn == "fit" and step > 0 and step % every < self.hparams.eval_every:
             self.log_samples()
