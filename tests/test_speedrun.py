@@ -206,7 +206,7 @@ def test_a_state_from_before_the_running_time_was_kept_counts_its_stages_times(h
     records = [{"name": "tokenizer", "status": "done", "seconds": 30.0}, {"name": "eval", "status": "pending"}]
     (home / "speedrun").mkdir(parents=True)
     (home / "speedrun" / "state.json").write_text(json.dumps({"started": 1.0, "ended": None, "stages": records}))
-    speedrun.Runner(stages, trainer=None, hourly_rate=None, restart=False).save()
+    speedrun.Runner(stages, None, None, False, home / "speedrun" / "state.json").save()
     assert 30.0 <= state(home)["seconds"] < 40.0
 
 

@@ -133,11 +133,11 @@ class Runner:
         trainer: dict[str, Any] | None,
         hourly_rate: float | None,
         restart: bool,
-        state_file: Path | None = None,
+        state_file: Path,
     ):
         self.stages = {stage.name: stage for stage in stages}
         self.trainer = trainer
-        self.state_file = state_file or home_dir() / STATE_FILE
+        self.state_file = state_file
         self.root = self.state_file.parent
         self.background: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
